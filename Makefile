@@ -1,0 +1,57 @@
+# skewless: every target documents itself for `make help` (target: ## what it does).
+SHELL := /bin/bash
+UV_VERSION := 0.13.8
+.DEFAULT_GOAL := help
+
+BOOTSTRAP := $(HOME)/.cache/skewless/uv-$(UV_VERSION)
+UV := $(BOOTSTRAP)/bin/uv
+RUN := $(UV) run --frozen --no-sync
+SKEWLESS := $(RUN) skewless
+export UV_PYTHON_DOWNLOADS := never
+export MLFLOW_DISABLE_TELEMETRY := true
+export SPARK_LOCAL_IP := 127.0.0.1
+
+.PHONY: help setup services-up services-status services-down mlflow-ui demo test lint unit integration config
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m venv $(BOOTSTRAP)
+	$(BOOTSTRAP)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+setup: $(UV) ## install everything: Python env from uv.lock, Java check, Redis, Kafka jars (idempotent)
+	$(UV) sync --frozen
+	$(SKEWLESS) services install
+
+config: ## print the effective settings (NAME=value)
+	@$(SKEWLESS) config show
+
+services-up: setup ## start Kafka, Redis and MLflow on loopback and create the topics
+	$(SKEWLESS) services up
+
+services-status: ## show each server's pid and health
+	$(SKEWLESS) services status
+
+services-down: ## stop every server started by services-up
+	$(SKEWLESS) services down
+
+mlflow-ui: setup ## serve the MLflow UI (model versions, aliases) on 127.0.0.1:5000
+	$(SKEWLESS) services mlflow-ui
+
+demo: services-up ## fresh machine: install, start the services and run the whole loop once
+	$(SKEWLESS) services status
+
+lint: ## ruff check, ruff format --check and mypy
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy
+
+unit: ## unit tests only (no servers)
+	$(RUN) pytest tests/unit
+
+integration: ## integration tests against real Kafka, Redis, Spark and MLflow
+	$(RUN) pytest tests/integration
+
+test: setup lint ## install, lint, then run unit and integration tests
+	$(RUN) pytest tests/unit tests/integration

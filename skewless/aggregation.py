@@ -1,0 +1,101 @@
+"""The types of the one aggregation declaration that both engines derive from.
+
+Semantics, shared by the Spark backfill, the streaming updater and the pure reference:
+
+- **Event time.** Every window is measured on the event's own timestamp (`event_time`, UTC),
+  never on wall time, so a replayed stream gives the same values as the backfill.
+- **Order.** Events are ordered by `(event_time, transaction_id)`. "Up to the transaction"
+  means every event of the same entity that comes at or before it in that order, itself
+  included: two events with the same timestamp are told apart by their id.
+- **Window bounds.** For an event at time `t`, a window of `w` days with a delay of `d` days
+  covers the events of the same entity whose time `e` satisfies `t - d - w < e <= t - d`:
+  the lower bound is exclusive, the upper bound inclusive. With `d = 0` the window ends at
+  the event itself (inclusive of it, and of earlier events with the same timestamp; later
+  events with the same timestamp are excluded by the order above). With `d > 0` the window
+  ends `d` days before the event, and every event at time exactly `t - d` is inside it.
+- **What the delay shifts.** A label (`tx_fraud`) is known `d` days after its event. A
+  delayed window covers only events whose labels are known at `t`: an event at exactly
+  `t - d` has its label arriving exactly at `t`, and counts.
+- **Empty windows.** A count over an empty window is 0; a mean over an empty window is the
+  declared `empty_value` (0.0 for the reference feature set). No feature is ever null.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+
+
+class Function(StrEnum):
+    """What an output computes over the events of a window."""
+
+    COUNT = "count"
+    MEAN = "mean"
+
+
+@dataclass(frozen=True)
+class Output:
+    """One aggregate of a window: `function` over `column` (no column for a count).
+
+    `name` is a template with `{days}` standing for the window length, e.g.
+    `customer_avg_amount_{days}d`.
+    """
+
+    name: str
+    function: Function
+    column: str | None = None
+    empty_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        if "{days}" not in self.name:
+            raise ValueError(f"output name {self.name!r} must contain '{{days}}'")
+        if (self.function is Function.MEAN) != (self.column is not None):
+            raise ValueError(f"output {self.name!r}: a mean needs a column, a count takes none")
+
+    def feature_name(self, days: int) -> str:
+        """The feature's name for a window of `days` days."""
+        return self.name.format(days=days)
+
+
+@dataclass(frozen=True)
+class WindowAggregation:
+    """Sliding event-time windows of one entity's events, declared once for both engines."""
+
+    name: str
+    entity: str
+    entity_key: str
+    outputs: tuple[Output, ...]
+    windows_days: tuple[int, ...]
+    delay_days: int = 0
+    event_time: str = "tx_datetime"
+    order_key: str = "transaction_id"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.windows_days or any(days <= 0 for days in self.windows_days):
+            raise ValueError(f"{self.name}: windows must be positive numbers of days")
+        if self.delay_days < 0:
+            raise ValueError(f"{self.name}: the delay cannot be negative")
+
+    @property
+    def delay(self) -> timedelta:
+        return timedelta(days=self.delay_days)
+
+    @property
+    def horizon(self) -> timedelta:
+        """How far back from an event the widest window reaches (delay included)."""
+        return timedelta(days=self.delay_days + max(self.windows_days))
+
+    @property
+    def value_columns(self) -> tuple[str, ...]:
+        """Raw columns the outputs read, in declaration order, without repeats."""
+        columns = [output.column for output in self.outputs if output.column is not None]
+        return tuple(dict.fromkeys(columns))
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Every feature this declaration yields, window by window."""
+        return tuple(
+            output.feature_name(days) for days in self.windows_days for output in self.outputs
+        )

@@ -1,0 +1,73 @@
+"""Local servers of the platform (Kafka, Redis, MLflow), started and stopped as one."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from skewless.services import kafka, mlflow_server, redis_server
+from skewless.services.java import check_java
+from skewless.services.process import ManagedProcess, ServiceError
+from skewless.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ServiceError", "ServiceStatus", "down", "install", "status", "up"]
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """What one server looks like from outside."""
+
+    name: str
+    address: str
+    pid: int | None
+    healthy: bool
+
+
+def install(settings: Settings) -> None:
+    """Install what the servers need (Java check, Redis package, Kafka jars); idempotent."""
+    check_java()
+    redis_server.ensure_installed()
+    kafka.ensure_installed(settings)
+
+
+def up(settings: Settings, with_mlflow: bool = True) -> None:
+    """Start every server that is not running yet and wait until each answers."""
+    check_java()
+    redis_server.start(settings)
+    kafka.start(settings)
+    if with_mlflow:
+        mlflow_server.start(settings)
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop every server we started; returns the names of those that were running."""
+    stopped = []
+    for name, stop in (
+        ("mlflow", mlflow_server.stop),
+        ("kafka", kafka.stop),
+        ("redis", redis_server.stop),
+    ):
+        if stop(settings):
+            stopped.append(name)
+    return stopped
+
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    """Pid and health of each server."""
+    checks = (
+        (kafka.NAME, settings.kafka_bootstrap, kafka.is_ready),
+        (
+            redis_server.NAME,
+            f"{settings.redis_host}:{settings.redis_port}",
+            redis_server.is_ready,
+        ),
+        (mlflow_server.NAME, mlflow_server.url(settings), mlflow_server.is_ready),
+    )
+    return [
+        ServiceStatus(
+            name, address, ManagedProcess(name, settings.runtime_dir).pid(), probe(settings)
+        )
+        for name, address, probe in checks
+    ]

@@ -1,0 +1,212 @@
+"""Apache Kafka in KRaft mode: one combined broker + controller node, assembled from Maven Central.
+
+The jars are resolved once by Maven from `assets/kafka-pom.xml` into the cache folder (outside
+tracked files); the storage is formatted with `kafka.tools.StorageTool`; the server runs as
+`java -cp 'lib/*' kafka.Kafka server.properties` in its own process group.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import shutil
+import subprocess
+import uuid
+from importlib import resources
+from pathlib import Path
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from skewless.services.java import check_java
+from skewless.services.process import ManagedProcess, ServiceError, wait_ready
+from skewless.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+NAME = "kafka"
+_READY_MARKER = ".resolved"
+
+
+def _asset(name: str) -> Path:
+    return Path(str(resources.files("skewless.services") / "assets" / name))
+
+
+def lib_dir(settings: Settings) -> Path:
+    """Where the jars of the configured Kafka version live."""
+    return settings.cache_dir / f"kafka-{settings.kafka_version}" / "lib"
+
+
+def ensure_installed(settings: Settings) -> Path:
+    """Resolve the Kafka jars with Maven once; later calls return the cached folder."""
+    target = lib_dir(settings)
+    if (target / _READY_MARKER).exists():
+        return target
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ServiceError("mvn was not found on PATH; Kafka is assembled with Maven (apt: maven)")
+    staging = target.with_name("lib.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    logger.info("resolving Kafka %s from Maven Central into %s", settings.kafka_version, target)
+    result = subprocess.run(
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(_asset("kafka-pom.xml")),
+            f"-Dkafka.version={settings.kafka_version}",
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={staging}",
+            "-DincludeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ServiceError(
+            f"Maven could not resolve org.apache.kafka:kafka_2.13:{settings.kafka_version}:\n"
+            + (result.stdout + result.stderr)[-2000:]
+        )
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    (target / _READY_MARKER).write_text(settings.kafka_version + "\n")
+    return target
+
+
+def server_properties(settings: Settings, log_dir: Path) -> str:
+    """The server.properties of a single combined node fit for one machine."""
+    host = settings.kafka_host
+    entries = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.bootstrap.servers": f"{host}:{settings.kafka_controller_port}",
+        "listeners": f"PLAINTEXT://{host}:{settings.kafka_port},"
+        f"CONTROLLER://{host}:{settings.kafka_controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{settings.kafka_port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(log_dir),
+        "num.partitions": str(settings.kafka_partitions),
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "4",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "log.cleaner.dedupe.buffer.size": str(4 * 1024 * 1024),
+        "log.retention.hours": "168",
+        "auto.create.topics.enable": "false",
+    }
+    return "".join(f"{key}={value}\n" for key, value in entries.items())
+
+
+def _random_cluster_id() -> str:
+    """A Kafka cluster id: a random UUID in URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _java_argv(settings: Settings, lib: Path, main_class: str, *args: str) -> list[str]:
+    return [
+        check_java(),
+        f"-Xms{settings.kafka_heap_mb}m",
+        f"-Xmx{settings.kafka_heap_mb}m",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={_asset('kafka-log4j2.yaml')}",
+        f"-Dkafka.logs.dir={settings.runtime_dir.resolve() / 'logs'}",
+        "-cp",
+        f"{lib}/*",
+        main_class,
+        *args,
+    ]
+
+
+def _format_storage(settings: Settings, lib: Path, config: Path, log_dir: Path) -> None:
+    """Format the KRaft storage once; a formatted folder is left as it is."""
+    if (log_dir / "meta.properties").exists():
+        return
+    argv = _java_argv(
+        settings, lib, "kafka.tools.StorageTool",
+        "format", "-t", _random_cluster_id(), "-c", str(config), "--standalone",
+    )  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ServiceError(f"Kafka storage format failed:\n{result.stdout}{result.stderr}")
+
+
+def admin(settings: Settings) -> KafkaAdminClient:
+    """An admin client for the configured broker."""
+    return KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id="skewless-admin",
+        request_timeout_ms=5000,
+    )
+
+
+def is_ready(settings: Settings) -> bool:
+    """True if the broker answers a metadata request with a live broker."""
+    try:
+        client = admin(settings)
+    except KafkaError:
+        return False
+    try:
+        return bool(client.describe_cluster().get("brokers"))
+    except KafkaError:
+        return False
+    finally:
+        client.close()
+
+
+def ensure_topics(settings: Settings) -> list[str]:
+    """Create every platform topic that does not exist yet; returns those created."""
+    client = admin(settings)
+    try:
+        existing = set(client.list_topics())
+        missing = [name for name in settings.topics if name not in existing]
+        created = []
+        for name in missing:
+            try:
+                client.create_topics(
+                    [NewTopic(name, num_partitions=settings.kafka_partitions, replication_factor=1)]
+                )
+                created.append(name)
+            except TopicAlreadyExistsError:
+                continue
+        return created
+    finally:
+        client.close()
+
+
+def start(settings: Settings) -> ManagedProcess:
+    """Resolve, format and start Kafka unless it already answers; create the topics."""
+    process = ManagedProcess(NAME, settings.runtime_dir)
+    if process.pid() is None:
+        if is_ready(settings):
+            raise ServiceError(
+                f"another Kafka already answers on {settings.kafka_bootstrap}; "
+                "stop it or set SKEWLESS_KAFKA_PORT"
+            )
+        lib = ensure_installed(settings)
+        home = settings.runtime_dir.resolve() / "kafka"
+        log_dir = home / "data"
+        home.mkdir(parents=True, exist_ok=True)
+        config = home / "server.properties"
+        config.write_text(server_properties(settings, log_dir))
+        _format_storage(settings, lib, config, log_dir)
+        process.start(_java_argv(settings, lib, "kafka.Kafka", str(config)))
+    wait_ready(process, lambda: is_ready(settings), settings.service_start_timeout_s, "kafka")
+    created = ensure_topics(settings)
+    if created:
+        logger.info("created topics %s", ", ".join(created))
+    return process
+
+
+def stop(settings: Settings) -> bool:
+    """Stop the broker (a clean controlled shutdown first); True if it was running."""
+    return ManagedProcess(NAME, settings.runtime_dir).stop(timeout_s=60.0)

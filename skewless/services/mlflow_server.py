@@ -1,0 +1,68 @@
+"""The MLflow tracking server: SQLite backend store, local artifact root, loopback only."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import urllib.error
+import urllib.request
+
+from skewless.services.process import ManagedProcess, ServiceError, wait_ready
+from skewless.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+NAME = "mlflow"
+
+OFFLINE_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def url(settings: Settings) -> str:
+    """Base URL of the server."""
+    return f"http://{settings.mlflow_host}:{settings.mlflow_port}"
+
+
+def is_ready(settings: Settings) -> bool:
+    """True if the server's health endpoint answers OK."""
+    try:
+        with urllib.request.urlopen(f"{url(settings)}/health", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start(settings: Settings) -> ManagedProcess:
+    """Start the tracking server unless it already answers; idempotent."""
+    process = ManagedProcess(NAME, settings.runtime_dir)
+    if process.pid() is not None and is_ready(settings):
+        logger.info("mlflow already running at %s", url(settings))
+        return process
+    if is_ready(settings):
+        raise ServiceError(
+            f"another server already answers at {url(settings)}; "
+            "stop it or set SKEWLESS_MLFLOW_PORT"
+        )
+    settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
+    allowed = f"{settings.mlflow_host},{settings.mlflow_host}:{settings.mlflow_port}"
+    allowed += f",localhost,localhost:{settings.mlflow_port}"
+    argv = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", settings.mlflow_backend_uri,
+        "--default-artifact-root", settings.mlflow_artifact_root.as_uri(),
+        "--host", settings.mlflow_host,
+        "--port", str(settings.mlflow_port),
+        "--workers", "1",
+        "--allowed-hosts", allowed,
+    ]  # fmt: skip
+    process.start(argv, env=OFFLINE_ENV)
+    wait_ready(process, lambda: is_ready(settings), settings.service_start_timeout_s, "mlflow")
+    return process
+
+
+def stop(settings: Settings) -> bool:
+    """Stop the server and its workers; True if it was running."""
+    return ManagedProcess(NAME, settings.runtime_dir).stop()

@@ -1,0 +1,165 @@
+"""Background server processes: start in their own process group, record the pid, stop whole.
+
+Each server gets `<runtime>/run/<name>.pid` and `<runtime>/logs/<name>.log`. Readiness is a
+probe polled against a deadline, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(RuntimeError):
+    """A server could not be installed, started or reached."""
+
+
+@dataclass(frozen=True)
+class ManagedProcess:
+    """Where one named server keeps its pid and log under the runtime folder."""
+
+    name: str
+    runtime_dir: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.runtime_dir / "run" / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.runtime_dir / "logs" / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        """The recorded pid if that process is still alive, else None."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def start(
+        self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> int:
+        """Start `argv` detached in a new session (its own process group) and record its pid."""
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        full_env = {**os.environ, **(env or {})}
+        with self.log_file.open("ab") as log:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(f"{proc.pid}\n")
+        logger.info("started %s (pid %d), log %s", self.name, proc.pid, self.log_file)
+        return proc.pid
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Stop the whole process group: SIGTERM, then SIGKILL at the deadline.
+
+        Returns True if something was running.
+        """
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        _signal_group(pid, signal.SIGTERM)
+        if not wait_for(lambda: not _group_alive(pid), timeout_s):
+            logger.warning("%s did not stop within %.0f s, killing it", self.name, timeout_s)
+            _signal_group(pid, signal.SIGKILL)
+            wait_for(lambda: not _group_alive(pid), 10.0)
+        self.pid_file.unlink(missing_ok=True)
+        logger.info("stopped %s (pid %d)", self.name, pid)
+        return True
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the server's log, for error messages."""
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_for(probe: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> bool:
+    """Poll `probe` until it returns True or the deadline passes; True if it succeeded."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if probe():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)
+
+
+def wait_ready(
+    process: ManagedProcess, probe: Callable[[], bool], timeout_s: float, what: str
+) -> None:
+    """Wait until `probe` answers, failing early if the process died; raise with its log."""
+
+    def ready_or_dead() -> bool:
+        return probe() or process.pid() is None
+
+    wait_for(ready_or_dead, timeout_s, interval_s=0.2)
+    if probe():
+        return
+    state = "exited" if process.pid() is None else f"did not answer within {timeout_s:.0f} s"
+    raise ServiceError(f"{what} {state}; last lines of {process.log_file}:\n{process.log_tail()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A group whose only members are zombies is gone for our purposes.
+    return any(
+        _alive(int(entry.name))
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _pgid_of(int(entry.name)) == pgid
+    )
+
+
+def _pgid_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)

@@ -1,0 +1,93 @@
+"""The Redis online store: Debian's `redis-server`, installed if missing, bound to loopback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+
+import redis
+
+from skewless.services.process import ManagedProcess, ServiceError, wait_ready
+from skewless.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+NAME = "redis"
+DEBIAN_PACKAGE = "redis-server"
+
+
+def ensure_installed() -> str:
+    """Path of `redis-server`; installs Debian's package when root, else says what to install."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise ServiceError(
+            f"redis-server is not installed; install the Debian package '{DEBIAN_PACKAGE}' "
+            f"(sudo apt-get install -y {DEBIAN_PACKAGE}) and run the command again"
+        )
+    logger.info("installing Debian package %s", DEBIAN_PACKAGE)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", DEBIAN_PACKAGE],
+        check=True,
+        env=env,
+    )
+    found = shutil.which("redis-server")
+    if not found:
+        raise ServiceError(f"installed {DEBIAN_PACKAGE} but redis-server is still not on PATH")
+    return found
+
+
+def client(settings: Settings) -> redis.Redis:
+    """A redis-py client for the configured server."""
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    return redis.Redis(host=settings.redis_host, port=settings.redis_port, password=password)
+
+
+def is_ready(settings: Settings) -> bool:
+    """True if the server answers PING."""
+    try:
+        return bool(client(settings).ping())
+    except redis.RedisError:
+        return False
+
+
+def start(settings: Settings) -> ManagedProcess:
+    """Start Redis unless it already answers; idempotent."""
+    process = ManagedProcess(NAME, settings.runtime_dir)
+    if process.pid() is not None and is_ready(settings):
+        logger.info("redis already running on %s:%d", settings.redis_host, settings.redis_port)
+        return process
+    if is_ready(settings):
+        raise ServiceError(
+            f"another Redis already answers on {settings.redis_host}:{settings.redis_port}; "
+            "stop it or set SKEWLESS_REDIS_PORT"
+        )
+    binary = ensure_installed()
+    data_dir = settings.runtime_dir.resolve() / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        binary,
+        "--bind", settings.redis_host,
+        "--port", str(settings.redis_port),
+        "--dir", str(data_dir),
+        "--save", "",
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--daemonize", "no",
+        "--protected-mode", "yes",
+    ]  # fmt: skip
+    if settings.redis_password:
+        argv += ["--requirepass", settings.redis_password.get_secret_value()]
+    process.start(argv)
+    wait_ready(process, lambda: is_ready(settings), settings.service_start_timeout_s, "redis")
+    return process
+
+
+def stop(settings: Settings) -> bool:
+    """Stop our Redis; True if it was running."""
+    return ManagedProcess(NAME, settings.runtime_dir).stop()

@@ -1,0 +1,133 @@
+"""One frozen settings object per process, read from `SKEWLESS_*` environment variables.
+
+Every address, port, path, topic name and threshold of the platform lives here. Entry points
+build it once with `load_settings()` and pass it down; nothing reads the environment elsewhere.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SKEWLESS_"
+
+
+class SettingsError(ValueError):
+    """A setting could not be parsed; the message names the variable and what it expects."""
+
+
+class Settings(BaseSettings):
+    """The effective configuration of one skewless process."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    # Folders.
+    runtime_dir: Path = Field(Path(".runtime"), description="pids, logs and server data")
+    data_dir: Path = Field(Path("data"), description="raw and derived data sets")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "skewless", description="downloads kept between runs (Kafka jars)"
+    )
+    feature_repo: Path = Field(Path("feature_repo"), description="the Feast feature repository")
+
+    # Kafka (KRaft, one combined broker + controller node).
+    kafka_version: str = Field("4.3.0", description="org.apache.kafka:kafka_2.13 version")
+    kafka_host: str = Field("127.0.0.1", description="address Kafka binds and clients use")
+    kafka_port: int = Field(9092, ge=1, le=65535, description="Kafka client listener port")
+    kafka_controller_port: int = Field(9093, ge=1, le=65535, description="KRaft controller port")
+    kafka_heap_mb: int = Field(512, ge=128, description="Kafka JVM heap size in MiB")
+    kafka_partitions: int = Field(2, ge=1, description="partitions of every topic created")
+    topic_transactions: str = Field("transactions", description="raw transaction events")
+    topic_labels: str = Field("fraud-labels", description="delayed fraud labels")
+    topic_scores: str = Field("fraud-scores", description="scores produced by the worker")
+    topic_dead_letter: str = Field("transactions-dlq", description="malformed events, with reason")
+    topic_feature_log: str = Field("feature-log", description="feature vectors the worker served")
+
+    # Redis, the Feast online store.
+    redis_host: str = Field("127.0.0.1", description="Redis address")
+    redis_port: int = Field(6379, ge=1, le=65535, description="Redis port")
+    redis_password: SecretStr | None = Field(None, description="Redis password, if any")
+
+    # MLflow tracking server and registry.
+    mlflow_host: str = Field("127.0.0.1", description="address the MLflow server binds")
+    mlflow_port: int = Field(5000, ge=1, le=65535, description="MLflow server port")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="tracking URI; default: the SQLite store under runtime_dir"
+    )
+    model_name: str = Field("fraud-detector", description="registered model name")
+    feature_service: str = Field("fraud_model_v1", description="Feast feature service of the model")
+
+    # Start-up.
+    service_start_timeout_s: float = Field(
+        90.0, gt=0, description="deadline for a server to answer"
+    )
+
+    @cached_property
+    def kafka_bootstrap(self) -> str:
+        """`host:port` for Kafka clients."""
+        return f"{self.kafka_host}:{self.kafka_port}"
+
+    @cached_property
+    def mlflow_store_dir(self) -> Path:
+        """Folder holding the MLflow SQLite database and artifacts."""
+        return self.runtime_dir.resolve() / "mlflow"
+
+    @cached_property
+    def mlflow_backend_uri(self) -> str:
+        """SQLite backend store shared by the server and by direct clients."""
+        return f"sqlite:///{self.mlflow_store_dir / 'mlflow.db'}"
+
+    @cached_property
+    def mlflow_artifact_root(self) -> Path:
+        """Local artifact root of the MLflow store."""
+        return self.mlflow_store_dir / "artifacts"
+
+    @cached_property
+    def tracking_uri(self) -> str:
+        """The tracking URI clients use."""
+        return self.mlflow_tracking_uri or self.mlflow_backend_uri
+
+    @cached_property
+    def topics(self) -> tuple[str, ...]:
+        """Every topic the platform uses."""
+        return (
+            self.topic_transactions,
+            self.topic_labels,
+            self.topic_scores,
+            self.topic_dead_letter,
+            self.topic_feature_log,
+        )
+
+    def as_env_lines(self) -> list[str]:
+        """`SKEWLESS_NAME=value` for every setting, secrets masked."""
+        lines = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                shown = "**********"
+            elif value is None:
+                shown = ""
+            else:
+                shown = str(value)
+            lines.append(f"{ENV_PREFIX}{name.upper()}={shown}")
+        return lines
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One line naming the variable, the expected type and the value given."""
+    name = ENV_PREFIX + ".".join(str(part) for part in error["loc"]).upper()
+    expected = error["msg"]
+    given = error.get("input")
+    return f"{name}: {expected} (got {given!r})"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from the environment, raising `SettingsError` with readable lines."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [_describe(dict(error)) for error in exc.errors()]
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,68 @@
+"""Shared fixtures: private Kafka, Redis and MLflow servers on free loopback ports.
+
+The servers are started by the same code as `skewless services up`, in a temporary runtime
+folder, once per test session, and stopped (whole process groups) at the end.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from skewless.services import kafka, mlflow_server, redis_server
+from skewless.settings import Settings, load_settings
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def service_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings pointing at a private runtime folder and free ports."""
+    runtime = tmp_path_factory.mktemp("runtime")
+    return load_settings(
+        runtime_dir=runtime,
+        data_dir=runtime / "data",
+        kafka_port=free_port(),
+        kafka_controller_port=free_port(),
+        redis_port=free_port(),
+        mlflow_port=free_port(),
+        kafka_partitions=2,
+        kafka_heap_mb=384,
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_service(service_settings: Settings) -> Iterator[Settings]:
+    """A private Redis server for the session."""
+    redis_server.start(service_settings)
+    yield service_settings
+    redis_server.stop(service_settings)
+
+
+@pytest.fixture(scope="session")
+def kafka_service(service_settings: Settings) -> Iterator[Settings]:
+    """A private single-node KRaft Kafka with the platform's topics."""
+    kafka.start(service_settings)
+    yield service_settings
+    kafka.stop(service_settings)
+
+
+@pytest.fixture(scope="session")
+def mlflow_service(service_settings: Settings) -> Iterator[Settings]:
+    """A private MLflow tracking server on a SQLite store."""
+    mlflow_server.start(service_settings)
+    yield service_settings
+    mlflow_server.stop(service_settings)
+
+
+@pytest.fixture
+def runtime_dir(service_settings: Settings) -> Path:
+    return service_settings.runtime_dir
