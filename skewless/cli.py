@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from datetime import datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,11 +18,15 @@ from skewless import services
 from skewless.services import mlflow_server
 from skewless.settings import Settings, SettingsError, load_settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
+)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the effective settings.")
 services_app = typer.Typer(no_args_is_help=True, help="Local Kafka, Redis and MLflow servers.")
 app.add_typer(config_app, name="config")
+data_app = typer.Typer(no_args_is_help=True, help="Import and inspect transaction data.")
 app.add_typer(services_app, name="services")
+app.add_typer(data_app, name="data")
 
 console = Console()
 
@@ -41,8 +48,8 @@ def _root(
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
-    for noisy in ("kafka", "urllib3", "py4j"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for noisy in ("kafka", "urllib3", "py4j", "feast"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if noisy != "feast" else logging.WARNING)
     try:
         ctx.obj = load_settings()
     except SettingsError as exc:
@@ -95,6 +102,78 @@ def services_mlflow_ui(ctx: typer.Context) -> None:
     settings = _settings(ctx)
     mlflow_server.start(settings)
     typer.echo(f"MLflow UI: {mlflow_server.url(settings)}")
+
+
+@app.command("simulate")
+def simulate_command(
+    ctx: typer.Context,
+    customers: Annotated[int, typer.Option(help="number of card holders")] = 5000,
+    terminals: Annotated[int, typer.Option(help="number of points of sale")] = 10000,
+    start_date: Annotated[
+        datetime, typer.Option(formats=["%Y-%m-%d"], help="first simulated day (UTC)")
+    ] = datetime(2026, 4, 1),
+    days: Annotated[int, typer.Option(help="number of simulated days")] = 183,
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same data")] = 42,
+    name: Annotated[str, typer.Option(help="data set name under the data folder")] = "demo",
+) -> None:
+    """Generate card transactions with the three fraud scenarios into a parquet data set."""
+    from skewless.data import dataset_path, write_transactions
+    from skewless.simulator import SimulationParams, simulate
+
+    settings = _settings(ctx)
+    params = SimulationParams(
+        n_customers=customers,
+        n_terminals=terminals,
+        start_date=start_date.date(),
+        n_days=days,
+        seed=seed,
+    )
+    started = time.perf_counter()
+    result = simulate(params)
+    elapsed = time.perf_counter() - started
+    path = write_transactions(result.transactions, dataset_path(settings, name))
+    table = Table("simulated", "value")
+    table.add_row("transactions", f"{len(result.transactions):,}")
+    table.add_row("fraud rate", f"{result.fraud_rate:.3%}")
+    for scenario, count in result.fraud_by_scenario.items():
+        table.add_row(f"frauds: {scenario}", f"{count:,}")
+    table.add_row("seconds", f"{elapsed:.1f}")
+    console.print(table)
+    typer.echo(f"simulate: wrote {path}")
+
+
+@data_app.command("import")
+def data_import(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(exists=True, help="parquet or CSV, canonical schema")],
+    name: Annotated[str | None, typer.Option(help="data set name (default: file stem)")] = None,
+) -> None:
+    """Validate a transactions file with the data-quality suite and import it if it passes."""
+    from skewless.data import DataError, import_transactions
+
+    try:
+        result = import_transactions(path, _settings(ctx), name=name)
+    except DataError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(result.report.describe())
+    typer.echo(f"data import: {result.path} (use --data {result.path})")
+
+
+@app.command("apply")
+def apply_command(ctx: typer.Context) -> None:
+    """Register the feature repository with Feast (feast apply, addresses from settings)."""
+    from skewless.feature_store import apply
+
+    apply(_settings(ctx))
+
+
+@app.command("plan")
+def plan_command(ctx: typer.Context) -> None:
+    """Show what `apply` would change (feast plan); fails on a broken definition."""
+    from skewless.feature_store import plan
+
+    plan(_settings(ctx))
 
 
 def _print_status(settings: Settings) -> bool:

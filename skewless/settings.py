@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SKEWLESS_"
@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     feature_repo: Path = Field(Path("feature_repo"), description="the Feast feature repository")
 
     # Kafka (KRaft, one combined broker + controller node).
-    kafka_version: str = Field("4.3.0", description="org.apache.kafka:kafka_2.13 version")
+    kafka_version: str = Field("4.3.1", description="org.apache.kafka:kafka_2.13 version")
     kafka_host: str = Field("127.0.0.1", description="address Kafka binds and clients use")
     kafka_port: int = Field(9092, ge=1, le=65535, description="Kafka client listener port")
     kafka_controller_port: int = Field(9093, ge=1, le=65535, description="KRaft controller port")
@@ -58,12 +58,23 @@ class Settings(BaseSettings):
         None, description="tracking URI; default: the SQLite store under runtime_dir"
     )
     model_name: str = Field("fraud-detector", description="registered model name")
+    feast_registry: str | None = Field(
+        None,
+        description="Feast registry: a file path, or a SQLAlchemy URL for a SQL registry; "
+        "default: data_dir/feast/registry.db",
+    )
     feature_service: str = Field("fraud_model_v1", description="Feast feature service of the model")
 
     # Start-up.
     service_start_timeout_s: float = Field(
         90.0, gt=0, description="deadline for a server to answer"
     )
+
+    @field_validator("runtime_dir", "data_dir", "cache_dir", "feature_repo")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        """Folders are made absolute once, so a later change of directory cannot move them."""
+        return path.expanduser().resolve()
 
     @cached_property
     def kafka_bootstrap(self) -> str:
@@ -73,7 +84,7 @@ class Settings(BaseSettings):
     @cached_property
     def mlflow_store_dir(self) -> Path:
         """Folder holding the MLflow SQLite database and artifacts."""
-        return self.runtime_dir.resolve() / "mlflow"
+        return self.runtime_dir / "mlflow"
 
     @cached_property
     def mlflow_backend_uri(self) -> str:

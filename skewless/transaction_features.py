@@ -1,4 +1,4 @@
-"""Per-transaction features: one formula, used by the on-demand feature view and both engines."""
+"""Per-transaction features: one formula for the on-demand feature view and both engines."""
 
 from __future__ import annotations
 
@@ -10,27 +10,26 @@ NIGHT_LAST_HOUR = 6
 WEEKEND_FIRST_DAY = 5
 """Monday is 0: Saturday (5) and Sunday (6) are the weekend, in UTC."""
 
-TRANSACTION_FEATURES = ("tx_amount", "tx_during_weekend", "tx_during_night")
+TRANSACTION_FEATURES = ("amount", "during_weekend", "during_night")
+"""The features computed from the transaction alone, in the order the model sees them."""
 
 
-def during_weekend(event_time: pd.Series) -> pd.Series:
-    """1 for a Saturday or Sunday (UTC), else 0."""
-    return (_utc(event_time).dt.dayofweek >= WEEKEND_FIRST_DAY).astype("int64")
+def transaction_features(transactions: pd.DataFrame) -> pd.DataFrame:
+    """`amount`, `during_weekend` and `during_night` from `tx_amount` and `tx_datetime`.
 
-
-def during_night(event_time: pd.Series) -> pd.Series:
-    """1 when the UTC hour is 0 to 6 inclusive, else 0."""
-    return (_utc(event_time).dt.hour <= NIGHT_LAST_HOUR).astype("int64")
+    The result has the index of `transactions`.
+    """
+    times = pd.to_datetime(transactions["tx_datetime"], utc=True)
+    return pd.DataFrame(
+        {
+            "amount": transactions["tx_amount"].astype("float64"),
+            "during_weekend": (times.dt.dayofweek >= WEEKEND_FIRST_DAY).astype("int64"),
+            "during_night": (times.dt.hour <= NIGHT_LAST_HOUR).astype("int64"),
+        },
+        index=transactions.index,
+    )
 
 
 def add_transaction_features(transactions: pd.DataFrame) -> pd.DataFrame:
-    """A copy of `transactions` with the weekend and night flags added."""
-    frame = transactions.copy()
-    frame["tx_during_weekend"] = during_weekend(frame["tx_datetime"])
-    frame["tx_during_night"] = during_night(frame["tx_datetime"])
-    return frame
-
-
-def _utc(event_time: pd.Series) -> pd.Series:
-    times = pd.to_datetime(event_time, utc=True)
-    return times
+    """`transactions` with the per-transaction features joined on."""
+    return transactions.join(transaction_features(transactions))

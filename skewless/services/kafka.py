@@ -20,7 +20,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from skewless.services.java import check_java
-from skewless.services.process import ManagedProcess, ServiceError, wait_ready
+from skewless.services.process import ManagedProcess, ServiceError, port_open, wait_ready
 from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -92,13 +92,13 @@ def server_properties(settings: Settings, log_dir: Path) -> str:
         "log.dirs": str(log_dir),
         "num.partitions": str(settings.kafka_partitions),
         "offsets.topic.replication.factor": "1",
-        "offsets.topic.num.partitions": "4",
+        "offsets.topic.num.partitions": "1",
         "transaction.state.log.replication.factor": "1",
         "transaction.state.log.min.isr": "1",
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
-        "log.cleaner.dedupe.buffer.size": str(4 * 1024 * 1024),
+        "log.cleaner.dedupe.buffer.size": str(2 * 1024 * 1024),  # must exceed 1 MiB
         "log.retention.hours": "168",
         "auto.create.topics.enable": "false",
     }
@@ -106,20 +106,25 @@ def server_properties(settings: Settings, log_dir: Path) -> str:
 
 
 def _random_cluster_id() -> str:
-    """A Kafka cluster id: a random UUID in URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka cluster id: a random UUID in URL-safe base64 without padding.
+
+    One starting with '-' would be read as an option by StorageTool, so draw again.
+    """
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
 
 
 def _java_argv(settings: Settings, lib: Path, main_class: str, *args: str) -> list[str]:
     return [
         check_java(),
-        f"-Xms{settings.kafka_heap_mb}m",
+        "-Xms64m",
         f"-Xmx{settings.kafka_heap_mb}m",
-        "-XX:+UseG1GC",
-        "-XX:MaxGCPauseMillis=20",
+        "-XX:+UseSerialGC",
         "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={_asset('kafka-log4j2.yaml')}",
-        f"-Dkafka.logs.dir={settings.runtime_dir.resolve() / 'logs'}",
+        f"-Dkafka.logs.dir={settings.runtime_dir / 'logs'}",
         "-cp",
         f"{lib}/*",
         main_class,
@@ -151,6 +156,8 @@ def admin(settings: Settings) -> KafkaAdminClient:
 
 def is_ready(settings: Settings) -> bool:
     """True if the broker answers a metadata request with a live broker."""
+    if not port_open(settings.kafka_host, settings.kafka_port):
+        return False
     try:
         client = admin(settings)
     except KafkaError:
@@ -193,7 +200,7 @@ def start(settings: Settings) -> ManagedProcess:
                 "stop it or set SKEWLESS_KAFKA_PORT"
             )
         lib = ensure_installed(settings)
-        home = settings.runtime_dir.resolve() / "kafka"
+        home = settings.runtime_dir / "kafka"
         log_dir = home / "data"
         home.mkdir(parents=True, exist_ok=True)
         config = home / "server.properties"

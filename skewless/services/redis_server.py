@@ -68,7 +68,7 @@ def start(settings: Settings) -> ManagedProcess:
             "stop it or set SKEWLESS_REDIS_PORT"
         )
     binary = ensure_installed()
-    data_dir = settings.runtime_dir.resolve() / "redis"
+    data_dir = settings.runtime_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         binary,

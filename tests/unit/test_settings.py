@@ -35,7 +35,7 @@ def test_out_of_range_port_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_settings_are_frozen() -> None:
     settings = load_settings()
     with pytest.raises(ValueError):
-        settings.kafka_port = 1  # type: ignore[misc]
+        settings.kafka_port = 1
 
 
 def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,73 @@
+"""Feature views: per-transaction flags (on demand) and the two window aggregations.
+
+The window views take their schemas from the declarations in `aggregations.py`; nothing here
+restates a window, a function or a delay.
+"""
+
+from datetime import timedelta
+
+import pandas as pd
+from aggregations import CUSTOMER_SPENDING, TERMINAL_RISK
+from data_sources import customer_spending_push, terminal_risk_push
+from entities import customer, terminal
+from feast import FeatureView, Field, RequestSource
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float64, Int64, UnixTimestamp
+
+from skewless.aggregation import Function, WindowAggregation
+
+
+def _schema(declaration: WindowAggregation) -> list[Field]:
+    return [
+        Field(
+            name=output.feature_name(days),
+            dtype=Int64 if output.function is Function.COUNT else Float64,
+        )
+        for days in declaration.windows_days
+        for output in declaration.outputs
+    ]
+
+
+# Offline, a view's latest row at or before the transaction is the transaction's own row, so
+# no age limit applies (ttl 0); online, the worker computes windows from events, not stored rows.
+customer_spending = FeatureView(
+    name=CUSTOMER_SPENDING.name,
+    entities=[customer],
+    ttl=timedelta(0),
+    schema=_schema(CUSTOMER_SPENDING),
+    source=customer_spending_push,
+    online=True,
+    description=CUSTOMER_SPENDING.description,
+)
+
+terminal_risk = FeatureView(
+    name=TERMINAL_RISK.name,
+    entities=[terminal],
+    ttl=timedelta(0),
+    schema=_schema(TERMINAL_RISK),
+    source=terminal_risk_push,
+    online=True,
+    description=TERMINAL_RISK.description,
+)
+
+transaction_request = RequestSource(
+    name="transaction_request",
+    schema=[Field(name="tx_amount", dtype=Float64), Field(name="tx_datetime", dtype=UnixTimestamp)],
+)
+
+
+@on_demand_feature_view(
+    sources=[transaction_request],
+    schema=[
+        Field(name="amount", dtype=Float64),
+        Field(name="during_weekend", dtype=Int64),
+        Field(name="during_night", dtype=Int64),
+    ],
+    mode="pandas",
+    description="Amount, weekend flag and night flag of the transaction itself.",
+)
+def transaction_features(request: pd.DataFrame) -> pd.DataFrame:
+    # Feast rebuilds this function from its source text: imports stay inside it.
+    from skewless.transaction_features import transaction_features as compute
+
+    return compute(request)

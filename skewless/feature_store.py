@@ -1,0 +1,164 @@
+"""The bridge to Feast: repository config from settings, the store, apply and plan.
+
+`feature_store.yaml` reads its addresses from `SKEWLESS_*` environment variables; every
+skewless command fills them from its settings before Feast reads the file, so one settings
+object drives our code and Feast alike.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from skewless.aggregation import Function, WindowAggregation
+from skewless.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+logger = logging.getLogger(__name__)
+
+OFFLINE_TABLES = "features"
+REGISTRY_FILE = Path("feast") / "registry.db"
+EMPTY_PART = "part-00000-empty.parquet"
+
+
+def registry_location(settings: Settings) -> str:
+    """The registry path or URL the settings name."""
+    return settings.feast_registry or str(settings.data_dir / REGISTRY_FILE)
+
+
+def feast_environment(settings: Settings) -> dict[str, str]:
+    """The variables `feature_store.yaml` and the repository's modules read."""
+    env = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in settings.as_env_lines()}
+    if settings.redis_password:
+        env["SKEWLESS_REDIS_PASSWORD"] = settings.redis_password.get_secret_value()
+    env["SKEWLESS_FEAST_REGISTRY_PATH"] = registry_location(settings)
+    env["SPARK_LOCAL_IP"] = "127.0.0.1"  # Spark binds loopback only
+    return {name: value for name, value in env.items() if value}
+
+
+def offline_table_path(settings: Settings, name: str) -> Path:
+    """Folder of the offline feature table `name` (partitioned parquet)."""
+    return settings.data_dir / OFFLINE_TABLES / name
+
+
+def offline_table_uri(name: str) -> str:
+    """URI of an offline feature table, for the repository's source declarations."""
+    return offline_table_path(load_settings(), name).as_uri()
+
+
+def offline_table_schema(declaration: WindowAggregation) -> pa.Schema:
+    """Columns of the offline table of one declaration, in order."""
+    fields = [
+        pa.field(declaration.entity_key, pa.int64()),
+        pa.field(declaration.event_time, pa.timestamp("us", tz="UTC")),
+        pa.field(declaration.order_key, pa.int64()),
+    ]
+    for days in declaration.windows_days:
+        for output in declaration.outputs:
+            kind = pa.int64() if output.function is Function.COUNT else pa.float64()
+            fields.append(pa.field(output.feature_name(days), kind))
+    return pa.schema(fields)
+
+
+def ensure_offline_tables(settings: Settings, declarations: tuple[WindowAggregation, ...]) -> None:
+    """Give every offline table at least an empty file with its schema, so sources validate."""
+    for declaration in declarations:
+        folder = offline_table_path(settings, declaration.name)
+        if folder.exists() and any(folder.rglob("*.parquet")):
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        schema = offline_table_schema(declaration)
+        pq.write_table(schema.empty_table(), folder / EMPTY_PART, coerce_timestamps="us")
+
+
+def load_declarations(settings: Settings) -> tuple[WindowAggregation, ...]:
+    """The aggregation declarations of the configured feature repository."""
+    module = _load_repo_module(settings.feature_repo, "aggregations")
+    declarations = getattr(module, "AGGREGATIONS", None)
+    if not isinstance(declarations, tuple) or not all(
+        isinstance(item, WindowAggregation) for item in declarations
+    ):
+        raise TypeError(f"{settings.feature_repo}/aggregations.py must define AGGREGATIONS")
+    return declarations
+
+
+def _load_repo_module(repo: Path, name: str) -> ModuleType:
+    qualified = f"skewless_feature_repo.{name}"
+    if qualified in sys.modules:
+        return sys.modules[qualified]
+    spec = importlib.util.spec_from_file_location(qualified, repo / f"{name}.py")
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"{repo / name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[qualified] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def export_environment(settings: Settings) -> None:
+    """Put the Feast variables of `settings` into this process's environment."""
+    os.environ.update(feast_environment(settings))
+
+
+def repo_config(settings: Settings) -> RepoConfig:
+    """Feast's config for the repository, read from its yaml with the settings applied."""
+    from feast.repo_config import load_repo_config
+
+    export_environment(settings)
+    config = load_repo_config(settings.feature_repo, settings.feature_repo / "feature_store.yaml")
+    location = registry_location(settings)
+    if "://" in location and not location.startswith("file://"):
+        config.registry_config = {"registry_type": "sql", "path": location}
+    else:
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+    return config
+
+
+def open_store(settings: Settings) -> FeatureStore:
+    """A FeatureStore for the repository in `settings`."""
+    from feast import FeatureStore
+
+    return FeatureStore(repo_path=str(settings.feature_repo), config=repo_config(settings))
+
+
+def _on_import_path(repo: Path) -> None:
+    """Make the repository's modules importable by their plain names, as `feast` does."""
+    if str(repo) not in sys.path:
+        sys.path.append(str(repo))
+
+
+def apply(settings: Settings) -> None:
+    """`feast apply` with the settings: register every declaration, create online tables."""
+    from feast.repo_operations import apply_total
+
+    ensure_offline_tables(settings, load_declarations(settings))
+    _on_import_path(settings.feature_repo)
+    cwd = Path.cwd()
+    try:
+        apply_total(repo_config(settings), settings.feature_repo, skip_source_validation=False)
+    finally:
+        os.chdir(cwd)
+
+
+def plan(settings: Settings) -> None:
+    """`feast plan` with the settings: parse, validate sources, print the diff."""
+    from feast.repo_operations import plan as feast_plan
+
+    ensure_offline_tables(settings, load_declarations(settings))
+    _on_import_path(settings.feature_repo)
+    cwd = Path.cwd()
+    try:
+        feast_plan(repo_config(settings), settings.feature_repo, skip_source_validation=False)
+    finally:
+        os.chdir(cwd)
