@@ -11,7 +11,7 @@ export UV_PYTHON_DOWNLOADS := never
 export MLFLOW_DISABLE_TELEMETRY := true
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: help setup services-up services-status services-down mlflow-ui demo test lint unit integration config
+.PHONY: help setup config services-up services-status services-down mlflow-ui data apply plan demo lint unit integration test
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -39,7 +39,16 @@ services-down: ## stop every server started by services-up
 mlflow-ui: setup ## serve the MLflow UI (model versions, aliases) on 127.0.0.1:5000
 	$(SKEWLESS) services mlflow-ui
 
-demo: services-up ## fresh machine: install, start the services and run the whole loop once
+data: setup ## generate the demo transactions (about 1.8M, 183 days) unless they exist
+	$(SKEWLESS) simulate --if-missing
+
+apply: setup ## register the feature repository with Feast (feast apply; Spark + Redis)
+	$(SKEWLESS) apply
+
+plan: setup ## show what apply would change (feast plan)
+	$(SKEWLESS) plan
+
+demo: services-up data apply ## fresh machine: install, start the services and run the whole loop once
 	$(SKEWLESS) services status
 
 lint: ## ruff check, ruff format --check and mypy

@@ -115,12 +115,16 @@ def simulate_command(
     days: Annotated[int, typer.Option(help="number of simulated days")] = 183,
     seed: Annotated[int, typer.Option(help="random seed: same seed, same data")] = 42,
     name: Annotated[str, typer.Option(help="data set name under the data folder")] = "demo",
+    if_missing: Annotated[bool, typer.Option(help="do nothing if the data set exists")] = False,
 ) -> None:
     """Generate card transactions with the three fraud scenarios into a parquet data set."""
     from skewless.data import dataset_path, write_transactions
     from skewless.simulator import SimulationParams, simulate
 
     settings = _settings(ctx)
+    if if_missing and dataset_path(settings, name).exists():
+        typer.echo(f"simulate: {dataset_path(settings, name)} exists, kept")
+        return
     params = SimulationParams(
         n_customers=customers,
         n_terminals=terminals,

@@ -133,9 +133,15 @@ def open_store(settings: Settings) -> FeatureStore:
 
 
 def _on_import_path(repo: Path) -> None:
-    """Make the repository's modules importable by their plain names, as `feast` does."""
+    """Make the repository's modules importable by their plain names, as `feast` does.
+
+    Modules imported earlier for another settings object are dropped, so their source
+    paths are computed again from the current environment.
+    """
     if str(repo) not in sys.path:
         sys.path.append(str(repo))
+    for module_file in repo.glob("*.py"):
+        sys.modules.pop(module_file.stem, None)
 
 
 def apply(settings: Settings) -> None:

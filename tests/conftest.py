@@ -6,12 +6,14 @@ folder, once per test session, and stopped (whole process groups) at the end.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from skewless.feature_store import export_environment
 from skewless.services import kafka, mlflow_server, redis_server
 from skewless.settings import Settings, load_settings
 
@@ -24,10 +26,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def service_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Settings pointing at a private runtime folder and free ports."""
+def service_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings pointing at a private runtime folder and free ports.
+
+    They are also exported as SKEWLESS_* variables for the session, so that commands run as
+    subprocesses and the feature repository's modules see the same servers and folders.
+    """
     runtime = tmp_path_factory.mktemp("runtime")
-    return load_settings(
+    settings = load_settings(
         runtime_dir=runtime,
         data_dir=runtime / "data",
         kafka_port=free_port(),
@@ -37,6 +43,11 @@ def service_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         kafka_partitions=2,
         kafka_heap_mb=384,
     )
+    saved = dict(os.environ)
+    export_environment(settings)
+    yield settings
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from skewless.services.java import java_major_version
@@ -63,3 +65,13 @@ def test_every_setting_is_listed() -> None:
 )
 def test_java_major_version(text: str, major: int | None) -> None:
     assert java_major_version(text) == major
+
+
+def test_readme_lists_every_setting() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    missing = [
+        f"SKEWLESS_{name.upper()}"
+        for name in load_settings().model_fields
+        if f"`SKEWLESS_{name.upper()}`" not in readme
+    ]
+    assert not missing, f"README.md does not list {missing}"
