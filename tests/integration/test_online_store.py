@@ -1,0 +1,73 @@
+"""Contract: what our batch writer puts in Redis, Feast's `get_online_features` reads back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from skewless import feature_store
+from skewless.online_store import OnlineView
+from skewless.services import redis_server
+from skewless.settings import Settings, load_settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def applied(redis_service: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    settings = load_settings(
+        data_dir=tmp_path_factory.mktemp("online") / "data",
+        runtime_dir=redis_service.runtime_dir,
+        redis_port=redis_service.redis_port,
+    )
+    feature_store.apply(settings)
+    return settings
+
+
+def test_redis_key_is_feasts(applied: Settings) -> None:
+    from feast.infra.online_stores.helpers import _redis_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    view = OnlineView.of("skewless", feature_store.load_declarations(applied)[0])
+    for entity_id in (0, 1, 4999, -7, 2**40):
+        expected = _redis_key(
+            "skewless",
+            EntityKey(join_keys=[view.join_key], entity_values=[Value(int64_val=entity_id)]),
+            entity_key_serialization_version=3,
+        )
+        assert view.redis_key(entity_id) == expected
+
+
+def test_get_online_features_reads_what_the_batch_writer_wrote(applied: Settings) -> None:
+    store = feature_store.open_store(applied)
+    client = redis_server.client(applied)
+    customers, terminals = feature_store.load_declarations(applied)
+    views = {d.entity_key: OnlineView.of(store.project, d) for d in (customers, terminals)}
+    rng = np.random.default_rng(3)
+    written: dict[str, np.ndarray] = {}
+    when = [datetime(2026, 9, 30, 12, tzinfo=UTC) + timedelta(seconds=i) for i in range(5)]
+    for key, view in views.items():
+        values = rng.uniform(0, 100, size=(5, len(view.features)))
+        values[:, list(view.is_count)] = np.round(values[:, list(view.is_count)])
+        view.write(client, [10, 11, 12, 13, 14], values, when)
+        written[key] = values
+        read_back, stamps = view.read(client, [10, 11, 12, 13, 14, 99])
+        np.testing.assert_array_equal(read_back[:5], values)
+        assert np.isnan(read_back[5]).all()
+        assert stamps[:5] == when
+        assert stamps[5] is None
+
+    rows = [
+        {"customer_id": 10 + i, "terminal_id": 10 + i, "tx_amount": 12.5, "tx_datetime": when[i]}
+        for i in range(5)
+    ]
+    online = store.get_online_features(
+        features=store.get_feature_service("fraud_model_v1"), entity_rows=rows
+    ).to_dict()
+    for key, view in views.items():
+        for column, name in enumerate(view.features):
+            assert online[name] == pytest.approx(written[key][:, column].tolist(), rel=0, abs=0)
+    assert online["amount"] == [12.5] * 5

@@ -1,0 +1,91 @@
+"""The time-based protocol: a training window, the label delay, then a test window.
+
+Labels are known `delay_days` after a transaction, so a model trained on days
+[train_start, train_start + train_days) can only be used from `delay_days` later: the test
+window starts there. By default the windows are the latest complete ones of the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+DAY = timedelta(days=1)
+COMPLETE_DAY_FROM = time(23, 0)
+"""The data's last day counts as complete when it has transactions at or after this time."""
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """Half-open UTC windows [start, end) of the protocol."""
+
+    train_start: datetime
+    train_end: datetime
+    test_start: datetime
+    test_end: datetime
+
+    @property
+    def delay(self) -> timedelta:
+        return self.test_start - self.train_end
+
+    def as_params(self) -> dict[str, str]:
+        """The windows as ISO strings, for run parameters."""
+        return {
+            "train_start": self.train_start.isoformat(),
+            "train_end": self.train_end.isoformat(),
+            "test_start": self.test_start.isoformat(),
+            "test_end": self.test_end.isoformat(),
+        }
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=UTC)
+
+
+def last_complete_day_end(data_end: datetime) -> datetime:
+    """Exclusive end of the last complete day of data whose latest event is at `data_end`."""
+    end = data_end.astimezone(UTC)
+    day_end = _midnight(end.date()) + DAY
+    return day_end if end.time() >= COMPLETE_DAY_FROM else day_end - DAY
+
+
+def split(
+    data_start: datetime,
+    data_end: datetime,
+    train_start: date | None = None,
+    train_days: int = 7,
+    delay_days: int = 7,
+    test_days: int = 7,
+    history_days: int = 0,
+) -> TimeSplit:
+    """The protocol's windows within the data [data_start, data_end].
+
+    `history_days` is how much data must precede the training window for its features to be
+    complete (the widest window plus the delay); a split that starts earlier is refused.
+    """
+    if min(train_days, test_days) <= 0 or delay_days < 0:
+        raise ValueError("train and test windows need at least one day; the delay cannot be < 0")
+    if train_start is None:
+        test_end = last_complete_day_end(data_end)
+        start = test_end - (train_days + delay_days + test_days) * DAY
+    else:
+        start = _midnight(train_start)
+    result = TimeSplit(
+        train_start=start,
+        train_end=start + train_days * DAY,
+        test_start=start + (train_days + delay_days) * DAY,
+        test_end=start + (train_days + delay_days + test_days) * DAY,
+    )
+    earliest = _midnight(data_start.astimezone(UTC).date()) + history_days * DAY
+    if result.train_start < earliest:
+        raise ValueError(
+            f"the training window starts {result.train_start:%Y-%m-%d}, but features need "
+            f"{history_days} days of history from {data_start:%Y-%m-%d}: start on or after "
+            f"{earliest:%Y-%m-%d}"
+        )
+    if result.test_end > last_complete_day_end(data_end):
+        raise ValueError(
+            f"the test window ends {result.test_end:%Y-%m-%d}, after the data's last complete "
+            f"day ({last_complete_day_end(data_end) - DAY:%Y-%m-%d})"
+        )
+    return result
