@@ -93,7 +93,8 @@ class OnlineView:
         """Write one row per entity in a single pipeline; returns the rows written."""
         with client.pipeline(transaction=False) as pipe:
             for entity_id, row, when in zip(entity_ids, values, event_times, strict=True):
-                pipe.hset(self.redis_key(int(entity_id)), mapping=self.encode(row, when))
+                # redis-py annotates keys as str; Feast keys are bytes, which it sends as-is.
+                pipe.hset(self.redis_key(int(entity_id)), mapping=self.encode(row, when))  # type: ignore[arg-type]
             pipe.execute()
         return len(entity_ids)
 
@@ -106,7 +107,7 @@ class OnlineView:
         fields = [*self._fields, self.timestamp_field]
         with client.pipeline(transaction=False) as pipe:
             for entity_id in entity_ids:
-                pipe.hmget(self.redis_key(int(entity_id)), fields)
+                pipe.hmget(self.redis_key(int(entity_id)), fields)  # type: ignore[arg-type]
             replies = pipe.execute()
         values = np.full((len(entity_ids), len(self.features)), np.nan)
         times: list[datetime | None] = []
