@@ -25,6 +25,10 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect the effective setti
 services_app = typer.Typer(no_args_is_help=True, help="Local Kafka, Redis and MLflow servers.")
 app.add_typer(config_app, name="config")
 data_app = typer.Typer(no_args_is_help=True, help="Import and inspect transaction data.")
+model_app = typer.Typer(
+    no_args_is_help=True, help="Registered model versions: list, promote, rollback."
+)
+app.add_typer(model_app, name="model")
 app.add_typer(services_app, name="services")
 app.add_typer(data_app, name="data")
 
@@ -178,6 +182,129 @@ def plan_command(ctx: typer.Context) -> None:
     from skewless.feature_store import plan
 
     plan(_settings(ctx))
+
+
+DataOption = Annotated[
+    Path | None, typer.Option("--data", help="transactions parquet (default: the demo data)")
+]
+
+
+@app.command("train")
+def train_command(
+    ctx: typer.Context,
+    data: DataOption = None,
+    train_start: Annotated[
+        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="first training day (UTC)")
+    ] = None,
+    train_days: Annotated[int, typer.Option(help="training window in days")] = 7,
+    delay_days: Annotated[int, typer.Option(help="label delay between train and test")] = 7,
+    test_days: Annotated[int, typer.Option(help="test window in days")] = 7,
+    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 40,
+    seed: Annotated[int, typer.Option(help="random seed")] = 42,
+    materialize: Annotated[bool, typer.Option(help="write the latest features to Redis")] = True,
+) -> None:
+    """Backfill features with Spark, train the torch model, evaluate, register and gate it."""
+    from dataclasses import replace
+
+    from skewless.data import resolve_data
+    from training.model import TrainingParams
+    from training.pipeline import TrainOptions, run_training
+
+    settings = _settings(ctx)
+    options = TrainOptions(
+        data=resolve_data(settings, data),
+        train_start=train_start.date() if train_start else None,
+        train_days=train_days,
+        delay_days=delay_days,
+        test_days=test_days,
+        params=replace(TrainingParams(), max_epochs=epochs, seed=seed),
+        materialize=materialize,
+    )
+    summary = run_training(settings, options)
+    table = Table("train", "value")
+    table.add_row("model", f"{settings.model_name} version {summary.version} ({summary.alias})")
+    for name, value in summary.metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    table.add_row(
+        "windows",
+        f"train {summary.windows['train_start'][:10]} .. "
+        f"{summary.windows['train_end'][:10]}, test {summary.windows['test_start'][:10]}"
+        f" .. {summary.windows['test_end'][:10]}",
+    )
+    for stage, seconds in summary.stage_seconds.items():
+        table.add_row(f"seconds: {stage}", f"{seconds:.1f}")
+    console.print(table)
+    typer.echo(
+        f"MLflow UI: make mlflow-ui, then http://{settings.mlflow_host}:{settings.mlflow_port}"
+        f"/#/experiments (run {summary.run_id})"
+    )
+
+
+@app.command("materialize")
+def materialize_command(
+    ctx: typer.Context,
+    until: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="state as of (UTC)"),
+    ] = None,
+) -> None:
+    """Write the latest offline feature values (before --until) to the Redis online store."""
+    from datetime import UTC
+
+    from training.pipeline import materialize_with_progress
+    from training.spark import spark_session
+
+    settings = _settings(ctx)
+    moment = until.replace(tzinfo=UTC) if until else None
+    written = materialize_with_progress(spark_session(settings), settings, until=moment)
+    typer.echo(f"materialize: {written}")
+
+
+@model_app.command("list")
+def model_list(ctx: typer.Context) -> None:
+    """Versions with their aliases and test metrics."""
+    from training import tracking
+    from training.registry import METRICS, list_versions
+
+    settings = _settings(ctx)
+    client = tracking.configure(settings)
+    table = Table("version", "aliases", *METRICS, "run")
+    for row in list_versions(client, settings.model_name):
+        table.add_row(
+            row.version,
+            ", ".join(row.aliases),
+            *(f"{row.metrics[m]:.4f}" if m in row.metrics else "-" for m in METRICS),
+            row.run_id[:8],
+        )
+    console.print(table)
+
+
+@model_app.command("promote")
+def model_promote(
+    ctx: typer.Context, version: Annotated[str, typer.Argument(help="version to make champion")]
+) -> None:
+    """Make VERSION the champion (recorded in the champion history)."""
+    from training import tracking
+    from training.registry import promote
+
+    settings = _settings(ctx)
+    promote(tracking.configure(settings), settings.model_name, version)
+    typer.echo(f"model: {settings.model_name} version {version} is champion")
+
+
+@model_app.command("rollback")
+def model_rollback(ctx: typer.Context) -> None:
+    """Move the champion back to the previous champion."""
+    from training import tracking
+    from training.registry import RegistryError, rollback
+
+    settings = _settings(ctx)
+    try:
+        version = rollback(tracking.configure(settings), settings.model_name)
+    except RegistryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"model: {settings.model_name} champion rolled back to version {version}")
 
 
 def _print_status(settings: Settings) -> bool:

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
 
     # Start-up.
     service_start_timeout_s: float = Field(
-        90.0, gt=0, description="deadline for a server to answer"
+        180.0, gt=0, description="deadline for a server to answer"
     )
 
     @field_validator("runtime_dir", "data_dir", "cache_dir", "feature_repo")

@@ -1,0 +1,242 @@
+"""`skewless train`: raw transactions to a registered, evaluated, gated model.
+
+Stages: validate input -> Spark backfill -> feast apply -> point-in-time training set ->
+torch training -> evaluation on the test window -> MLflow run and registered version ->
+quality gate -> materialization into Redis. Each stage's wall time is kept for the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from pyspark.sql import SparkSession
+from rich.progress import Progress, TaskID
+
+from monitoring.statistics import reference_statistics, save_statistics
+from skewless import feature_store
+from skewless.data import DataError, read_transactions
+from skewless.quality import validate_transactions
+from skewless.settings import Settings
+from training import dataset, protocol, tracking
+from training.backfill import run_backfill
+from training.evaluate import evaluate, plot_precision_recall, plot_roc
+from training.materialize import materialize
+from training.model import EpochReport, OnnxScorer, TrainedModel, TrainingParams, train
+from training.spark import spark_session
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_SHARE = 0.2
+"""The last fifth of the training window (in time) is the early-stopping validation set."""
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """The command line of `skewless train`."""
+
+    data: Path
+    train_start: date | None = None
+    train_days: int = 7
+    delay_days: int = 7
+    test_days: int = 7
+    params: TrainingParams = field(default_factory=TrainingParams)
+    materialize: bool = True
+
+
+@dataclass
+class TrainSummary:
+    """What `make train` prints at the end."""
+
+    run_id: str = ""
+    version: str = ""
+    alias: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    windows: dict[str, str] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+@contextmanager
+def _stage(summary: TrainSummary, name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    logger.info("stage %s ...", name)
+    yield
+    summary.stage_seconds[name] = round(time.perf_counter() - started, 2)
+    logger.info("stage %s done in %.1f s", name, summary.stage_seconds[name])
+
+
+def _split_train_validation(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cut = frame["tx_datetime"].quantile(1 - VALIDATION_SHARE)
+    return frame[frame["tx_datetime"] < cut], frame[frame["tx_datetime"] >= cut]
+
+
+def run_training(settings: Settings, options: TrainOptions) -> TrainSummary:
+    """Run every stage; returns the summary (also logged to the MLflow run)."""
+    summary = TrainSummary()
+    workdir = Path(tempfile.mkdtemp(prefix="skewless-train-"))
+    with _stage(summary, "validate"):
+        raw = read_transactions(options.data)
+        report = validate_transactions(raw)
+        if not report.success:
+            raise DataError(f"{options.data} fails the data-quality suite: {report.describe()}")
+        declarations = feature_store.load_declarations(settings)
+        history = max(d.horizon.days for d in declarations)
+        windows = protocol.split(
+            raw["tx_datetime"].min().to_pydatetime(),
+            raw["tx_datetime"].max().to_pydatetime(),
+            options.train_start,
+            options.train_days,
+            options.delay_days,
+            options.test_days,
+            history_days=history,
+        )
+        summary.windows = windows.as_params()
+        del raw
+    spark = spark_session(settings)
+    with _stage(summary, "backfill"):
+        summary.rows.update(run_backfill(settings, options.data))
+    with _stage(summary, "feast_apply"):
+        feature_store.apply(settings)
+        store = feature_store.open_store(settings)
+        service = store.get_feature_service(settings.feature_service)
+        features = dataset.feature_names(service)
+    with _stage(summary, "training_set"):
+        entities = dataset.entity_frame(spark, options.data, windows.train_start, windows.test_end)
+        frame = dataset.historical_features(store, service, entities)
+        train_frame = frame[frame["tx_datetime"] < windows.train_end]
+        test_frame = frame[frame["tx_datetime"] >= windows.test_start].reset_index(drop=True)
+        fit_frame, val_frame = _split_train_validation(train_frame)
+        summary.rows.update(train=len(fit_frame), validation=len(val_frame), test=len(test_frame))
+
+    client = tracking.configure(settings)
+    with mlflow.start_run() as run:
+        summary.run_id = run.info.run_id
+        _log_context(settings, options, store, service, summary, report.results, workdir)
+        with _stage(summary, "train"):
+            model = _train_with_progress(fit_frame, val_frame, features, options.params)
+        with _stage(summary, "evaluate"):
+            test_matrix = test_frame[features].to_numpy(dtype="float32")
+            version = tracking.log_model(model, settings, fit_frame, workdir)
+            scorer = OnnxScorer(workdir / tracking.ONNX_FILE)
+            scored = test_frame.assign(score=scorer.score(test_matrix))
+            summary.metrics = evaluate(scored)
+            mlflow.log_metrics(summary.metrics)
+            _log_test_artifacts(scored, workdir)
+            stats = reference_statistics(fit_frame, features)
+            mlflow.log_artifact(str(save_statistics(stats, workdir / "reference_statistics.json")))
+        with _stage(summary, "gate"):
+            decision = tracking.apply_gate(
+                client,
+                settings,
+                version,
+                test_matrix,
+                test_frame["tx_fraud"].to_numpy(),
+                summary.metrics["test_average_precision"],
+                workdir,
+            )
+            summary.version = version
+            summary.alias = "champion" if decision.promoted else "challenger"
+        if options.materialize:
+            with _stage(summary, "materialize"):
+                materialize_with_progress(spark, settings)
+        mlflow.log_dict(summary.stage_seconds, "stage_seconds.json")
+    return summary
+
+
+def _log_context(
+    settings: Settings,
+    options: TrainOptions,
+    store: object,
+    service: object,
+    summary: TrainSummary,
+    validation_results: list[dict[str, object]],
+    workdir: Path,
+) -> None:
+    params = {f"window_{key}": value for key, value in summary.windows.items()}
+    params.update(
+        train_days=str(options.train_days),
+        delay_days=str(options.delay_days),
+        test_days=str(options.test_days),
+    )
+    params.update({key: str(value) for key, value in vars(options.params).items()})
+    mlflow.log_params(params)
+    mlflow.set_tags(
+        {
+            "feature_service": settings.feature_service,
+            "feast_definition_hash": tracking.definition_hash(store, service),  # type: ignore[arg-type]
+            "data_path": str(options.data),
+            "data_fingerprint": tracking.file_fingerprint(options.data),
+            "git_commit": tracking.git_commit(Path(__file__).parent),
+            **{f"rows_{key}": str(value) for key, value in summary.rows.items()},
+        }
+    )
+    path = workdir / "input_validation.json"
+    path.write_text(json.dumps(validation_results, default=str, indent=1))
+    mlflow.log_artifact(str(path))
+
+
+def _train_with_progress(
+    fit: pd.DataFrame, validation: pd.DataFrame, features: list[str], params: TrainingParams
+) -> TrainedModel:
+    with Progress(transient=True) as progress:
+        task = progress.add_task("training", total=params.max_epochs)
+
+        def on_epoch(report: EpochReport) -> None:
+            mlflow.log_metrics(
+                {
+                    "train_loss": report.train_loss,
+                    "val_loss": report.val_loss,
+                    "val_average_precision": report.val_average_precision,
+                    "val_auc_roc": report.val_auc_roc,
+                },
+                step=report.epoch,
+            )
+            progress.update(
+                task,
+                advance=1,
+                description=f"epoch {report.epoch} val AP {report.val_average_precision:.3f}",
+            )
+
+        return train(
+            fit[features],
+            fit["tx_fraud"].to_numpy(),
+            validation[features],
+            validation["tx_fraud"].to_numpy(),
+            params,
+            on_epoch=on_epoch,
+        )
+
+
+def _log_test_artifacts(scored: pd.DataFrame, workdir: Path) -> None:
+    predictions = workdir / "test_predictions.parquet"
+    scored[["transaction_id", "score"]].to_parquet(predictions, index=False)
+    mlflow.log_artifact(str(predictions))
+    labels = scored["tx_fraud"].to_numpy()
+    scores = scored["score"].to_numpy()
+    mlflow.log_artifact(str(plot_roc(labels, scores, workdir / "roc_curve.png")))
+    mlflow.log_artifact(str(plot_precision_recall(labels, scores, workdir / "pr_curve.png")))
+
+
+def materialize_with_progress(
+    spark: SparkSession, settings: Settings, until: datetime | None = None
+) -> dict[str, int]:
+    """`materialize` with a progress bar per view."""
+    with Progress(transient=True) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def on_rows(view: str, done: int, total: int) -> None:
+            if view not in tasks:
+                tasks[view] = progress.add_task(f"materialize {view}", total=total)
+            progress.update(tasks[view], completed=done)
+
+        return materialize(spark, settings, until=until, on_rows=on_rows)

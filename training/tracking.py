@@ -1,0 +1,191 @@
+"""MLflow: the run's contents, the logged model (PyTorch + its ONNX export), the gate.
+
+A model version carries everything serving needs in its artifact: `extra_files/model.onnx`
+(the same weights, preprocessing inside) and `extra_files/model_spec.json` (feature service,
+feature order, preprocessing numbers). Serving loads those, never the pyfunc.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
+
+from skewless.services.mlflow_server import OFFLINE_ENV
+from skewless.settings import Settings
+from training.evaluate import average_precision
+from training.model import OnnxScorer, TrainedModel, export_onnx
+from training.registry import (
+    CHALLENGER,
+    GATE_METRIC,
+    champion_version,
+    passes_gate,
+    promote,
+)
+
+if TYPE_CHECKING:
+    from feast import FeatureService, FeatureStore
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENT = "fraud-detection"
+MODEL_ARTIFACT = "model"
+ONNX_FILE = "model.onnx"
+SPEC_FILE = "model_spec.json"
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """What the quality gate decided for a new version."""
+
+    version: str
+    promoted: bool
+    challenger_score: float
+    champion_version: str | None
+    champion_score: float | None
+
+
+def configure(settings: Settings) -> MlflowClient:
+    """Point MLflow at the settings' store and make sure the experiment exists."""
+    for variable, value in OFFLINE_ENV.items():
+        os.environ.setdefault(variable, value)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        location = settings.mlflow_artifact_root / EXPERIMENT
+        mlflow.create_experiment(EXPERIMENT, artifact_location=location.as_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    return MlflowClient()
+
+
+def file_fingerprint(path: Path) -> str:
+    """sha256 of a file's bytes (or of a folder's files in name order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def definition_hash(store: FeatureStore, service: FeatureService) -> str:
+    """sha256 of the registered specs the model depends on: its service and their views."""
+    from feast.errors import FeatureViewNotFoundException
+
+    digest = hashlib.sha256(service.to_proto().spec.SerializeToString(deterministic=True))
+    for projection in service.feature_view_projections:
+        name = projection.name
+        try:
+            view: Any = store.get_feature_view(name)
+        except FeatureViewNotFoundException:  # an on-demand view has a lookup of its own
+            view = store.get_on_demand_feature_view(name)
+        digest.update(view.to_proto().spec.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+def git_commit(cwd: Path) -> str:
+    """The commit of the code that trained, or 'unknown' outside a git checkout."""
+    result = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=False
+    )
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def model_spec(model: TrainedModel, feature_service: str) -> dict[str, Any]:
+    """What serving needs besides the weights: the contract and the fitted preprocessing."""
+    return {
+        "feature_service": feature_service,
+        "feature_names": list(model.preprocessor.feature_names),
+        "preprocessor": model.preprocessor.to_dict(),
+        "onnx_input": "features",
+        "onnx_output": "score",
+    }
+
+
+def log_model(
+    model: TrainedModel,
+    settings: Settings,
+    example: pd.DataFrame,
+    workdir: Path,
+) -> str:
+    """Log the PyTorch model with its ONNX export and spec, register it; returns the version."""
+    onnx_path = export_onnx(model, workdir / ONNX_FILE)
+    spec_path = workdir / SPEC_FILE
+    spec_path.write_text(json.dumps(model_spec(model, settings.feature_service), indent=1))
+    sample = example[list(model.preprocessor.feature_names)].astype("float32")
+    scores = OnnxScorer(onnx_path).score(sample.to_numpy())
+    info = mlflow.pytorch.log_model(
+        model.module,
+        name=MODEL_ARTIFACT,
+        signature=infer_signature(sample, scores),
+        input_example=sample.head(5),
+        pip_requirements=[f"torch=={_version('torch')}", f"onnxruntime=={_version('onnxruntime')}"],
+        serialization_format="pickle",
+        extra_files=[str(onnx_path), str(spec_path)],
+        registered_model_name=settings.model_name,
+    )
+    version = str(info.registered_model_version)
+    logger.info("registered %s version %s", settings.model_name, version)
+    return version
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def load_scorer(client: MlflowClient, name: str, version: str, workdir: Path) -> OnnxScorer:
+    """The ONNX scorer of a registered version, from its artifacts."""
+    source = client.get_model_version(name, version).source
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            f"{source}/extra_files/{ONNX_FILE}", dst_path=str(workdir)
+        )
+    )
+    return OnnxScorer(local)
+
+
+def apply_gate(
+    client: MlflowClient,
+    settings: Settings,
+    version: str,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    challenger_score: float,
+    workdir: Path,
+) -> GateDecision:
+    """Tag the new version challenger; promote it if it beats the champion on this test window."""
+    name = settings.model_name
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    current = champion_version(client, name)
+    champion_score = None
+    if current is not None:
+        scorer = load_scorer(client, name, current, workdir / f"champion-{current}")
+        champion_score = average_precision(test_labels, scorer.score(test_features))
+    promoted = passes_gate(challenger_score, champion_score)
+    if promoted:
+        promote(client, name, version)
+    decision = GateDecision(version, promoted, challenger_score, current, champion_score)
+    client.set_model_version_tag(name, version, "gate", json.dumps(asdict(decision)))
+    logger.info(
+        "gate: version %s %s=%.4f vs champion %s %s -> %s",
+        version,
+        GATE_METRIC,
+        challenger_score,
+        current,
+        "n/a" if champion_score is None else f"{champion_score:.4f}",
+        "champion" if promoted else "stays challenger",
+    )
+    return decision
