@@ -199,7 +199,7 @@ def train_command(
     train_days: Annotated[int, typer.Option(help="training window in days")] = 7,
     delay_days: Annotated[int, typer.Option(help="label delay between train and test")] = 7,
     test_days: Annotated[int, typer.Option(help="test window in days")] = 7,
-    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 40,
+    epochs: Annotated[int, typer.Option(help="maximum epochs (early stopping ends sooner)")] = 100,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
     materialize: Annotated[bool, typer.Option(help="write the latest features to Redis")] = True,
 ) -> None:
@@ -243,21 +243,53 @@ def train_command(
 @app.command("materialize")
 def materialize_command(
     ctx: typer.Context,
+    data: DataOption = None,
     until: Annotated[
         datetime | None,
         typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="state as of (UTC)"),
     ] = None,
 ) -> None:
-    """Write the latest offline feature values (before --until) to the Redis online store."""
+    """Write the latest feature values and the streaming state as of --until to Redis."""
     from datetime import UTC
 
+    from skewless.data import resolve_data
     from training.pipeline import materialize_with_progress
     from training.spark import spark_session
 
     settings = _settings(ctx)
     moment = until.replace(tzinfo=UTC) if until else None
-    written = materialize_with_progress(spark_session(settings), settings, until=moment)
+    path = resolve_data(settings, data)
+    written = materialize_with_progress(spark_session(settings), settings, path, until=moment)
     typer.echo(f"materialize: {written}")
+
+
+@app.command("serve")
+def serve_command(
+    ctx: typer.Context,
+    max_events: Annotated[int | None, typer.Option(help="stop after this many events")] = None,
+    idle_exit_seconds: Annotated[
+        float | None, typer.Option(help="stop after this long without events")
+    ] = None,
+) -> None:
+    """Score transactions from Kafka with the champion model (Ctrl-C or SIGTERM stops cleanly)."""
+    from serving.worker import build_worker
+
+    settings = _settings(ctx)
+    worker = build_worker(settings)
+    worker.metrics.serve(settings.metrics_port)
+    worker.install_signal_handlers()
+    typer.echo(
+        f"serve: {settings.topic_transactions} -> {settings.topic_scores}, model "
+        f"{settings.model_name} v{worker.core.model.version}, metrics "
+        f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    )
+    stats = worker.run(max_events=max_events, idle_exit_s=idle_exit_seconds)
+    rate = stats.scored / stats.seconds if stats.seconds else 0.0
+    typer.echo(
+        f"serve: consumed {stats.consumed}, scored {stats.scored}, dead letters "
+        f"{stats.dead_letters}, labels {stats.labels}, {rate:.0f} events/s, "
+        f"versions {sorted(stats.versions)}"
+    )
 
 
 @model_app.command("list")
@@ -305,6 +337,49 @@ def model_rollback(ctx: typer.Context) -> None:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"model: {settings.model_name} champion rolled back to version {version}")
+
+
+@app.command("replay")
+def replay_command(
+    ctx: typer.Context,
+    data: DataOption = None,
+    start: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="first event time (UTC)"),
+    ] = None,
+    end: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="end, exclusive (UTC)"),
+    ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="transactions per second (default: as fast as possible)"),
+    ] = None,
+) -> None:
+    """Publish transactions in event-time order to Kafka, with their labels after the delay."""
+    from datetime import UTC
+
+    from serving.replay import ReplayError, replay
+    from skewless.data import DataError, resolve_data
+
+    settings = _settings(ctx)
+    try:
+        stats = replay(
+            settings,
+            resolve_data(settings, data),
+            start.replace(tzinfo=UTC) if start else None,
+            end.replace(tzinfo=UTC) if end else None,
+            rate,
+        )
+    except (DataError, ReplayError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    table = Table("replay", "value")
+    table.add_row("transactions", f"{stats.transactions:,} to {settings.topic_transactions}")
+    table.add_row("labels", f"{stats.labels:,} to {settings.topic_labels}")
+    table.add_row("seconds", f"{stats.seconds:.1f} (+{stats.prepare_seconds:.1f} preparing)")
+    table.add_row("events/s", f"{stats.events_per_s:,.0f}")
+    console.print(table)
 
 
 def _print_status(settings: Settings) -> bool:

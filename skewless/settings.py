@@ -65,6 +65,21 @@ class Settings(BaseSettings):
     )
     feature_service: str = Field("fraud_model_v1", description="Feast feature service of the model")
 
+    # Scoring worker.
+    consumer_group: str = Field("skewless-scorer", description="Kafka consumer group of workers")
+    score_threshold: float = Field(0.5, ge=0, le=1, description="score at or above: is_fraud")
+    batch_max_events: int = Field(500, ge=1, description="largest micro-batch")
+    batch_max_wait_ms: int = Field(10, ge=0, description="longest wait to fill a micro-batch")
+    champion_poll_s: float = Field(10.0, ge=0, description="alias poll period (0: never)")
+    max_lag_s: float | None = Field(
+        None, gt=0, description="events older than this (Kafka time) get the fallback; off if unset"
+    )
+    feature_log_sample_rate: float = Field(
+        1.0, ge=0, le=1, description="share of scored events written to the feature log"
+    )
+    metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
+    http_port: int = Field(8088, ge=1, le=65535, description="HTTP enricher port")
+
     # Start-up.
     service_start_timeout_s: float = Field(
         180.0, gt=0, description="deadline for a server to answer"

@@ -9,13 +9,20 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from skewless.data import write_transactions
 from skewless.feature_store import export_environment
 from skewless.services import kafka, mlflow_server, redis_server
 from skewless.settings import Settings, load_settings
+from skewless.simulator import SimulationParams, simulate
+from training.model import TrainingParams
+from training.pipeline import TrainOptions, TrainSummary, run_training
 
 
 def free_port() -> int:
@@ -77,3 +84,37 @@ def mlflow_service(service_settings: Settings) -> Iterator[Settings]:
 @pytest.fixture
 def runtime_dir(service_settings: Settings) -> Path:
     return service_settings.runtime_dir
+
+
+@dataclass(frozen=True)
+class TrainedPlatform:
+    """A small simulated data set, trained on: a champion in MLflow and state in Redis."""
+
+    settings: Settings
+    summary: TrainSummary
+    data: Path
+    transactions: pd.DataFrame
+
+
+@pytest.fixture(scope="session")
+def trained_platform(
+    redis_service: Settings, kafka_service: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> TrainedPlatform:
+    """`skewless train` once per session on 60 days of 400 card holders."""
+    root = tmp_path_factory.mktemp("platform")
+    settings = load_settings(
+        data_dir=root / "data",
+        runtime_dir=root / "runtime",
+        redis_port=redis_service.redis_port,
+        kafka_port=kafka_service.kafka_port,
+        kafka_controller_port=kafka_service.kafka_controller_port,
+        metrics_port=0,
+        champion_poll_s=0.5,
+    )
+    params = SimulationParams(
+        n_customers=400, n_terminals=800, n_days=60, start_date=date(2026, 4, 1)
+    )
+    transactions = simulate(params).transactions
+    data = write_transactions(transactions, settings.data_dir / "sim" / "transactions.parquet")
+    options = TrainOptions(data=data, params=replace(TrainingParams(), max_epochs=6))
+    return TrainedPlatform(settings, run_training(settings, options), data, transactions)

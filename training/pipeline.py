@@ -23,9 +23,11 @@ from pyspark.sql import SparkSession
 from rich.progress import Progress, TaskID
 
 from monitoring.statistics import reference_statistics, save_statistics
+from serving.state import StreamState
 from skewless import feature_store
 from skewless.data import DataError, read_transactions
 from skewless.quality import validate_transactions
+from skewless.services import redis_server
 from skewless.settings import Settings
 from training import dataset, protocol, tracking
 from training.backfill import run_backfill
@@ -148,7 +150,7 @@ def run_training(settings: Settings, options: TrainOptions) -> TrainSummary:
             summary.alias = "champion" if decision.promoted else "challenger"
         if options.materialize:
             with _stage(summary, "materialize"):
-                materialize_with_progress(spark, settings)
+                materialize_with_progress(spark, settings, options.data)
         mlflow.log_dict(summary.stage_seconds, "stage_seconds.json")
     return summary
 
@@ -228,9 +230,13 @@ def _log_test_artifacts(scored: pd.DataFrame, workdir: Path) -> None:
 
 
 def materialize_with_progress(
-    spark: SparkSession, settings: Settings, until: datetime | None = None
+    spark: SparkSession, settings: Settings, data: Path, until: datetime | None = None
 ) -> dict[str, int]:
-    """`materialize` with a progress bar per view."""
+    """`materialize` with a progress bar per view, then the streaming state up to `until`.
+
+    Without `until`, the state is that of the end of the data, so a live stream carries on
+    from there.
+    """
     with Progress(transient=True) as progress:
         tasks: dict[str, TaskID] = {}
 
@@ -239,4 +245,11 @@ def materialize_with_progress(
                 tasks[view] = progress.add_task(f"materialize {view}", total=total)
             progress.update(tasks[view], completed=done)
 
-        return materialize(spark, settings, until=until, on_rows=on_rows)
+        written = materialize(spark, settings, until=until, on_rows=on_rows)
+    raw = read_transactions(data)
+    moment = until or (raw["tx_datetime"].max() + pd.Timedelta(microseconds=1)).to_pydatetime()
+    declarations = feature_store.load_declarations(settings)
+    delay = max(d.delay_days for d in declarations)
+    state = StreamState(redis_server.client(settings), declarations)
+    written["stream_state_events"] = state.initialize(raw, moment, label_delay_days=delay)
+    return written

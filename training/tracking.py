@@ -146,15 +146,16 @@ def _version(package: str) -> str:
     return version(package)
 
 
-def load_scorer(client: MlflowClient, name: str, version: str, workdir: Path) -> OnnxScorer:
+def download_model(name: str, version: str, workdir: Path) -> Path:
+    """The local folder of a registered version's model (its `extra_files/` inside)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    uri = f"models:/{name}/{version}"
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(workdir)))
+
+
+def load_scorer(name: str, version: str, workdir: Path) -> OnnxScorer:
     """The ONNX scorer of a registered version, from its artifacts."""
-    source = client.get_model_version(name, version).source
-    local = Path(
-        mlflow.artifacts.download_artifacts(
-            f"{source}/extra_files/{ONNX_FILE}", dst_path=str(workdir)
-        )
-    )
-    return OnnxScorer(local)
+    return OnnxScorer(download_model(name, version, workdir) / "extra_files" / ONNX_FILE)
 
 
 def apply_gate(
@@ -172,7 +173,7 @@ def apply_gate(
     current = champion_version(client, name)
     champion_score = None
     if current is not None:
-        scorer = load_scorer(client, name, current, workdir / f"champion-{current}")
+        scorer = load_scorer(name, current, workdir / f"champion-{current}")
         champion_score = average_precision(test_labels, scorer.score(test_features))
     promoted = passes_gate(challenger_score, champion_score)
     if promoted:

@@ -1,0 +1,331 @@
+"""`skewless serve`: the Kafka scoring worker (transactions in, fraud scores out).
+
+One loop per micro-batch: poll transactions (at most `batch_max_events`, waiting at most
+`batch_max_wait_ms`), bring the label state up to the labels topic's end, parse (malformed
+events go to the dead-letter topic with the reason), score through the shared core, produce
+scores and the feature log, wait until Kafka acknowledged all of it, then commit the batch's
+offsets. A crash therefore re-scores at most the uncommitted batch; scores are keyed by
+`transaction_id`, so a consumer deduplicating by key sees every transaction once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+
+import numpy as np
+import pandas as pd
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import OffsetAndMetadata
+
+from serving.events import (
+    InvalidEvent,
+    dead_letter,
+    format_timestamp,
+    parse_label,
+    parse_transaction,
+)
+from serving.metrics import ScoringMetrics
+from serving.scoring import ScoredBatch, ScoringCore
+from skewless.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+TRANSACTION_COLUMNS = ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount")
+
+
+@dataclass
+class WorkerStats:
+    """What a bounded run did."""
+
+    consumed: int = 0
+    scored: int = 0
+    dead_letters: int = 0
+    labels: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    versions: set[str] = field(default_factory=set)
+
+
+def transactions_frame(records: list[tuple[ConsumerRecord, object]]) -> pd.DataFrame:
+    """Parsed transactions as a frame in the canonical column order."""
+    columns: dict[str, list[object]] = {name: [] for name in TRANSACTION_COLUMNS}
+    for _, tx in records:
+        for name in TRANSACTION_COLUMNS:
+            columns[name].append(getattr(tx, name))
+    frame = pd.DataFrame(columns)
+    frame["tx_datetime"] = pd.to_datetime(frame["tx_datetime"], utc=True)
+    return frame
+
+
+def output_records(
+    batch: ScoredBatch, threshold: float, scored_at: str
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """The `fraud-scores` bodies and the feature-log bodies of a scored batch, in row order.
+
+    Built column-wise (no per-row pandas access): this runs for every event.
+    """
+    tx = batch.transactions
+    ids = tx["transaction_id"].astype("int64").tolist()
+    customers = tx["customer_id"].astype("int64").tolist()
+    terminals = tx["terminal_id"].astype("int64").tolist()
+    times = tx["tx_datetime"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ").tolist()
+    scores = batch.scores.astype(float).tolist()
+    names = list(batch.features.columns)
+    matrix = batch.features.to_numpy(dtype=np.float64)
+    missing = np.isnan(matrix)
+    values = np.where(missing, 0.0, matrix).tolist()
+    degraded = batch.degraded.tolist()
+    model = batch.model
+    scored: list[dict[str, object]] = []
+    logged: list[dict[str, object]] = []
+    for row, transaction_id in enumerate(ids):
+        common = {
+            "transaction_id": transaction_id,
+            "customer_id": customers[row],
+            "terminal_id": terminals[row],
+            "tx_datetime": times[row],
+            "model_name": model.name,
+            "model_version": model.version,
+            "feature_service": model.feature_service,
+        }
+        flags = missing[row]
+        scored.append(
+            {
+                **common,
+                "score": scores[row],
+                "is_fraud": scores[row] >= threshold,
+                "defaulted_features": [n for n, f in zip(names, flags, strict=True) if f],
+                "degraded": degraded[row],
+                "scored_at": scored_at,
+            }
+        )
+        logged.append(
+            {
+                **common,
+                "features": {
+                    n: (None if f else v) for n, v, f in zip(names, values[row], flags, strict=True)
+                },
+                "score": scores[row],
+                "scored_at": scored_at,
+            }
+        )
+    return scored, logged
+
+
+class Worker:
+    """The consumer-group worker around a `ScoringCore`."""
+
+    def __init__(self, settings: Settings, core: ScoringCore, metrics: ScoringMetrics) -> None:
+        self.settings = settings
+        self.core = core
+        self.metrics = metrics
+        self._stopping = False
+        self.consumer = KafkaConsumer(
+            settings.topic_transactions,
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.consumer_group,
+            client_id="skewless-worker",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.batch_max_events,
+            fetch_max_wait_ms=max(1, settings.batch_max_wait_ms),
+            session_timeout_ms=10_000,
+        )
+        self.labels = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=f"{settings.consumer_group}-labels",
+            client_id="skewless-labels",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=5000,
+        )
+        partitions = self.labels.partitions_for_topic(settings.topic_labels) or set()
+        self.label_partitions = [TopicPartition(settings.topic_labels, p) for p in partitions]
+        self.labels.assign(self.label_partitions)
+        self.producer = KafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            client_id="skewless-worker",
+            acks="all",
+            linger_ms=2,
+            batch_size=256 * 1024,
+            max_in_flight_requests_per_connection=5,
+            retries=5,
+        )
+        self._sampler = random.Random(0)
+
+    def stop(self, *_: object) -> None:
+        """Finish the current batch, commit, close (SIGTERM, Ctrl-C)."""
+        self._stopping = True
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            logger.info("signal %d: stopping after this batch", signum)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def drain_labels(self) -> int:
+        """Consume the labels topic up to its current end into the state; commit."""
+        if not self.label_partitions:
+            return 0
+        ends = self.labels.end_offsets(self.label_partitions)
+        stored = 0
+        while any(self.labels.position(tp) < ends[tp] for tp in self.label_partitions):
+            polled = self.labels.poll(timeout_ms=200, max_records=5000)
+            parsed = []
+            for records in polled.values():
+                for record in records:
+                    try:
+                        parsed.append(parse_label(record.value))
+                    except InvalidEvent as exc:
+                        logger.warning("skipping malformed label at %s: %s", record.offset, exc)
+            if parsed:
+                frame = pd.DataFrame([vars_of(label) for label in parsed])
+                frame["tx_datetime"] = pd.to_datetime(frame["tx_datetime"], utc=True)
+                stored += self.core.state.add_labels(frame)
+        if stored:
+            self.labels.commit()
+            self.metrics.labels_in.inc(stored)
+        return stored
+
+    def run(self, max_events: int | None = None, idle_exit_s: float | None = None) -> WorkerStats:
+        """Score until stopped, `max_events` consumed, or no event for `idle_exit_s`."""
+        stats = WorkerStats()
+        started = time.monotonic()
+        last_event = started
+        try:
+            while not self._stopping:
+                if max_events is not None and stats.consumed >= max_events:
+                    break
+                budget = self.settings.batch_max_events
+                if max_events is not None:
+                    budget = min(budget, max_events - stats.consumed)
+                polled = self.consumer.poll(
+                    timeout_ms=max(1, self.settings.batch_max_wait_ms), max_records=budget
+                )
+                records = [record for batch in polled.values() for record in batch]
+                if not records:
+                    if idle_exit_s is not None and time.monotonic() - last_event > idle_exit_s:
+                        break
+                    continue
+                last_event = time.monotonic()
+                stats.labels += self.drain_labels()
+                self._process(records, stats)
+        finally:
+            self.close()
+            stats.seconds = time.monotonic() - started
+        return stats
+
+    def _process(self, records: list[ConsumerRecord], stats: WorkerStats) -> None:
+        good: list[tuple[ConsumerRecord, object]] = []
+        for record in records:
+            try:
+                good.append((record, parse_transaction(record.value)))
+            except InvalidEvent as exc:
+                self.producer.send(
+                    self.settings.topic_dead_letter,
+                    key=record.key,
+                    value=dead_letter(
+                        record.value, exc.reason, record.topic, record.partition, record.offset
+                    ),
+                )
+                self.metrics.dead_letters.labels(reason=exc.code).inc()
+                stats.dead_letters += 1
+        stats.consumed += len(records)
+        self.metrics.events_in.inc(len(records))
+        self.metrics.consumer_lag.set(self._lag())
+        if good:
+            self._score(good, stats)
+        self.producer.flush()  # every score and dead letter acknowledged before the commit
+        acked_ms = time.time() * 1000
+        for record in records:
+            self.metrics.end_to_end.observe(max(0.0, acked_ms - record.timestamp) / 1000)
+        self.consumer.commit(_next_offsets(records))
+        stats.batches += 1
+        self.metrics.batch_size.observe(len(records))
+
+    def _score(self, good: list[tuple[ConsumerRecord, object]], stats: WorkerStats) -> None:
+        frame = transactions_frame(good)
+        degraded = np.zeros(len(frame), bool)
+        if self.settings.max_lag_s is not None:
+            now_ms = time.time() * 1000
+            ages = np.array([now_ms - record.timestamp for record, _ in good]) / 1000
+            degraded = ages > self.settings.max_lag_s
+        batch = self.core.score(frame, degraded)
+        scored_at = format_timestamp(datetime.now(UTC))
+        scores, logs = output_records(batch, self.settings.score_threshold, scored_at)
+        sample = self.settings.feature_log_sample_rate
+        for body, log in zip(scores, logs, strict=True):
+            key = str(body["transaction_id"]).encode()
+            self.producer.send(self.settings.topic_scores, key=key, value=_json(body))
+            if sample >= 1.0 or self._sampler.random() < sample:
+                self.producer.send(self.settings.topic_feature_log, key=key, value=_json(log))
+        stats.scored += len(frame)
+        stats.versions.add(batch.model.version)
+        self.metrics.events_scored.inc(len(frame))
+        self.metrics.events_degraded.inc(int(degraded.sum()))
+        self.metrics.feature_seconds.observe(batch.feature_seconds)
+        self.metrics.model_seconds.observe(batch.model_seconds)
+        self.metrics.model_version.labels(model=batch.model.name).set(float(batch.model.version))
+        for score in batch.scores:
+            self.metrics.scores.observe(float(score))
+
+    def _lag(self) -> int:
+        """Records between the consumer's position and the end, over its partitions."""
+        lag = 0
+        for tp in self.consumer.assignment():
+            end = self.consumer.highwater(tp)
+            if end is not None:
+                lag += max(0, end - self.consumer.position(tp))
+        return lag
+
+    def close(self) -> None:
+        """Flush and close the clients (commits were made batch by batch)."""
+        self.core.watcher.stop()
+        try:
+            self.producer.flush()
+        finally:
+            self.producer.close()
+            self.consumer.close()
+            self.labels.close()
+
+
+def vars_of(label: object) -> dict[str, object]:
+    """A slotted dataclass as a dict."""
+    return {name: getattr(label, name) for name in label.__dataclass_fields__}  # type: ignore[attr-defined]
+
+
+def _json(body: dict[str, object]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _next_offsets(records: list[ConsumerRecord]) -> dict[TopicPartition, OffsetAndMetadata]:
+    offsets: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        offsets[tp] = max(offsets.get(tp, -1), record.offset)
+    return {tp: OffsetAndMetadata(offset + 1, "", -1) for tp, offset in offsets.items()}
+
+
+def build_worker(settings: Settings, metrics: ScoringMetrics | None = None) -> Worker:
+    """Wire state, champion model (with its watcher), scoring core and Kafka clients."""
+    from serving.champion import ChampionWatcher, load_with_retry
+    from serving.state import StreamState
+    from skewless.feature_store import load_declarations
+    from skewless.services import redis_server
+
+    metrics = metrics or ScoringMetrics()
+    state = StreamState(redis_server.client(settings), load_declarations(settings))
+    model = load_with_retry(settings, deadline_s=settings.service_start_timeout_s)
+    watcher = ChampionWatcher(settings, model, settings.champion_poll_s).start()
+    metrics.model_version.labels(model=model.name).set(float(model.version))
+    return Worker(settings, ScoringCore(state, watcher), metrics)

@@ -1,0 +1,180 @@
+"""The training pipeline against real Spark, Feast, MLflow (SQLite) and Redis."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from skewless import feature_store
+from skewless.data import write_transactions
+from skewless.online_store import OnlineView
+from skewless.services import redis_server
+from skewless.settings import Settings, load_settings
+from skewless.simulator import SimulationParams, simulate
+from tests.conftest import TrainedPlatform
+from training import dataset, registry, tracking
+from training.backfill import run_backfill
+from training.model import TrainingParams
+from training.pipeline import TrainOptions, TrainSummary, run_training
+from training.spark import spark_session
+
+pytestmark = pytest.mark.integration
+
+START = date(2026, 4, 1)
+DAYS = 60
+
+
+@pytest.fixture(scope="module")
+def transactions() -> pd.DataFrame:
+    params = SimulationParams(n_customers=400, n_terminals=800, n_days=DAYS, start_date=START)
+    return simulate(params).transactions
+
+
+def _settings(base: Settings, root: Path) -> Settings:
+    return load_settings(
+        data_dir=root / "data",
+        runtime_dir=root / "runtime",
+        redis_port=base.redis_port,
+        kafka_port=base.kafka_port,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(trained_platform: TrainedPlatform) -> tuple[Settings, TrainSummary, Path]:
+    return trained_platform.settings, trained_platform.summary, trained_platform.data
+
+
+def test_point_in_time_features_ignore_what_was_not_known(
+    redis_service: Settings, transactions: pd.DataFrame, tmp_path: Path
+) -> None:
+    """Changing the future, or labels still inside the delay, leaves past features unchanged."""
+    cutoff = pd.Timestamp(datetime(2026, 5, 20, tzinfo=UTC))
+    delay = pd.Timedelta(days=7)
+    changed = transactions.copy()
+    future = changed["tx_datetime"] > cutoff
+    changed.loc[future, "tx_amount"] *= 10
+    changed.loc[future, "tx_fraud"] = 1 - changed.loc[future, "tx_fraud"]
+    unknown_label = (changed["tx_datetime"] > cutoff - delay) & ~future
+    changed.loc[unknown_label, "tx_fraud"] = 1 - changed.loc[unknown_label, "tx_fraud"]
+    extra = changed[future].head(500).copy()
+    extra["transaction_id"] += 10_000_000
+    extra["tx_datetime"] += pd.Timedelta(seconds=1)
+    changed = pd.concat([changed, extra]).sort_values(["tx_datetime", "transaction_id"])
+    assert unknown_label.sum() > 100
+
+    results = []
+    for name, frame in (("original", transactions), ("changed", changed)):
+        settings = _settings(redis_service, tmp_path / name)
+        data = write_transactions(frame, settings.data_dir / "raw" / "transactions.parquet")
+        spark = spark_session(settings)
+        run_backfill(settings, data)
+        feature_store.apply(settings)
+        store = feature_store.open_store(settings)
+        service = store.get_feature_service(settings.feature_service)
+        start = cutoff.to_pydatetime() - timedelta(days=5)
+        entities = dataset.entity_frame(spark, data, start, cutoff.to_pydatetime())
+        entities = entities.where(entities.tx_datetime <= cutoff.to_pydatetime())
+        features = dataset.historical_features(store, service, entities)
+        results.append(features.set_index("transaction_id")[dataset.feature_names(service)])
+    original, after = results
+    assert len(original) > 500
+    pd.testing.assert_frame_equal(original, after.loc[original.index])
+    # The check can fail: the features did see the label flips once the delay passed.
+    assert (original["terminal_risk_30d"] > 0).any()
+
+
+def test_train_registers_a_version_with_everything_logged(
+    trained: tuple[Settings, TrainSummary, Path],
+) -> None:
+    settings, summary, data = trained
+    client = tracking.configure(settings)
+    run = client.get_run(summary.run_id)
+    assert summary.version == "1"
+    assert summary.alias == "champion"
+    assert set(summary.metrics) == set(registry.METRICS)
+    for name in registry.METRICS:
+        assert 0.0 <= run.data.metrics[name] <= 1.0
+    assert run.data.metrics["test_auc_roc"] > 0.6
+    history = client.get_metric_history(summary.run_id, "val_average_precision")
+    assert len(history) >= 2
+    assert {"window_train_start", "window_test_end", "train_days", "delay_days", "seed"} <= set(
+        run.data.params
+    )
+    assert run.data.params["seed"] == "42"
+    tags = run.data.tags
+    assert tags["feature_service"] == "fraud_model_v1"
+    assert len(tags["feast_definition_hash"]) == 64
+    assert tags["data_fingerprint"] == tracking.file_fingerprint(data)
+    assert len(tags["git_commit"]) in (40, len("unknown"))
+
+    artifacts = Path(mlflow.artifacts.download_artifacts(run_id=summary.run_id))
+    predictions = pd.read_parquet(artifacts / "test_predictions.parquet")
+    assert list(predictions.columns) == ["transaction_id", "score"]
+    assert len(predictions) == summary.rows["test"]
+    assert predictions["transaction_id"].is_unique
+    for name in ("roc_curve.png", "pr_curve.png", "input_validation.json"):
+        assert (artifacts / name).stat().st_size > 0
+    statistics = json.loads((artifacts / "reference_statistics.json").read_text())
+    assert len(statistics) == 15
+    assert {"inner_edges", "histogram", "null_rate", "mean", "std"} <= set(statistics["amount"])
+
+    model_dir = tracking.download_model(settings.model_name, summary.version, artifacts / "m")
+    assert (model_dir / "extra_files" / "model.onnx").exists()
+    spec = json.loads((model_dir / "extra_files" / "model_spec.json").read_text())
+    assert spec["feature_service"] == "fraud_model_v1"
+    assert len(spec["feature_names"]) == 15
+    info = mlflow.models.get_model_info(f"models:/{settings.model_name}/{summary.version}")
+    assert info.signature is not None
+    assert info.saved_input_example_info is not None
+
+
+def test_train_materializes_latest_features_into_redis(
+    trained: tuple[Settings, TrainSummary, Path],
+) -> None:
+    settings, _, data = trained
+    raw = pd.read_parquet(data)
+    customers = feature_store.load_declarations(settings)[0]
+    view = OnlineView.of("skewless", customers)
+    last = raw.sort_values(["tx_datetime", "transaction_id"]).groupby("customer_id").tail(1)
+    sample = last.head(20)
+    values, stamps = view.read(redis_server.client(settings), sample["customer_id"].tolist())
+    assert not np.isnan(values).any()
+    assert [s.replace(microsecond=0) if s else None for s in stamps] == [
+        t.to_pydatetime() for t in sample["tx_datetime"]
+    ]
+
+
+def test_gate_keeps_champion_against_worse_model_and_rollback(
+    trained: tuple[Settings, TrainSummary, Path],
+) -> None:
+    settings, first, data = trained
+    worse = TrainOptions(
+        data=data,
+        params=replace(TrainingParams(), max_epochs=1, learning_rate=1e-9, seed=7),
+        materialize=False,
+    )
+    second = run_training(settings, worse)
+    client = tracking.configure(settings)
+    assert second.alias == "challenger"
+    assert registry.champion_version(client, settings.model_name) == first.version
+    gate = json.loads(client.get_model_version(settings.model_name, second.version).tags["gate"])
+    assert gate["champion_score"] > gate["challenger_score"]
+
+    registry.promote(client, settings.model_name, second.version)
+    assert registry.champion_version(client, settings.model_name) == second.version
+    assert registry.rollback(client, settings.model_name) == first.version
+    assert registry.champion_version(client, settings.model_name) == first.version
+    assert registry.history(client, settings.model_name) == [first.version]
+    with pytest.raises(registry.RegistryError):
+        registry.rollback(client, settings.model_name)
+    rows = registry.list_versions(client, settings.model_name)
+    assert [row.version for row in rows] == [second.version, first.version]
+    assert "champion" in rows[1].aliases
+    assert "challenger" in rows[0].aliases

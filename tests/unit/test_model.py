@@ -1,0 +1,211 @@
+"""Unit tests for the fraud model: preprocessing, NaN handling, training, ONNX export."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from training.evaluate import auc_roc, average_precision
+from training.model import (
+    EpochReport,
+    FraudNet,
+    OnnxScorer,
+    Preprocessor,
+    TrainedModel,
+    TrainingParams,
+    export_onnx,
+    predict,
+    train,
+)
+
+SMALL = TrainingParams(
+    hidden_sizes=(16, 8), learning_rate=0.01, batch_size=64, max_epochs=12, patience=3, seed=7
+)
+
+
+def _synthetic(n: int, seed: int, nan_share: float = 0.05) -> tuple[pd.DataFrame, np.ndarray]:
+    """A fraud-like rule: large amounts or very risky terminals; two columns are noise."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "amount": rng.lognormal(3.0, 1.0, n),
+            "terminal_risk": rng.uniform(0.0, 1.0, n),
+            "tx_count": rng.poisson(3.0, n).astype(np.float64),
+            "noise": rng.normal(0.0, 1.0, n),
+        }
+    )
+    labels = ((frame["amount"] > 80) | (frame["terminal_risk"] > 0.97)).to_numpy(np.int64)
+    for column in ("tx_count", "noise"):
+        frame.loc[rng.uniform(size=n) < nan_share, column] = np.nan
+    return frame, labels
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
+    return {"train": _synthetic(3000, 1), "val": _synthetic(1500, 2), "test": _synthetic(3000, 3)}
+
+
+@pytest.fixture(scope="module")
+def trained(data: dict[str, tuple[pd.DataFrame, np.ndarray]]) -> TrainedModel:
+    return train(*data["train"], *data["val"], SMALL)
+
+
+def _untimed(history: tuple[EpochReport, ...]) -> list[EpochReport]:
+    return [replace(report, seconds=0.0) for report in history]
+
+
+def _hand_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "amount": [1.0, 2.0, np.nan, 5.0],
+            "constant": [3.0, 3.0, 3.0, 3.0],
+            "never_seen": [np.nan] * 4,
+        }
+    )
+
+
+def test_preprocessor_fits_medians_and_scaling_by_hand() -> None:
+    fitted = Preprocessor.fit(_hand_frame())
+    assert fitted.feature_names == ("amount", "constant", "never_seen")
+    # amount: median of (1, 2, 5) = 2; filled (1, 2, 2, 5): mean 2.5, population std 1.5.
+    assert fitted.fill_values == (2.0, 3.0, 0.0)
+    assert fitted.means == (2.5, 3.0, 0.0)
+    # A constant or never-seen feature is centred only: scale 1, never a division by zero.
+    assert fitted.stds == (1.5, 1.0, 1.0)
+
+
+def test_preprocessor_round_trips_through_json() -> None:
+    fitted = Preprocessor.fit(_hand_frame())
+    restored = Preprocessor.from_dict(json.loads(json.dumps(fitted.to_dict())))
+    assert restored == fitted
+    broken = fitted.to_dict() | {"means": [0.0]}
+    with pytest.raises(ValueError, match="one fill value"):
+        Preprocessor.from_dict(broken)
+
+
+def test_matrix_follows_the_fitted_order_not_the_frame_order() -> None:
+    fitted = Preprocessor.fit(_hand_frame())
+    shuffled = _hand_frame()[["never_seen", "amount", "constant"]]
+    matrix = fitted.matrix(shuffled)
+    assert matrix.dtype == np.float32
+    np.testing.assert_array_equal(matrix[:, 0], [1.0, 2.0, np.nan, 5.0])
+    with pytest.raises(KeyError, match="constant"):
+        fitted.matrix(shuffled.drop(columns="constant"))
+
+
+def test_module_fills_nan_and_standardises_inside_forward() -> None:
+    fitted = Preprocessor.fit(_hand_frame())
+    torch.manual_seed(0)
+    net = FraudNet(fitted, hidden_sizes=(8,)).eval()
+    raw = torch.tensor([[math.nan, 4.0, math.nan], [2.0, 3.0, 0.0]])
+    expected = torch.tensor([[(2.0 - 2.5) / 1.5, 1.0, 0.0], [(2.0 - 2.5) / 1.5, 0.0, 0.0]])
+    assert torch.allclose(net.preprocess(raw), expected, rtol=0, atol=1e-7)
+    with torch.no_grad():
+        scores = net(torch.tensor([[math.nan, 3.0, math.nan], [2.0, 3.0, 0.0]]))
+    assert scores.shape == (2,)
+    assert torch.isfinite(scores).all()
+    assert scores[0] == scores[1]  # a missing value scores exactly like its fill value
+    assert {name for name, _ in net.named_buffers()} == {"fill_values", "means", "stds"}
+
+
+def test_training_is_deterministic_for_a_seed(
+    data: dict[str, tuple[pd.DataFrame, np.ndarray]], trained: TrainedModel
+) -> None:
+    threads = torch.get_num_threads()
+    again = train(*data["train"], *data["val"], SMALL)
+    assert torch.get_num_threads() == threads  # settings restored after training
+    assert not torch.are_deterministic_algorithms_enabled()
+    for name, tensor in trained.module.state_dict().items():
+        assert torch.equal(tensor, again.module.state_dict()[name]), name
+    assert _untimed(again.history) == _untimed(trained.history)
+    features = data["test"][0]
+    np.testing.assert_array_equal(predict(trained, features), predict(again, features))
+    other = train(*data["train"], *data["val"], replace(SMALL, seed=8, max_epochs=2))
+    first_layer = "mlp.0.weight"
+    assert not torch.equal(
+        other.module.state_dict()[first_layer], trained.module.state_dict()[first_layer]
+    )
+
+
+def test_early_stopping_keeps_the_best_epoch() -> None:
+    features, _ = _synthetic(2000, 4)
+    val_features, _ = _synthetic(1000, 5)
+    rng = np.random.default_rng(6)  # labels unrelated to the features: val AP wanders
+    labels, val_labels = rng.integers(0, 2, 2000), rng.integers(0, 2, 1000)
+    params = replace(SMALL, max_epochs=40, patience=2)
+    reports: list[EpochReport] = []
+    model = train(features, labels, val_features, val_labels, params, on_epoch=reports.append)
+    assert tuple(reports) == model.history
+    aps = [report.val_average_precision for report in model.history]
+    assert model.best_epoch == 1 + int(np.argmax(aps))
+    assert len(model.history) == model.best_epoch + params.patience < params.max_epochs
+    kept = average_precision(val_labels, predict(model, val_features))
+    assert kept == pytest.approx(aps[model.best_epoch - 1], abs=1e-12)
+    assert kept > aps[-1]  # the last epoch's weights were not kept
+
+
+def test_model_learns_an_easy_rule(
+    data: dict[str, tuple[pd.DataFrame, np.ndarray]], trained: TrainedModel
+) -> None:
+    features, labels = data["test"]
+    scores = predict(trained, features)
+    base_rate = labels.mean()
+    assert 0.05 < base_rate < 0.2
+    assert average_precision(labels, scores) > 0.9
+    assert auc_roc(labels, scores) > 0.97
+    assert trained.best_epoch >= 1
+    assert [report.epoch for report in trained.history] == list(range(1, len(trained.history) + 1))
+
+
+def test_imbalance_options_change_training(
+    data: dict[str, tuple[pd.DataFrame, np.ndarray]],
+) -> None:
+    quick = replace(SMALL, max_epochs=1)
+    weights = {
+        imbalance: train(
+            *data["train"], *data["val"], replace(quick, imbalance=imbalance)
+        ).module.state_dict()["mlp.0.weight"]
+        for imbalance in ("none", "pos_weight", "oversample")
+    }
+    assert not torch.equal(weights["none"], weights["pos_weight"])
+    assert not torch.equal(weights["none"], weights["oversample"])
+
+
+def test_bad_inputs_are_rejected(data: dict[str, tuple[pd.DataFrame, np.ndarray]]) -> None:
+    features, labels = data["train"]
+    with pytest.raises(ValueError, match="both classes"):
+        train(features, labels, features, np.zeros(len(features)), SMALL)
+    with pytest.raises(ValueError, match="0/1 label"):
+        train(features, labels[:-1], *data["val"], SMALL)
+    with pytest.raises(ValueError):
+        TrainingParams(hidden_sizes=(0,))
+    with pytest.raises(ValueError):
+        TrainingParams(dropout=1.0)
+
+
+def test_onnx_export_agrees_with_eager_torch(trained: TrainedModel, tmp_path: Path) -> None:
+    path = export_onnx(trained, tmp_path / "model" / "fraud.onnx")
+    scorer = OnnxScorer(path)
+    assert scorer.feature_names == trained.preprocessor.feature_names
+    assert scorer.preprocessor == trained.preprocessor
+    rng = np.random.default_rng(11)
+    matrix = rng.normal(0.0, 50.0, size=(1000, len(scorer.feature_names))).astype(np.float32)
+    matrix[rng.uniform(size=matrix.shape) < 0.2] = np.nan
+    matrix[0, :] = np.nan  # a row with every feature missing
+    frame = pd.DataFrame(matrix, columns=list(scorer.feature_names))
+    eager = predict(trained, frame)
+    onnx_scores = scorer.score(matrix)
+    assert onnx_scores.shape == (1000,)
+    assert onnx_scores.dtype == np.float32
+    assert not np.isnan(onnx_scores).any()
+    np.testing.assert_allclose(onnx_scores, eager, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(scorer.score(matrix[3:4]), eager[3:4], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="matrix"):
+        scorer.score(matrix[:, :2])
