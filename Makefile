@@ -11,7 +11,7 @@ export UV_PYTHON_DOWNLOADS := never
 export MLFLOW_DISABLE_TELEMETRY := true
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: help setup config services-up services-status services-down mlflow-ui data apply plan demo lint unit integration test
+.PHONY: help setup config services-up services-status services-down mlflow-ui data apply plan train materialize replay serve serve-http bench demo lint unit integration test
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -48,8 +48,26 @@ apply: setup ## register the feature repository with Feast (feast apply; Spark +
 plan: setup ## show what apply would change (feast plan)
 	$(SKEWLESS) plan
 
-demo: services-up data apply ## fresh machine: install, start the services and run the whole loop once
-	$(SKEWLESS) services status
+train: services-up data ## backfill, point-in-time training set, torch model, MLflow version, gate, materialize
+	$(SKEWLESS) train
+
+materialize: ## write latest features and streaming state to Redis (UNTIL=YYYY-MM-DD for a replay)
+	$(SKEWLESS) materialize $(if $(UNTIL),--until $(UNTIL))
+
+replay: ## publish transactions and delayed labels to Kafka (START=, END=, RATE= optional)
+	$(SKEWLESS) replay $(if $(START),--start $(START)) $(if $(END),--end $(END)) $(if $(RATE),--rate $(RATE))
+
+serve: ## the Kafka scoring worker (Ctrl-C stops after the current batch)
+	$(SKEWLESS) serve
+
+serve-http: ## the HTTP enricher: POST transactions to http://127.0.0.1:8088/score
+	$(SKEWLESS) serve-http
+
+bench: services-up ## end-to-end streaming benchmark against the naive per-event baseline
+	$(RUN) python bench/stream_bench.py
+
+demo: services-up data ## fresh machine: install, start the services and run the whole loop once
+	$(SKEWLESS) demo
 
 lint: ## ruff check, ruff format --check and mypy
 	$(RUN) ruff check .

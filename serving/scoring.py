@@ -19,6 +19,7 @@ import pandas as pd
 from serving.champion import ChampionWatcher, LoadedModel
 from serving.state import StreamState
 from skewless.online_store import OnlineView
+from skewless.settings import Settings
 from skewless.transaction_features import transaction_features
 
 logger = logging.getLogger(__name__)
@@ -116,3 +117,15 @@ class ScoringCore:
                 windows[decl.name][last],
                 [stamp.to_pydatetime() for stamp in times],
             )
+
+
+def build_core(settings: Settings) -> ScoringCore:
+    """State, champion model (loaded with retries, watched for alias moves) and core."""
+    from serving.champion import load_with_retry
+    from skewless.feature_store import load_declarations
+    from skewless.services import redis_server
+
+    state = StreamState(redis_server.client(settings), load_declarations(settings))
+    model = load_with_retry(settings, deadline_s=settings.service_start_timeout_s)
+    watcher = ChampionWatcher(settings, model, settings.champion_poll_s).start()
+    return ScoringCore(state, watcher)

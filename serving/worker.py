@@ -33,7 +33,7 @@ from serving.events import (
     parse_transaction,
 )
 from serving.metrics import ScoringMetrics
-from serving.scoring import ScoredBatch, ScoringCore
+from serving.scoring import ScoredBatch, ScoringCore, build_core
 from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -317,15 +317,8 @@ def _next_offsets(records: list[ConsumerRecord]) -> dict[TopicPartition, OffsetA
 
 
 def build_worker(settings: Settings, metrics: ScoringMetrics | None = None) -> Worker:
-    """Wire state, champion model (with its watcher), scoring core and Kafka clients."""
-    from serving.champion import ChampionWatcher, load_with_retry
-    from serving.state import StreamState
-    from skewless.feature_store import load_declarations
-    from skewless.services import redis_server
-
+    """The worker around a freshly built scoring core."""
     metrics = metrics or ScoringMetrics()
-    state = StreamState(redis_server.client(settings), load_declarations(settings))
-    model = load_with_retry(settings, deadline_s=settings.service_start_timeout_s)
-    watcher = ChampionWatcher(settings, model, settings.champion_poll_s).start()
-    metrics.model_version.labels(model=model.name).set(float(model.version))
-    return Worker(settings, ScoringCore(state, watcher), metrics)
+    core = build_core(settings)
+    metrics.model_version.labels(model=core.model.name).set(float(core.model.version))
+    return Worker(settings, core, metrics)

@@ -292,6 +292,46 @@ def serve_command(
     )
 
 
+@app.command("serve-http")
+def serve_http_command(ctx: typer.Context) -> None:
+    """Score transactions POSTed to /score (same core as `serve`); Ctrl-C stops."""
+    from serving.http import ScoringHttpServer
+    from serving.metrics import ScoringMetrics
+    from serving.scoring import build_core
+
+    settings = _settings(ctx)
+    core = build_core(settings)
+    server = ScoringHttpServer(
+        ("127.0.0.1", settings.http_port), core, ScoringMetrics(), settings.score_threshold
+    )
+    typer.echo(f"serve-http: POST http://127.0.0.1:{settings.http_port}/score")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        core.watcher.stop()
+
+
+@app.command("demo")
+def demo_command(ctx: typer.Context) -> None:
+    """The whole loop once: train, materialize, replay the last week, serve it."""
+    from skewless.demo import run_demo
+
+    settings = _settings(ctx)
+    result = run_demo(settings)
+    table = Table("demo", "value")
+    table.add_row("model", f"{settings.model_name} v{result.model_version} ({result.alias})")
+    for name, value in result.metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    table.add_row("replayed transactions", f"{result.replayed:,}")
+    table.add_row("scored", f"{result.scored:,} ({result.events_per_s:,.0f} events/s)")
+    table.add_row("dead letters", str(result.dead_letters))
+    console.print(table)
+    typer.echo(f"demo: done; MLflow UI at http://{settings.mlflow_host}:{settings.mlflow_port}")
+
+
 @model_app.command("list")
 def model_list(ctx: typer.Context) -> None:
     """Versions with their aliases and test metrics."""

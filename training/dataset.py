@@ -63,7 +63,8 @@ def historical_features(
     frame = job.to_df()
     for column in ("tx_datetime", EVENT_TIMESTAMP):
         frame[column] = pd.to_datetime(frame[column], utc=True)
-    columns = [*KEYS, "tx_amount", LABEL, *feature_names(service)]
+    label = [LABEL] if LABEL in frame.columns else []
+    columns = [*KEYS, "tx_amount", *label, *feature_names(service)]
     frame = frame[columns].sort_values(["tx_datetime", "transaction_id"], kind="stable")
-    logger.info("point-in-time join: %d rows x %d features", len(frame), len(columns) - 6)
+    logger.info("point-in-time join: %d rows x %d features", *frame[columns[len(KEYS) :]].shape)
     return frame.reset_index(drop=True)

@@ -89,6 +89,9 @@ def rollback(client: MlflowClient, name: str) -> str:
 
 def list_versions(client: MlflowClient, name: str) -> list[VersionRow]:
     """Every version of `name`, newest first, with its aliases and test metrics."""
+    aliases: dict[str, list[str]] = {}
+    for alias, version_of_alias in client.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(version_of_alias), []).append(alias)
     rows = []
     for version in client.search_model_versions(f"name = '{name}'"):
         metrics = {}
@@ -98,7 +101,7 @@ def list_versions(client: MlflowClient, name: str) -> list[VersionRow]:
         rows.append(
             VersionRow(
                 version=str(version.version),
-                aliases=tuple(version.aliases or ()),
+                aliases=tuple(sorted(aliases.get(str(version.version), []))),
                 metrics=metrics,
                 run_id=version.run_id or "",
                 created_ms=int(version.creation_timestamp or 0),

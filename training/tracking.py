@@ -178,6 +178,7 @@ def apply_gate(
     promoted = passes_gate(challenger_score, champion_score)
     if promoted:
         promote(client, name, version)
+        client.delete_registered_model_alias(name, CHALLENGER)
     decision = GateDecision(version, promoted, challenger_score, current, champion_score)
     client.set_model_version_tag(name, version, "gate", json.dumps(asdict(decision)))
     logger.info(

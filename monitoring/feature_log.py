@@ -1,0 +1,112 @@
+"""The online log: what the worker served, from the `feature-log` topic to partitioned parquet.
+
+One row per scored event: keys, event time, model version, the exact feature vector used and
+the score, partitioned by the event's UTC date (`served_date=YYYY-MM-DD`). The sink commits
+its offsets only after a file is written, so a crash re-reads (and rewrites) at most one chunk;
+readers drop duplicate transaction ids, keeping the last score.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from kafka import KafkaConsumer
+
+from skewless.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LOG_TABLE = "online_log"
+PARTITION = "served_date"
+KEY_COLUMNS = ("transaction_id", "customer_id", "terminal_id", "tx_datetime")
+
+
+def log_path(settings: Settings) -> Path:
+    """Folder of the online log table."""
+    return settings.data_dir / LOG_TABLE
+
+
+def records_frame(bodies: list[dict[str, object]]) -> pd.DataFrame:
+    """Feature-log JSON bodies as a flat frame: keys, model, score, one column per feature."""
+    rows = []
+    for body in bodies:
+        features = body.get("features") or {}
+        assert isinstance(features, dict)
+        rows.append({key: value for key, value in body.items() if key != "features"} | features)
+    frame = pd.DataFrame(rows)
+    frame["tx_datetime"] = pd.to_datetime(frame["tx_datetime"], utc=True).astype(
+        "datetime64[us, UTC]"
+    )
+    frame[PARTITION] = frame["tx_datetime"].dt.strftime("%Y-%m-%d")
+    return frame
+
+
+def write_chunk(frame: pd.DataFrame, root: Path) -> int:
+    """Append a chunk to the partitioned log (one new file per partition touched)."""
+    for day, part in frame.groupby(PARTITION):
+        folder = root / f"{PARTITION}={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(part.drop(columns=[PARTITION]), preserve_index=False)
+        target = folder / f"part-{uuid.uuid4().hex}.parquet"
+        tmp = target.with_suffix(".partial")
+        pq.write_table(table, tmp, coerce_timestamps="us")
+        tmp.rename(target)
+    return len(frame)
+
+
+def sink(settings: Settings, idle_exit_s: float = 10.0, chunk_rows: int = 50_000) -> int:
+    """Copy the feature-log topic into the online log until idle; returns rows written."""
+    consumer = KafkaConsumer(
+        settings.topic_feature_log,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"{settings.consumer_group}-feature-log-sink",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=5000,
+    )
+    written = 0
+    pending: list[dict[str, object]] = []
+    last = time.monotonic()
+    try:
+        while True:
+            polled = consumer.poll(timeout_ms=500)
+            for records in polled.values():
+                pending.extend(json.loads(record.value) for record in records)
+            if polled:
+                last = time.monotonic()
+            idle = time.monotonic() - last > idle_exit_s
+            if pending and (len(pending) >= chunk_rows or idle or not polled):
+                written += write_chunk(records_frame(pending), log_path(settings))
+                consumer.commit()
+                pending = []
+            if idle:
+                break
+    finally:
+        consumer.close()
+    logger.info("online log: %d rows written to %s", written, log_path(settings))
+    return written
+
+
+def read_log(
+    settings: Settings, since: datetime | None = None, until: datetime | None = None
+) -> pd.DataFrame:
+    """The online log for event times in [since, until), one row per transaction (last kept)."""
+    root = log_path(settings)
+    if not root.exists() or not any(root.rglob("*.parquet")):
+        return pd.DataFrame()
+    frame = pd.read_parquet(root)
+    frame["tx_datetime"] = pd.to_datetime(frame["tx_datetime"], utc=True)
+    if since is not None:
+        frame = frame[frame["tx_datetime"] >= pd.Timestamp(since)]
+    if until is not None:
+        frame = frame[frame["tx_datetime"] < pd.Timestamp(until)]
+    frame = frame.sort_values("scored_at").drop_duplicates("transaction_id", keep="last")
+    return frame.drop(columns=[PARTITION], errors="ignore").reset_index(drop=True)

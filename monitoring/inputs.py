@@ -1,0 +1,100 @@
+"""What the checks read: the training reference of a model version, the offline recomputation
+of served events, the delayed labels and the dead letters."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+from kafka import KafkaConsumer, TopicPartition
+
+from monitoring.statistics import FeatureStatistics, load_statistics
+from skewless import feature_store
+from skewless.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_ARTIFACT = "reference_statistics.json"
+
+
+def reference_statistics(settings: Settings, version: str) -> dict[str, FeatureStatistics]:
+    """The training statistics logged with `version` of the configured model."""
+    import mlflow
+
+    from training import tracking
+
+    client = tracking.configure(settings)
+    run_id = client.get_model_version(settings.model_name, version).run_id
+    folder = Path(tempfile.mkdtemp(prefix="skewless-reference-"))
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=str(folder)
+    )
+    return load_statistics(Path(path))
+
+
+def logged_test_metrics(settings: Settings, version: str) -> dict[str, float]:
+    """The test-window metrics logged with `version`."""
+    from training import tracking
+    from training.registry import METRICS
+
+    client = tracking.configure(settings)
+    run = client.get_run(str(client.get_model_version(settings.model_name, version).run_id))
+    return {name: run.data.metrics[name] for name in METRICS if name in run.data.metrics}
+
+
+def offline_features(settings: Settings, served: pd.DataFrame) -> pd.DataFrame:
+    """The same features recomputed offline (Feast point-in-time join on Spark) for the served
+    (entity, event time) pairs, indexed by transaction_id."""
+    from training import dataset
+    from training.spark import spark_session
+
+    spark = spark_session(settings)
+    entities = served[["transaction_id", "customer_id", "terminal_id", "tx_datetime"]].copy()
+    entities["tx_amount"] = served["amount"].astype("float64")
+    entities[dataset.EVENT_TIMESTAMP] = entities["tx_datetime"]
+    frame = spark.createDataFrame(entities)
+    store = feature_store.open_store(settings)
+    service = store.get_feature_service(settings.feature_service)
+    offline = dataset.historical_features(store, service, frame)
+    return offline.set_index("transaction_id")
+
+
+def _read_topic(settings: Settings, topic: str) -> list[bytes]:
+    """Every value on `topic` from the beginning up to its current end (no group, no commit)."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        values: list[bytes] = []
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            for records in consumer.poll(timeout_ms=500, max_records=10_000).values():
+                values.extend(record.value for record in records)
+        return values
+    finally:
+        consumer.close()
+
+
+def labels(settings: Settings) -> pd.DataFrame:
+    """Delayed labels published so far: transaction_id, tx_fraud, label_time."""
+    rows = [json.loads(value) for value in _read_topic(settings, settings.topic_labels)]
+    if not rows:
+        return pd.DataFrame(columns=["transaction_id", "tx_fraud", "label_time"])
+    frame = pd.DataFrame(rows)[["transaction_id", "tx_fraud", "label_time"]]
+    return frame.drop_duplicates("transaction_id", keep="last")
+
+
+def dead_letter_counts(settings: Settings) -> dict[str, int]:
+    """Dead letters per reason code."""
+    codes = Counter(
+        json.loads(value).get("reason_code", "unknown")
+        for value in _read_topic(settings, settings.topic_dead_letter)
+    )
+    return dict(codes)

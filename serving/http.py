@@ -1,0 +1,116 @@
+"""`skewless serve-http`: the enricher front door over the same scoring core as the worker.
+
+`POST /score` takes one transaction (a JSON object) or many (a JSON array) in the canonical
+schema without the label and answers with the same score records the worker produces to
+`fraud-scores`. The request is the event: it updates the streaming state exactly as a Kafka
+event would, so both doors give the same score for the same transaction. `GET /health` and
+`GET /metrics` (Prometheus) are there for operations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from serving.events import InvalidEvent, format_timestamp, parse_transaction
+from serving.metrics import ScoringMetrics
+from serving.scoring import ScoringCore
+from serving.worker import output_records, transactions_frame
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class ScoringHttpServer(ThreadingHTTPServer):
+    """A threaded HTTP server holding the scoring core."""
+
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], core: ScoringCore, metrics: ScoringMetrics, threshold: float
+    ) -> None:
+        super().__init__(address, _Handler)
+        self.core = core
+        self.metrics = metrics
+        self.threshold = threshold
+        self.lock = threading.Lock()  # one batch through the core at a time, as in the worker
+
+    def score(self, items: list[Any]) -> tuple[int, dict[str, Any] | list[dict[str, Any]]]:
+        """Status and body for a list of JSON transactions."""
+        parsed = []
+        errors = []
+        for index, item in enumerate(items):
+            try:
+                parsed.append((None, parse_transaction(json.dumps(item).encode())))
+            except InvalidEvent as exc:
+                errors.append({"index": index, "reason": exc.reason})
+                self.metrics.dead_letters.labels(reason=exc.code).inc()
+        if errors:
+            return HTTPStatus.UNPROCESSABLE_ENTITY, {"errors": errors}
+        frame = transactions_frame(parsed)  # type: ignore[arg-type]
+        with self.lock:
+            batch = self.core.score(frame)
+        self.metrics.events_in.inc(len(frame))
+        self.metrics.events_scored.inc(len(frame))
+        scores, _ = output_records(batch, self.threshold, format_timestamp(datetime.now(UTC)))
+        return HTTPStatus.OK, scores
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ScoringHttpServer
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            self._send(
+                HTTPStatus.OK, {"status": "ok", "model_version": self.server.core.model.version}
+            )
+        elif self.path == "/metrics":
+            body = generate_latest(self.server.metrics.registry)
+            self._raw(HTTPStatus.OK, body, CONTENT_TYPE_LATEST)
+        else:
+            self._send(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
+
+    def do_POST(self) -> None:
+        if self.path != "/score":
+            self._send(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length <= 0 or length > MAX_BODY_BYTES:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": "a JSON body up to 8 MiB is required"})
+            return
+        try:
+            payload = json.loads(self.rfile.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": f"not JSON: {exc}"})
+            return
+        single = isinstance(payload, dict)
+        items = [payload] if single else payload
+        if not isinstance(items, list) or not items:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": "send an object or a non-empty array"})
+            return
+        status, body = self.server.score(items)
+        if status == HTTPStatus.OK and single and isinstance(body, list):
+            self._send(status, body[0])
+        else:
+            self._send(status, body)
+
+    def _send(self, status: int, body: object) -> None:
+        self._raw(status, json.dumps(body).encode(), "application/json")
+
+    def _raw(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("http: " + format, *args)

@@ -1,0 +1,400 @@
+"""Replay a transactions file onto Kafka in event-time order, with delayed labels.
+
+Transactions with `start <= tx_datetime < end` go to the transactions topic in
+`(tx_datetime, transaction_id)` order, keyed by customer (see `serving.events`). Each
+transaction's label goes to the labels topic once it is known in *event* time, at
+`label_time = tx_datetime + delay` (the label delay of the feature repository's declarations):
+a label is sent before every transaction with `tx_datetime >= label_time` (labels first on
+ties) and after every transaction with `tx_datetime < label_time`.
+
+Which labels are sent:
+- the labels of the replayed transactions, including those that would only become known
+  after the last replayed transaction: they are sent at the end, in `label_time` order, so that
+  a monitor consuming the labels topic sees every label of the replayed period;
+- the labels of transactions *before* `start` whose `label_time >= start`: they become due
+  during the replay. Labels already known at `start` are not sent (the offline store has them).
+
+Ordering is a property of the *send* order. Every record carries a header `replay-seq` with its
+position in one sequence shared by both topics, so the order can be checked from what a
+consumer reads back. Within one partition Kafka keeps the send order (the producer is
+idempotent); across the two topics it does not, so a consumer that needs "label known before
+transaction" must compare `label_time` with `tx_datetime`, which the events carry.
+
+`rate` paces transactions (labels are not counted) against a monotonic clock: the n-th
+transaction is not sent before `start + n / rate`; when ahead, the replay sleeps in short
+slices. Without a rate it publishes as fast as the producer accepts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from serving.events import (
+    Label,
+    Transaction,
+    encode_label,
+    encode_transaction,
+    label_key,
+    transaction_key,
+)
+from skewless.aggregation import WindowAggregation
+from skewless.data import DataError, read_transactions
+from skewless.feature_store import load_declarations
+from skewless.services import kafka
+from skewless.services.process import port_open
+from skewless.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SEQUENCE_HEADER = "replay-seq"
+"""Header holding a record's position in the replay's send order (decimal ASCII)."""
+
+DEFAULT_LABEL_DELAY = timedelta(days=7)
+PROGRESS_EVERY = 100_000
+CHUNK = 20_000
+"""Events converted from numpy to Python objects at a time (bounds memory on big files)."""
+
+_COLUMNS = ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_SLEEP_S = 0.002
+_MAX_SLEEP_S = 0.05
+_FLUSH_TIMEOUT_S = 120.0
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+class ReplayError(RuntimeError):
+    """The replay cannot start or did not deliver every record; the message says why."""
+
+
+@dataclass(frozen=True)
+class ReplayStats:
+    """What one replay published and how fast."""
+
+    transactions: int
+    labels: int
+    seconds: float
+    """Publishing time: first send to the end of the final flush."""
+    prepare_seconds: float = 0.0
+    """Reading the file and ordering the events."""
+
+    @property
+    def events(self) -> int:
+        """Transactions plus labels."""
+        return self.transactions + self.labels
+
+    @property
+    def events_per_s(self) -> float:
+        """Published events per second of publishing time."""
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """Events in send order: row `rows[i]` of the frame, a label if `is_label[i]`."""
+
+    rows: IntArray
+    is_label: BoolArray
+
+    @property
+    def transactions(self) -> int:
+        """Number of transaction events."""
+        return int(len(self.is_label) - self.is_label.sum())
+
+    @property
+    def labels(self) -> int:
+        """Number of label events."""
+        return int(self.is_label.sum())
+
+
+def label_delay(declarations: Iterable[WindowAggregation]) -> timedelta:
+    """The label delay of the declarations: that of the delayed ones, else the default (7 days)."""
+    delays = {declaration.delay_days for declaration in declarations if declaration.delay_days > 0}
+    if len(delays) > 1:
+        raise ReplayError(f"declarations disagree on the label delay: {sorted(delays)} days")
+    return timedelta(days=delays.pop()) if delays else DEFAULT_LABEL_DELAY
+
+
+def _micros(moment: datetime | None, default: int) -> int:
+    if moment is None:
+        return default
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def event_micros(frame: pd.DataFrame) -> IntArray:
+    """`tx_datetime` as microseconds since the epoch (UTC)."""
+    stamps = frame["tx_datetime"].dt.tz_convert("UTC").dt.tz_localize(None)
+    return stamps.to_numpy(dtype="datetime64[us]").view(np.int64)
+
+
+def plan_replay(
+    frame: pd.DataFrame,
+    start: datetime | None,
+    end: datetime | None,
+    delay: timedelta,
+    with_labels: bool = True,
+) -> ReplayPlan:
+    """Order the transactions in `[start, end)` and their labels (see the module doc).
+
+    Events are sorted by (event time, labels before transactions, transaction_id), where the
+    event time of a transaction is its `tx_datetime` and that of a label its `label_time`.
+    """
+    times = event_micros(frame)
+    ids = frame["transaction_id"].to_numpy(dtype=np.int64)
+    lower = _micros(start, np.iinfo(np.int64).min)
+    upper = _micros(end, np.iinfo(np.int64).max)
+    delay_us = delay // timedelta(microseconds=1)
+    tx_rows = np.flatnonzero((times >= lower) & (times < upper))
+    if with_labels:
+        # label_time >= start  <=>  tx_datetime >= start - delay (Python ints: no overflow)
+        label_lower = max(lower - delay_us, int(np.iinfo(np.int64).min))
+        label_rows = np.flatnonzero((times >= label_lower) & (times < upper))
+    else:
+        label_rows = np.empty(0, dtype=np.int64)
+    rows = np.concatenate([label_rows, tx_rows])
+    is_label = np.concatenate(
+        [np.ones(len(label_rows), dtype=np.bool_), np.zeros(len(tx_rows), dtype=np.bool_)]
+    )
+    when = times[rows] + np.where(is_label, delay_us, 0)
+    order = np.lexsort((ids[rows], ~is_label, when))
+    return ReplayPlan(rows=rows[order].astype(np.int64), is_label=is_label[order])
+
+
+class _Pacer:
+    """Holds the n-th transaction back until `n / rate` seconds after the first."""
+
+    def __init__(self, rate: float | None) -> None:
+        if rate is not None and rate <= 0:
+            raise ReplayError(f"rate must be positive, got {rate}")
+        self.interval = 1.0 / rate if rate else 0.0
+        self.started = time.monotonic()
+
+    def restart(self) -> None:
+        """Count from now."""
+        self.started = time.monotonic()
+
+    def wait(self, sent: int) -> None:
+        """Sleep (in short slices) while `sent` transactions are ahead of the rate."""
+        if not self.interval:
+            return
+        due = self.started + sent * self.interval
+        ahead = due - time.monotonic()
+        if ahead < _MIN_SLEEP_S:
+            return
+        while ahead > 0:
+            time.sleep(min(ahead, _MAX_SLEEP_S))
+            ahead = due - time.monotonic()
+
+
+class _Failures:
+    """Counts records the broker did not accept (producer errbacks)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: BaseException | None = None
+
+    def record(self, error: BaseException) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = error
+            logger.error("replay: a record was not delivered: %s", error)
+
+
+def _check_topics(settings: Settings) -> None:
+    """Fail early (and clearly) if Kafka does not answer or a topic is missing."""
+    if not port_open(settings.kafka_host, settings.kafka_port):
+        raise ReplayError(
+            f"nothing listens on {settings.kafka_bootstrap} (run `skewless services up`)"
+        )
+    try:
+        client = kafka.admin(settings)
+        try:
+            existing = set(client.list_topics())
+        finally:
+            client.close()
+    except KafkaError as exc:
+        raise ReplayError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    missing = [t for t in (settings.topic_transactions, settings.topic_labels) if t not in existing]
+    if missing:
+        raise ReplayError(
+            f"topics missing on {settings.kafka_bootstrap}: {', '.join(missing)} "
+            "(run `skewless services up`)"
+        )
+
+
+def _producer(settings: Settings) -> KafkaProducer:
+    return KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id="skewless-replay",
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        batch_size=256 * 1024,
+        compression_type=None,
+    )
+
+
+def load_events(path: Path) -> pd.DataFrame:
+    """Read the transactions file and check it has what a replay needs."""
+    frame = read_transactions(path)
+    missing = [column for column in _COLUMNS if column not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing columns {', '.join(missing)}")
+    if frame["tx_datetime"].isna().any():
+        raise DataError(f"{path}: {int(frame['tx_datetime'].isna().sum())} rows without a time")
+    return frame
+
+
+def replay(
+    settings: Settings,
+    data_path: Path,
+    start: datetime | None,
+    end: datetime | None,
+    rate: float | None,
+    *,
+    sequence_header: bool = True,
+) -> ReplayStats:
+    """Publish the transactions of `data_path` in `[start, end)` and their labels (module doc).
+
+    Naive `start`/`end` are UTC. Returns the counts once every record is acknowledged
+    (`acks=all`); raises `ReplayError` if Kafka or a topic is missing or a record failed.
+    `sequence_header=False` leaves out the `replay-seq` header, which costs kafka-python about
+    a quarter of its send throughput, for load tests that do not check the order.
+    """
+    prepare_started = time.perf_counter()
+    pacer = _Pacer(rate)  # checks the rate before any work
+    if start is not None and end is not None and _micros(start, 0) >= _micros(end, 0):
+        raise ReplayError(f"empty range: start {start} is not before end {end}")
+    _check_topics(settings)
+    frame = load_events(data_path)
+    with_labels = "tx_fraud" in frame.columns
+    if not with_labels:
+        logger.warning("replay: %s has no tx_fraud column; no labels will be sent", data_path)
+    delay = label_delay(load_declarations(settings))
+    plan = plan_replay(frame, start, end, delay, with_labels)
+    prepare_seconds = time.perf_counter() - prepare_started
+    logger.info(
+        "replay: %d transactions and %d labels (delay %s) from %s to %s and %s",
+        plan.transactions, plan.labels, delay, data_path.name,
+        settings.topic_transactions, settings.topic_labels,
+    )  # fmt: skip
+    producer = _producer(settings)
+    try:
+        started = time.perf_counter()
+        pacer.restart()
+        records = encode_plan(frame, plan, delay)
+        try:
+            failures = _publish(producer, settings, records, len(plan.rows), pacer, sequence_header)
+            producer.flush(timeout=_FLUSH_TIMEOUT_S)
+        except KafkaError as exc:
+            raise ReplayError(f"replay did not complete: {exc}") from exc
+        seconds = time.perf_counter() - started
+    finally:
+        producer.close(timeout=10)
+    if failures.count:
+        raise ReplayError(f"{failures.count} records were not delivered: {failures.first}")
+    stats = ReplayStats(plan.transactions, plan.labels, seconds, prepare_seconds)
+    logger.info(
+        "replay: published %d transactions and %d labels in %.1f s (%.0f events/s)",
+        stats.transactions, stats.labels, stats.seconds, stats.events_per_s,
+    )  # fmt: skip
+    return stats
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingRecord:
+    """One record of a replay, ready to send: which topic, key and value, at what event time."""
+
+    is_label: bool
+    event_time: datetime
+    key: bytes
+    value: bytes
+
+
+def encode_plan(
+    frame: pd.DataFrame, plan: ReplayPlan, delay: timedelta
+) -> Iterator[OutgoingRecord]:
+    """The planned events as encoded records, in send order (converted chunk by chunk)."""
+    times = event_micros(frame)
+    transaction_ids = frame["transaction_id"].to_numpy(dtype=np.int64)
+    customer_ids = frame["customer_id"].to_numpy(dtype=np.int64)
+    terminal_ids = frame["terminal_id"].to_numpy(dtype=np.int64)
+    amounts = frame["tx_amount"].to_numpy(dtype=np.float64)
+    fraud = frame["tx_fraud"].to_numpy(dtype=np.int64) if plan.labels else None
+    for chunk_start in range(0, len(plan.rows), CHUNK):
+        rows = plan.rows[chunk_start : chunk_start + CHUNK]
+        chunk_is_label = plan.is_label[chunk_start : chunk_start + CHUNK].tolist()
+        chunk_ids = transaction_ids[rows].tolist()
+        chunk_micros = times[rows].tolist()
+        chunk_customers = customer_ids[rows].tolist()
+        chunk_terminals = terminal_ids[rows].tolist()
+        chunk_amounts = amounts[rows].tolist()
+        chunk_frauds = fraud[rows].tolist() if fraud is not None else []
+        for i, is_label in enumerate(chunk_is_label):
+            tx_datetime = _EPOCH + timedelta(microseconds=chunk_micros[i])
+            if is_label:
+                label = Label(
+                    chunk_ids[i],
+                    chunk_customers[i],
+                    chunk_terminals[i],
+                    tx_datetime,
+                    chunk_frauds[i],
+                    tx_datetime + delay,
+                )
+                yield OutgoingRecord(True, label.label_time, label_key(label), encode_label(label))
+            else:
+                tx = Transaction(
+                    chunk_ids[i],
+                    tx_datetime,
+                    chunk_customers[i],
+                    chunk_terminals[i],
+                    chunk_amounts[i],
+                )
+                yield OutgoingRecord(
+                    False, tx_datetime, transaction_key(tx), encode_transaction(tx)
+                )
+
+
+def _publish(
+    producer: KafkaProducer,
+    settings: Settings,
+    records: Iterator[OutgoingRecord],
+    total: int,
+    pacer: _Pacer,
+    sequence_header: bool,
+) -> _Failures:
+    """Send the records in order (numbered in a header); returns the delivery failures."""
+    failures = _Failures()
+    sent_transactions = 0
+    clock = time.perf_counter()
+    for seq, record in enumerate(records):
+        if record.is_label:
+            topic = settings.topic_labels
+        else:
+            pacer.wait(sent_transactions)
+            topic = settings.topic_transactions
+            sent_transactions += 1
+        headers = [(SEQUENCE_HEADER, b"%d" % seq)] if sequence_header else None
+        future = producer.send(topic, value=record.value, key=record.key, headers=headers)
+        future.add_errback(failures.record)
+        if (seq + 1) % PROGRESS_EVERY == 0:
+            elapsed = time.perf_counter() - clock
+            logger.info(
+                "replay: %d/%d events sent (%.0f events/s), event time %s",
+                seq + 1, total, (seq + 1) / elapsed, record.event_time,
+            )  # fmt: skip
+    return failures

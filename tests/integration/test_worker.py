@@ -1,0 +1,277 @@
+"""The scoring worker against real Kafka, Redis and the MLflow registry of a trained platform."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from serving.http import ScoringHttpServer
+from serving.metrics import ScoringMetrics
+from serving.replay import replay
+from serving.scoring import build_core
+from serving.worker import build_worker
+from skewless.feature_store import feast_environment, offline_table_path
+from skewless.services import kafka
+from skewless.services.process import wait_for
+from skewless.settings import Settings, load_settings
+from tests.conftest import TrainedPlatform, free_port
+from training import registry, tracking
+from training.pipeline import materialize_with_progress
+from training.spark import spark_session
+
+pytestmark = pytest.mark.integration
+
+REPLAY_START = datetime(2026, 5, 25, tzinfo=UTC)
+
+
+def _private(platform: TrainedPlatform, **overrides: Any) -> Settings:
+    """The platform's settings with topics and consumer group of this test alone."""
+    run = uuid.uuid4().hex[:8]
+    base = platform.settings.model_dump()
+    base.update(
+        topic_transactions=f"tx-{run}",
+        topic_labels=f"labels-{run}",
+        topic_scores=f"scores-{run}",
+        topic_dead_letter=f"dlq-{run}",
+        topic_feature_log=f"flog-{run}",
+        consumer_group=f"workers-{run}",
+        champion_poll_s=0,
+    )
+    base.update(overrides)
+    settings = load_settings(**base)
+    kafka.ensure_topics(settings)
+    return settings
+
+
+def _read_all(settings: Settings, topic: str, expected: int, timeout_s: float = 60) -> list[Any]:
+    """Every record of `topic` (JSON values), waiting until at least `expected` arrived."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=2000,
+    )
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            records.extend(record for record in consumer)
+            if len(records) >= expected:
+                break
+    finally:
+        consumer.close()
+    return [(r.key, json.loads(r.value)) for r in records]
+
+
+def _window(platform: TrainedPlatform, days: int) -> pd.DataFrame:
+    tx = platform.transactions
+    end = REPLAY_START + timedelta(days=days)
+    return tx[(tx["tx_datetime"] >= REPLAY_START) & (tx["tx_datetime"] < end)]
+
+
+def test_replay_from_t_serves_the_backfill_features_exactly(
+    trained_platform: TrainedPlatform,
+) -> None:
+    """The parity test: materialize --until T, replay from T, serve; compare with Spark."""
+    settings = _private(trained_platform)
+    materialize_with_progress(
+        spark_session(settings), settings, trained_platform.data, until=REPLAY_START
+    )
+    expected = _window(trained_platform, 4)
+    replay(settings, trained_platform.data, REPLAY_START, REPLAY_START + timedelta(days=4), None)
+    stats = build_worker(settings).run(max_events=len(expected), idle_exit_s=20)
+    assert stats.scored == len(expected)
+    logged = _read_all(settings, settings.topic_feature_log, len(expected))
+    served = pd.DataFrame(
+        [{"transaction_id": b["transaction_id"], **b["features"]} for _, b in logged]
+    )
+    served = served.drop_duplicates("transaction_id").set_index("transaction_id")
+    assert set(served.index) == set(expected["transaction_id"])
+    customers, terminals = (
+        pd.read_parquet(offline_table_path(settings, name)).set_index("transaction_id")
+        for name in ("customer_spending", "terminal_risk")
+    )
+    windows = [c for c in served.columns if c not in ("amount", "during_weekend", "during_night")]
+    offline = customers[[c for c in windows if c.startswith("customer")]].join(
+        terminals[[c for c in windows if c.startswith("terminal")]]
+    )
+    assert len(windows) == 12
+    for name in windows:
+        want = offline.loc[served.index, name].to_numpy(dtype=float)
+        got = served[name].to_numpy(dtype=float)
+        if "count" in name:
+            np.testing.assert_array_equal(got, want, err_msg=name)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=name)
+    amounts = expected.set_index("transaction_id")["tx_amount"]
+    np.testing.assert_allclose(served["amount"], amounts.loc[served.index])
+
+
+def test_malformed_events_go_to_the_dead_letter_topic(trained_platform: TrainedPlatform) -> None:
+    settings = _private(trained_platform)
+    good = _window(trained_platform, 1).head(6)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    bad_events = {
+        b"this is not json": "not_json",
+        b'{"transaction_id": 1, "tx_datetime": "2026-05-25T00:00:00Z"}': "missing_field",
+        json.dumps({**_event(good.iloc[0]), "customer_id": "seven"}).encode(): "wrong_type",
+        json.dumps({**_event(good.iloc[0]), "tx_amount": -5.0}).encode(): "negative_amount",
+        json.dumps({**_event(good.iloc[0]), "tx_datetime": "yesterday"}).encode(): "bad_timestamp",
+    }
+    sent = 0
+    for (_, row), bad in zip(good.iterrows(), [*bad_events, None], strict=False):
+        body = {**_event(row), "unknown_field": "is fine"}
+        producer.send(settings.topic_transactions, json.dumps(body).encode(), key=b"1")
+        sent += 1
+        if bad is not None:
+            producer.send(settings.topic_transactions, bad, key=b"1")
+            sent += 1
+    producer.flush()
+    producer.close()
+    stats = build_worker(settings).run(max_events=sent, idle_exit_s=10)
+    assert stats.dead_letters == len(bad_events)
+    assert stats.scored == len(good)
+    letters = _read_all(settings, settings.topic_dead_letter, len(bad_events))
+    codes = Counter(body["reason_code"] for _, body in letters)
+    assert codes == Counter(bad_events.values())
+    assert {body["original_text"] for _, body in letters} == {b.decode() for b in bad_events}
+    assert all(body["source_topic"] == settings.topic_transactions for _, body in letters)
+    scores = _read_all(settings, settings.topic_scores, len(good))
+    assert sorted(b["transaction_id"] for _, b in scores) == sorted(good["transaction_id"])
+
+
+def _event(row: pd.Series) -> dict[str, Any]:
+    return {
+        "transaction_id": int(row["transaction_id"]),
+        "tx_datetime": row["tx_datetime"].strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "customer_id": int(row["customer_id"]),
+        "terminal_id": int(row["terminal_id"]),
+        "tx_amount": float(row["tx_amount"]),
+    }
+
+
+def test_hot_swap_follows_the_alias_and_rollback(trained_platform: TrainedPlatform) -> None:
+    settings = _private(trained_platform, champion_poll_s=0.3)
+    client = tracking.configure(settings)
+    name = settings.model_name
+    original = registry.champion_version(client, name)
+    assert original is not None
+    copy = str(mlflow.register_model(f"models:/{name}/{original}", name).version)
+    events = _window(trained_platform, 2)
+    parts = [events.iloc[index] for index in np.array_split(np.arange(len(events)), 3)]
+    worker = build_worker(settings)
+    thread = threading.Thread(target=worker.run, kwargs={"idle_exit_s": 15.0})
+    thread.start()
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    sent = 0
+    try:
+        for step, part in enumerate(parts):
+            for _, row in part.iterrows():
+                producer.send(settings.topic_transactions, json.dumps(_event(row)).encode())
+            producer.flush()
+            sent += len(part)
+            assert len(_read_all(settings, settings.topic_scores, sent, timeout_s=60)) >= sent
+            if step == 0:
+                registry.promote(client, name, copy)
+                assert wait_for(lambda: worker.core.model.version == copy, 10)
+            elif step == 1:
+                registry.rollback(client, name)
+                assert wait_for(lambda: worker.core.model.version == original, 10)
+    finally:
+        producer.close()
+        worker.stop()
+        thread.join(timeout=60)
+    version_of = {
+        b["transaction_id"]: b["model_version"]
+        for _, b in _read_all(settings, settings.topic_scores, len(events))
+    }
+    for part, version in zip(parts, [original, copy, original], strict=True):
+        assert {version_of[i] for i in part["transaction_id"]} == {version}
+    assert registry.champion_version(client, name) == original
+
+
+def test_http_and_stream_give_the_same_score(trained_platform: TrainedPlatform) -> None:
+    settings = _private(trained_platform)
+    events = _window(trained_platform, 1).head(40)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    for _, row in events.iterrows():
+        producer.send(settings.topic_transactions, json.dumps(_event(row)).encode())
+    producer.flush()
+    producer.close()
+    build_worker(settings).run(max_events=len(events), idle_exit_s=10)
+    stream = {
+        b["transaction_id"]: b["score"]
+        for _, b in _read_all(settings, settings.topic_scores, len(events))
+    }
+
+    port = free_port()
+    server = ScoringHttpServer(("127.0.0.1", port), build_core(settings), ScoringMetrics(), 0.5)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        body = json.dumps([_event(row) for _, row in events.iterrows()]).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/score",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answers = json.loads(response.read())
+        bad = urllib.request.Request(
+            f"http://127.0.0.1:{port}/score", data=b'{"transaction_id": 1}', method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(bad, timeout=30)
+        assert caught.value.code == 422
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(answers) == len(events)
+    for answer in answers:
+        assert answer["score"] == pytest.approx(stream[answer["transaction_id"]], rel=1e-6)
+
+
+def test_kill_9_and_restart_scores_every_transaction_once_after_dedupe(
+    trained_platform: TrainedPlatform,
+) -> None:
+    settings = _private(trained_platform, batch_max_events=50)
+    events = _window(trained_platform, 5)
+    replay(settings, trained_platform.data, REPLAY_START, REPLAY_START + timedelta(days=5), None)
+    env = {**os.environ, **feast_environment(settings)}
+    command = [sys.executable, "-m", "skewless", "serve"]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: len(_read_all(settings, settings.topic_scores, 200, 3)) >= 200, 120)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    second = subprocess.run(
+        [*command, "--idle-exit-seconds", "10"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    scores = _read_all(settings, settings.topic_scores, len(events))
+    ids = Counter(body["transaction_id"] for _, body in scores)
+    assert set(ids) == set(events["transaction_id"])
+    duplicates = sum(count - 1 for count in ids.values())
+    assert duplicates <= settings.batch_max_events * settings.kafka_partitions

@@ -1,0 +1,261 @@
+"""The wire format of the streaming topics: round trips, every rejection, dead letters."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from serving.events import (
+    InvalidEvent,
+    Label,
+    Transaction,
+    dead_letter,
+    dead_letter_original,
+    encode_label,
+    encode_transaction,
+    format_timestamp,
+    label_key,
+    parse_label,
+    parse_transaction,
+    transaction_key,
+)
+
+WHEN = datetime(2026, 5, 1, 12, 0, 0, 123, tzinfo=UTC)
+TX = Transaction(
+    transaction_id=812_345, tx_datetime=WHEN, customer_id=4321, terminal_id=9876, tx_amount=57.25
+)
+LABEL = Label(
+    transaction_id=812_345,
+    customer_id=4321,
+    terminal_id=9876,
+    tx_datetime=WHEN,
+    tx_fraud=1,
+    label_time=WHEN + timedelta(days=7),
+)
+
+
+def _raw(**changes: Any) -> bytes:
+    """A valid transaction with some fields changed (a value of ... removes the field)."""
+    event: dict[str, Any] = json.loads(encode_transaction(TX))
+    for name, value in changes.items():
+        if value is ...:
+            del event[name]
+        else:
+            event[name] = value
+    return json.dumps(event).encode()
+
+
+def _label_raw(**changes: Any) -> bytes:
+    event: dict[str, Any] = json.loads(encode_label(LABEL))
+    event.update(changes)
+    return json.dumps(event).encode()
+
+
+def _reason(raw: bytes) -> str:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_transaction(raw)
+    return caught.value.reason
+
+
+def test_transaction_round_trip_and_wire_form() -> None:
+    raw = encode_transaction(TX)
+    assert parse_transaction(raw) == TX
+    event = json.loads(raw)
+    assert event == {
+        "transaction_id": 812_345,
+        "tx_datetime": "2026-05-01T12:00:00.000123Z",
+        "customer_id": 4321,
+        "terminal_id": 9876,
+        "tx_amount": 57.25,
+    }
+    assert "tx_fraud" not in event
+
+
+def test_label_round_trip_and_wire_form() -> None:
+    raw = encode_label(LABEL)
+    assert parse_label(raw) == LABEL
+    event = json.loads(raw)
+    assert event["label_time"] == "2026-05-08T12:00:00.000123Z"
+    assert event["tx_fraud"] == 1
+
+
+def test_keys_are_decimal_ascii_of_customer_and_terminal() -> None:
+    assert transaction_key(TX) == b"4321"
+    assert label_key(LABEL) == b"9876"
+
+
+def test_amounts_survive_the_round_trip_exactly() -> None:
+    for amount in (0.0, 0.1, 1e-7, 123456.789, 2.0**60):
+        tx = Transaction(1, WHEN, 2, 3, amount)
+        assert parse_transaction(encode_transaction(tx)).tx_amount == amount
+
+
+def test_timestamps_are_utc_with_micros_and_z() -> None:
+    assert format_timestamp(datetime(2026, 5, 1, 12, tzinfo=UTC)) == "2026-05-01T12:00:00.000000Z"
+    assert format_timestamp(datetime(2026, 5, 1, 12)) == "2026-05-01T12:00:00.000000Z"
+    plus_two = timezone(timedelta(hours=2))
+    assert format_timestamp(datetime(2026, 5, 1, 14, tzinfo=plus_two)) == (
+        "2026-05-01T12:00:00.000000Z"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-05-01T12:00:00.000123",
+        "2026-05-01T12:00:00.000123+00:00",
+        "2026-05-01 12:00:00.000123Z",
+    ],
+)
+def test_naive_and_utc_offsets_are_accepted_as_utc(text: str) -> None:
+    parsed = parse_transaction(_raw(tx_datetime=text))
+    assert parsed.tx_datetime == WHEN
+    assert parsed.tx_datetime.tzinfo is UTC
+
+
+def test_unknown_fields_and_a_label_in_a_transaction_are_ignored() -> None:
+    assert parse_transaction(_raw(tx_fraud=1, channel="web", extra={"a": [1]})) == TX
+
+
+def test_integral_numbers_are_accepted_for_ids_and_amounts() -> None:
+    parsed = parse_transaction(_raw(customer_id=4321.0, tx_amount=57))
+    assert parsed.customer_id == 4321
+    assert type(parsed.customer_id) is int
+    assert parsed.tx_amount == 57.0
+    assert type(parsed.tx_amount) is float
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"\xff\xfe{}", "not_utf8: "),
+        (b"{not json", "not_json: "),
+        (b"", "not_json: "),
+        (b'{"transaction_id": 1} trailing', "not_json: "),
+        (b"[1, 2, 3]", "not_object: got a JSON array"),
+        (b'"a string"', "not_object: got a JSON string"),
+        (b"null", "not_object: got a JSON null"),
+        (b"1" * 5000, "not_json: "),
+    ],
+)
+def test_undecodable_events_are_rejected(raw: bytes, expected: str) -> None:
+    assert _reason(raw).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    "field", ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount"]
+)
+def test_a_missing_field_is_named(field: str) -> None:
+    assert _reason(_raw(**{field: ...})) == f"missing_field: {field}"
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"customer_id": True}, "wrong_type: customer_id must be an integer"),
+        ({"terminal_id": False}, "wrong_type: terminal_id must be an integer"),
+        ({"transaction_id": "812345"}, "wrong_type: transaction_id must be an integer"),
+        ({"customer_id": 12.5}, "wrong_type: customer_id must be an integer"),
+        ({"customer_id": None}, "wrong_type: customer_id must be an integer"),
+        ({"customer_id": 2**63}, "out_of_range: customer_id outside int64"),
+        ({"tx_amount": "12.5"}, "wrong_type: tx_amount must be a number"),
+        ({"tx_amount": True}, "wrong_type: tx_amount must be a number"),
+        ({"tx_amount": None}, "wrong_type: tx_amount must be a number"),
+        ({"tx_datetime": 1_777_636_800}, "wrong_type: tx_datetime must be an ISO-8601 string"),
+    ],
+)
+def test_mistyped_fields_are_named_with_the_expected_type(
+    changes: dict[str, Any], expected: str
+) -> None:
+    assert _reason(_raw(**changes)) == expected
+
+
+def test_negative_amount() -> None:
+    assert _reason(_raw(tx_amount=-3.0)) == "negative_amount: -3.0"
+
+
+@pytest.mark.parametrize(
+    ("literal", "shown"), [("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf")]
+)
+def test_non_finite_amount(literal: str, shown: str) -> None:
+    raw = encode_transaction(TX).replace(b"57.25", literal.encode())
+    assert _reason(raw) == f"non_finite_amount: {shown}"
+
+
+def test_an_overflowing_amount_is_non_finite() -> None:
+    raw = encode_transaction(TX).replace(b"57.25", b"1e999")
+    assert _reason(raw) == "non_finite_amount: inf"
+
+
+@pytest.mark.parametrize(
+    ("text", "detail"),
+    [
+        ("yesterday", "'yesterday'"),
+        ("2026-13-01T00:00:00Z", "'2026-13-01T00:00:00Z'"),
+        ("2026-05-01T14:00:00+02:00", "is not UTC"),
+        ("", "''"),
+    ],
+)
+def test_bad_timestamps(text: str, detail: str) -> None:
+    reason = _reason(_raw(tx_datetime=text))
+    assert reason.startswith("bad_timestamp: tx_datetime")
+    assert detail in reason
+
+
+def test_invalid_event_exposes_its_code() -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_transaction(_raw(tx_amount=...))
+    assert caught.value.code == "missing_field"
+    assert str(caught.value) == "missing_field: tx_amount"
+
+
+def test_labels_are_as_strict() -> None:
+    cases = [
+        (_label_raw(tx_fraud=2), "bad_label: tx_fraud must be 0 or 1, got 2"),
+        (_label_raw(tx_fraud=True), "wrong_type: tx_fraud must be an integer"),
+        (_label_raw(tx_fraud="1"), "wrong_type: tx_fraud must be an integer"),
+        (_label_raw(terminal_id=False), "wrong_type: terminal_id must be an integer"),
+        (_label_raw(label_time="soon"), "bad_timestamp: label_time 'soon'"),
+        (_label_raw(label_time="2026-04-30T00:00:00Z"), "bad_label: label_time is before"),
+        (b"[]", "not_object: got a JSON array"),
+    ]
+    for raw, expected in cases:
+        with pytest.raises(InvalidEvent) as caught:
+            parse_label(raw)
+        assert caught.value.reason.startswith(expected), (raw, caught.value.reason)
+    event = json.loads(encode_label(LABEL))
+    del event["label_time"]
+    with pytest.raises(InvalidEvent, match=r"^missing_field: label_time$"):
+        parse_label(json.dumps(event).encode())
+
+
+def test_dead_letter_keeps_the_original_bytes_and_says_where_from() -> None:
+    raw = b'{"transaction_id": 1, "tx_amount": "12.5"}'
+    failed_at = datetime(2026, 5, 2, 8, 30, tzinfo=UTC)
+    reason = "wrong_type: tx_amount must be a number"
+    record = dead_letter(raw, reason, "transactions", 1, 42, failed_at=failed_at)
+    body = json.loads(record)
+    assert body == {
+        "reason": "wrong_type: tx_amount must be a number",
+        "reason_code": "wrong_type",
+        "source_topic": "transactions",
+        "source_partition": 1,
+        "source_offset": 42,
+        "failed_at": "2026-05-02T08:30:00.000000Z",
+        "original_b64": base64.b64encode(raw).decode(),
+        "original_text": raw.decode(),
+    }
+    assert dead_letter_original(record) == raw
+
+
+def test_dead_letter_of_binary_garbage_has_no_text() -> None:
+    raw = b"\x00\xff\xfe garbage"
+    body = json.loads(dead_letter(raw, "not_utf8: invalid start byte", "transactions", 0, 7))
+    assert "original_text" not in body
+    assert base64.b64decode(body["original_b64"]) == raw
+    failed_at = datetime.fromisoformat(body["failed_at"])
+    assert abs(datetime.now(UTC) - failed_at) < timedelta(minutes=1)
