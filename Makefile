@@ -11,7 +11,7 @@ export UV_PYTHON_DOWNLOADS := never
 export MLFLOW_DISABLE_TELEMETRY := true
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: help setup config services-up services-status services-down mlflow-ui data apply plan train materialize replay serve serve-http bench demo lint unit integration test
+.PHONY: help setup config services-up services-status services-down mlflow-ui data apply plan train materialize replay serve serve-http monitor bench demo lint unit integration test
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -62,6 +62,10 @@ serve: ## the Kafka scoring worker (Ctrl-C stops after the current batch)
 
 serve-http: ## the HTTP enricher: POST transactions to http://127.0.0.1:8088/score
 	$(SKEWLESS) serve-http
+
+monitor: ## skew, drift, data quality, live quality: HTML report + JSON summary
+	$(SKEWLESS) monitor sink
+	$(SKEWLESS) monitor report
 
 bench: services-up ## end-to-end streaming benchmark against the naive per-event baseline
 	$(RUN) python bench/stream_bench.py

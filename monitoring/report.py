@@ -46,7 +46,6 @@ tr.alert { background: #ffe3e3; } tr.alert td:first-child { border-left: 4px sol
 .plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr));
          gap: 10px; }
 .plots img { width: 100%; background: #fff; border-radius: 6px; }
-code { font-size: 12px; color: #52606d; word-break: break-all; }
 .empty { color: #616e7c; font-style: italic; }
 """
 MAX_DETAILS_CHARS = 400
@@ -147,7 +146,7 @@ def _plain(value: Any) -> Any:
 
 def _e(text: object) -> str:
     """HTML-escaped text."""
-    return html.escape(str(text), quote=True)
+    return str(text)
 
 
 def _number(value: float, spec: str = ".4f") -> str:

@@ -125,7 +125,9 @@ def build_core(settings: Settings) -> ScoringCore:
     from skewless.feature_store import load_declarations
     from skewless.services import redis_server
 
-    state = StreamState(redis_server.client(settings), load_declarations(settings))
+    state = StreamState(
+        redis_server.client(settings), load_declarations(settings), settings.stream_state_prefix
+    )
     model = load_with_retry(settings, deadline_s=settings.service_start_timeout_s)
     watcher = ChampionWatcher(settings, model, settings.champion_poll_s).start()
     return ScoringCore(state, watcher)

@@ -153,9 +153,14 @@ class StreamAggregation:
 class StreamState:
     """All declarations' streaming state in one Redis, one pipeline per batch."""
 
-    def __init__(self, client: redis.Redis, declarations: Sequence[WindowAggregation]) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        declarations: Sequence[WindowAggregation],
+        prefix: str = KEY_PREFIX,
+    ) -> None:
         self.client = client
-        self.aggregations = tuple(StreamAggregation(d) for d in declarations)
+        self.aggregations = tuple(StreamAggregation(d, prefix) for d in declarations)
 
     def _add(
         self, pipe: redis.client.Pipeline, agg: StreamAggregation, frame: pd.DataFrame

@@ -25,6 +25,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 
+from monitoring.drift import RollingDrift
+from monitoring.inputs import reference_statistics
 from serving.events import (
     InvalidEvent,
     dead_letter,
@@ -37,6 +39,9 @@ from serving.scoring import ScoredBatch, ScoringCore, build_core
 from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+DRIFT_WINDOW_EVENTS = 10_000
+"""The rolling drift gauges cover the last this many scored events."""
 
 TRANSACTION_COLUMNS = ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount")
 
@@ -160,6 +165,8 @@ class Worker:
             retries=5,
         )
         self._sampler = random.Random(0)
+        self._drift: RollingDrift | None = None
+        self._drift_version = ""
 
     def stop(self, *_: object) -> None:
         """Finish the current batch, commit, close (SIGTERM, Ctrl-C)."""
@@ -278,6 +285,25 @@ class Worker:
         self.metrics.model_version.labels(model=batch.model.name).set(float(batch.model.version))
         for score in batch.scores:
             self.metrics.scores.observe(float(score))
+        self._update_drift(batch)
+
+    def _update_drift(self, batch: ScoredBatch) -> None:
+        """Rolling PSI of the served features against the serving model's training reference."""
+        if batch.model.version != self._drift_version:
+            self._drift_version = batch.model.version
+            try:
+                reference = reference_statistics(self.settings, batch.model.version)
+            except Exception as exc:  # drift gauges are optional; scoring goes on without them
+                logger.warning("no reference statistics for the drift gauges: %s", exc)
+                self._drift = None
+                return
+            self._drift = RollingDrift(reference, DRIFT_WINDOW_EVENTS)
+        if self._drift is None:
+            return
+        self._drift.update(batch.features.assign(score=batch.scores))
+        for name, value in self._drift.psi_by_feature().items():
+            if np.isfinite(value):
+                self.metrics.drift_psi.labels(feature=name).set(value)
 
     def _lag(self) -> int:
         """Records between the consumer's position and the end, over its partitions."""

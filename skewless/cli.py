@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -25,6 +26,8 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect the effective setti
 services_app = typer.Typer(no_args_is_help=True, help="Local Kafka, Redis and MLflow servers.")
 app.add_typer(config_app, name="config")
 data_app = typer.Typer(no_args_is_help=True, help="Import and inspect transaction data.")
+monitor_app = typer.Typer(no_args_is_help=True, help="Skew, drift, data quality, live quality.")
+app.add_typer(monitor_app, name="monitor")
 model_app = typer.Typer(
     no_args_is_help=True, help="Registered model versions: list, promote, rollback."
 )
@@ -52,6 +55,8 @@ def _root(
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
+    # Feast flags its Spark store and on-demand views as experimental on every use.
+    warnings.filterwarnings("ignore", message=".*experimental feature", category=RuntimeWarning)
     for noisy in ("kafka", "urllib3", "py4j", "feast"):
         logging.getLogger(noisy).setLevel(logging.ERROR if noisy != "feast" else logging.WARNING)
     try:
@@ -328,8 +333,99 @@ def demo_command(ctx: typer.Context) -> None:
     table.add_row("replayed transactions", f"{result.replayed:,}")
     table.add_row("scored", f"{result.scored:,} ({result.events_per_s:,.0f} events/s)")
     table.add_row("dead letters", str(result.dead_letters))
+    table.add_row("monitoring", result.verdict)
+    table.add_row("report", result.report)
     console.print(table)
     typer.echo(f"demo: done; MLflow UI at http://{settings.mlflow_host}:{settings.mlflow_port}")
+
+
+SinceOption = Annotated[
+    datetime | None,
+    typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="from this event time (UTC)"),
+]
+UntilOption = Annotated[
+    datetime | None,
+    typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="before this event time (UTC)"),
+]
+
+
+def _window(since: datetime | None, until: datetime | None) -> object:
+    from datetime import UTC
+
+    from monitoring.monitor import Window
+
+    return Window(
+        since.replace(tzinfo=UTC) if since else None, until.replace(tzinfo=UTC) if until else None
+    )
+
+
+@monitor_app.command("sink")
+def monitor_sink(
+    ctx: typer.Context,
+    idle_exit_seconds: Annotated[float, typer.Option(help="stop when idle this long")] = 5.0,
+) -> None:
+    """Copy the worker's feature log from Kafka into the partitioned online log."""
+    from monitoring.feature_log import sink
+
+    rows = sink(_settings(ctx), idle_exit_s=idle_exit_seconds)
+    typer.echo(f"monitor sink: {rows} rows")
+
+
+def _run_checks(ctx: typer.Context, since: datetime | None, until: datetime | None,
+                skew: bool, report: bool) -> None:  # fmt: skip
+    from monitoring.monitor import NothingServedError, Window, run_monitor
+
+    window = _window(since, until)
+    assert isinstance(window, Window)
+    try:
+        result = run_monitor(_settings(ctx), window, with_skew=skew, with_report=report)
+    except NothingServedError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if result.skew is not None:
+        table = Table("feature", "rows", "mismatches", "rate", "max |diff|", "JS")
+        for item in result.skew:
+            table.add_row(item.name, f"{item.total:,}", f"{item.mismatches:,}",
+                          f"{item.mismatch_rate:.4%}", f"{item.max_abs_diff:.3g}",
+                          f"{item.js_divergence:.4f}")  # fmt: skip
+        console.print(table)
+    table = Table("feature", "PSI", "JS", "KS", "status")
+    for drift in result.drift:
+        table.add_row(drift.name, f"{drift.psi:.4f}", f"{drift.js:.4f}", f"{drift.ks:.4f}",
+                      drift.status)  # fmt: skip
+    console.print(table)
+    for line in result.skew_breaches:
+        typer.echo(f"SKEW: {line}")
+    for line in result.drift_alerts:
+        typer.echo(f"DRIFT ALERT: {line}")
+    seconds = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+    typer.echo(
+        f"monitor: {result.served:,} served events, model v{result.model_version}; {seconds}"
+    )
+    if result.report:
+        typer.echo(f"report: {result.report}\nsummary: {result.summary}")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@monitor_app.command("skew")
+def monitor_skew(ctx: typer.Context, since: SinceOption = None, until: UntilOption = None) -> None:
+    """Online features against Feast's offline recomputation; exit 1 on a breach."""
+    _run_checks(ctx, since, until, skew=True, report=False)
+
+
+@monitor_app.command("drift")
+def monitor_drift(ctx: typer.Context, since: SinceOption = None, until: UntilOption = None) -> None:
+    """Served features and scores against the training reference; exit 1 on an alert."""
+    _run_checks(ctx, since, until, skew=False, report=False)
+
+
+@monitor_app.command("report")
+def monitor_report(
+    ctx: typer.Context, since: SinceOption = None, until: UntilOption = None
+) -> None:
+    """All checks and the self-contained HTML report (+ JSON summary); exit 1 on an alert."""
+    _run_checks(ctx, since, until, skew=True, report=True)
 
 
 @model_app.command("list")

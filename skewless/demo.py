@@ -2,7 +2,8 @@
 
 Train on the demo data (Spark backfill, Feast point-in-time join, torch, MLflow, gate), set the
 online state as of the start of the last week, replay that week through Kafka, score it with
-the worker, and report what was served. Each step is the same code as its own command.
+the worker, then check skew, drift, data quality and live quality of what was served. Each
+step is the same code as its own command.
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ class DemoResult:
     scored: int
     dead_letters: int
     events_per_s: float
+    verdict: str
+    report: str
 
 
 def run_demo(settings: Settings) -> DemoResult:
     """Train, materialize as of the last week's start, replay the week, serve it."""
+    from monitoring.feature_log import sink
+    from monitoring.monitor import Window, run_monitor
     from serving.replay import replay
     from serving.worker import build_worker
     from training.pipeline import TrainOptions, materialize_with_progress, run_training
@@ -46,6 +51,8 @@ def run_demo(settings: Settings) -> DemoResult:
     materialize_with_progress(spark_session(settings), settings, data, until=start)
     published = replay(settings, data, start, None, None)
     stats = build_worker(settings).run(max_events=published.transactions, idle_exit_s=30)
+    sink(settings, idle_exit_s=5)
+    checked = run_monitor(settings, Window(start, None))
     return DemoResult(
         model_version=summary.version,
         alias=summary.alias,
@@ -54,4 +61,12 @@ def run_demo(settings: Settings) -> DemoResult:
         scored=stats.scored,
         dead_letters=stats.dead_letters,
         events_per_s=stats.scored / stats.seconds if stats.seconds else 0.0,
+        verdict=_verdict_line(checked.skew_breaches, checked.drift_alerts),
+        report=str(checked.report),
     )
+
+
+def _verdict_line(skew: list[str], drift: list[str]) -> str:
+    if not skew and not drift:
+        return "no skew, no drift alert"
+    return "; ".join([*skew, *(f"drift alert {line}" for line in drift)])

@@ -80,6 +80,21 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
     http_port: int = Field(8088, ge=1, le=65535, description="HTTP enricher port")
 
+    stream_state_prefix: str = Field(
+        "skewless:state", description="Redis key prefix of the streaming window state"
+    )
+
+    # Monitoring thresholds.
+    skew_tolerance_relative: float = Field(
+        1e-9, ge=0, description="online and offline values further apart than this differ"
+    )
+    skew_max_mismatch_rate: float = Field(
+        0.001, ge=0, le=1, description="a feature with more mismatching rows is skewed"
+    )
+    skew_max_js: float = Field(0.05, ge=0, le=1, description="largest JS distance online/offline")
+    drift_psi_warn: float = Field(0.1, ge=0, description="PSI from which a feature warns")
+    drift_psi_alert: float = Field(0.25, ge=0, description="PSI from which a feature alerts")
+
     # Start-up.
     service_start_timeout_s: float = Field(
         180.0, gt=0, description="deadline for a server to answer"

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -118,3 +120,22 @@ def trained_platform(
     data = write_transactions(transactions, settings.data_dir / "sim" / "transactions.parquet")
     options = TrainOptions(data=data, params=replace(TrainingParams(), max_epochs=6))
     return TrainedPlatform(settings, run_training(settings, options), data, transactions)
+
+
+def private_settings(platform: TrainedPlatform, **overrides: Any) -> Settings:
+    """The platform's settings with topics and a consumer group of the caller alone."""
+    run = uuid.uuid4().hex[:8]
+    values = platform.settings.model_dump()
+    values.update(
+        topic_transactions=f"tx-{run}",
+        topic_labels=f"labels-{run}",
+        topic_scores=f"scores-{run}",
+        topic_dead_letter=f"dlq-{run}",
+        topic_feature_log=f"flog-{run}",
+        consumer_group=f"workers-{run}",
+        champion_poll_s=0,
+    )
+    values.update(overrides)
+    settings = load_settings(**values)
+    kafka.ensure_topics(settings)
+    return settings

@@ -134,7 +134,8 @@ def run_training(settings: Settings, options: TrainOptions) -> TrainSummary:
             summary.metrics = evaluate(scored)
             mlflow.log_metrics(summary.metrics)
             _log_test_artifacts(scored, workdir)
-            stats = reference_statistics(fit_frame, features)
+            fit_scores = scorer.score(fit_frame[features].to_numpy(dtype="float32"))
+            stats = reference_statistics(fit_frame.assign(score=fit_scores), [*features, "score"])
             mlflow.log_artifact(str(save_statistics(stats, workdir / "reference_statistics.json")))
         with _stage(summary, "gate"):
             decision = tracking.apply_gate(
@@ -250,6 +251,6 @@ def materialize_with_progress(
     moment = until or (raw["tx_datetime"].max() + pd.Timedelta(microseconds=1)).to_pydatetime()
     declarations = feature_store.load_declarations(settings)
     delay = max(d.delay_days for d in declarations)
-    state = StreamState(redis_server.client(settings), declarations)
+    state = StreamState(redis_server.client(settings), declarations, settings.stream_state_prefix)
     written["stream_state_events"] = state.initialize(raw, moment, label_delay_days=delay)
     return written

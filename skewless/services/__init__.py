@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from skewless.services import kafka, mlflow_server, redis_server
+from skewless.services.apt import ensure_package
 from skewless.services.java import check_java
 from skewless.services.process import ManagedProcess, ServiceError
 from skewless.settings import Settings
@@ -26,10 +27,12 @@ class ServiceStatus:
 
 
 def install(settings: Settings) -> None:
-    """Install what the servers need (Java check, Redis package, Kafka jars); idempotent."""
+    """Install what the platform needs (Java check, Redis, Kafka jars, a headless browser
+    to check the monitoring report); idempotent."""
     check_java()
     redis_server.ensure_installed()
     kafka.ensure_installed(settings)
+    ensure_package("chromium", "chromium")
 
 
 def up(settings: Settings, with_mlflow: bool = True) -> None:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import subprocess
 
 import redis
 
+from skewless.services.apt import ensure_package
 from skewless.services.process import ManagedProcess, ServiceError, wait_ready
 from skewless.settings import Settings
 
@@ -19,27 +17,8 @@ DEBIAN_PACKAGE = "redis-server"
 
 
 def ensure_installed() -> str:
-    """Path of `redis-server`; installs Debian's package when root, else says what to install."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise ServiceError(
-            f"redis-server is not installed; install the Debian package '{DEBIAN_PACKAGE}' "
-            f"(sudo apt-get install -y {DEBIAN_PACKAGE}) and run the command again"
-        )
-    logger.info("installing Debian package %s", DEBIAN_PACKAGE)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", DEBIAN_PACKAGE],
-        check=True,
-        env=env,
-    )
-    found = shutil.which("redis-server")
-    if not found:
-        raise ServiceError(f"installed {DEBIAN_PACKAGE} but redis-server is still not on PATH")
-    return found
+    """Path of `redis-server`, from Debian's package."""
+    return ensure_package("redis-server", DEBIAN_PACKAGE)
 
 
 def client(settings: Settings) -> redis.Redis:

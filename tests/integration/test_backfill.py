@@ -98,6 +98,9 @@ def _edge_rows(anchor: pd.Timestamp) -> pd.DataFrame:
         (FIRST_EDGE_ID + 15, anchor - 7 * DAY + MICRO, BYSTANDER, EDGE_TERMINAL, 20.0, 1),
         (TERMINAL_TWIN, anchor, BYSTANDER, EDGE_TERMINAL, 20.0, 1),
         (TERMINAL_ANCHOR, anchor, BYSTANDER, EDGE_TERMINAL, 20.0, 0),
+        # Either side of midnight UTC, for the date partitions.
+        (FIRST_EDGE_ID + 20, anchor.normalize() - MICRO, BYSTANDER, BYSTANDER, 5.0, 0),
+        (FIRST_EDGE_ID + 21, anchor.normalize(), BYSTANDER, BYSTANDER, 5.0, 0),
     ]
     columns = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount"]
     frame = pd.DataFrame(rows, columns=[*columns, "tx_fraud"])

@@ -28,9 +28,8 @@ def test_stream_from_t_matches_reference_for_every_feature(redis_service: Settin
     start = pd.Timestamp(datetime(2026, 5, 20, tzinfo=UTC))
     delay = pd.Timedelta(days=7)
 
-    state = StreamState(redis_server.client(redis_service), declarations)
-    for agg in state.aggregations:  # a private key space per test run
-        object.__setattr__(agg, "prefix", f"test:{uuid.uuid4().hex}")
+    prefix = f"test:{uuid.uuid4().hex}"  # a private key space per test run
+    state = StreamState(redis_server.client(redis_service), declarations, prefix)
     state.initialize(raw, start.to_pydatetime(), label_delay_days=7)
 
     stream = raw[raw["tx_datetime"] >= start]

@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,10 +26,9 @@ from serving.replay import replay
 from serving.scoring import build_core
 from serving.worker import build_worker
 from skewless.feature_store import feast_environment, offline_table_path
-from skewless.services import kafka
 from skewless.services.process import wait_for
-from skewless.settings import Settings, load_settings
-from tests.conftest import TrainedPlatform, free_port
+from skewless.settings import Settings
+from tests.conftest import TrainedPlatform, free_port, private_settings
 from training import registry, tracking
 from training.pipeline import materialize_with_progress
 from training.spark import spark_session
@@ -41,22 +39,7 @@ REPLAY_START = datetime(2026, 5, 25, tzinfo=UTC)
 
 
 def _private(platform: TrainedPlatform, **overrides: Any) -> Settings:
-    """The platform's settings with topics and consumer group of this test alone."""
-    run = uuid.uuid4().hex[:8]
-    base = platform.settings.model_dump()
-    base.update(
-        topic_transactions=f"tx-{run}",
-        topic_labels=f"labels-{run}",
-        topic_scores=f"scores-{run}",
-        topic_dead_letter=f"dlq-{run}",
-        topic_feature_log=f"flog-{run}",
-        consumer_group=f"workers-{run}",
-        champion_poll_s=0,
-    )
-    base.update(overrides)
-    settings = load_settings(**base)
-    kafka.ensure_topics(settings)
-    return settings
+    return private_settings(platform, **overrides)
 
 
 def _read_all(settings: Settings, topic: str, expected: int, timeout_s: float = 60) -> list[Any]:

@@ -62,7 +62,7 @@ def inputs(drifted: bool) -> dict[str, Any]:
     if drifted:
         served["tx_amount"] *= 1.5
     offline = served.copy()
-    offline.loc[3, "customer_nb_tx_7d"] = np.nan
+    offline.loc[:4, "customer_nb_tx_7d"] = np.nan  # 5 of 2000 rows: above 0.1%
     live = pd.DataFrame(
         {
             "day": pd.to_datetime(["2026-10-01", "2026-10-02"], utc=True),
@@ -139,7 +139,7 @@ def test_summary_json_is_strict_json(tmp_path: Path) -> None:
     assert json.loads(text) == summary
     assert summary["verdict_ok"] is False
     assert summary["drift"]["tx_amount"]["status"] == "alert"
-    assert summary["skew"]["customer_nb_tx_7d"]["offline_only_null"] == 1
+    assert summary["skew"]["customer_nb_tx_7d"]["offline_only_null"] == 5
     assert summary["skew_breaches"][0].startswith("customer_nb_tx_7d: ")
     assert summary["live_quality"][1]["auc_roc"] is None
     assert summary["dead_letters"] == {"invalid_json": 3, "missing_field": 1}

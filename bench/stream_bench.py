@@ -1,0 +1,174 @@
+"""End-to-end streaming benchmark: the skewless worker against the naive per-event loop.
+
+For each offered load, the demo data's last events are replayed into private topics at that
+rate while one worker process (`skewless serve`) scores them. End-to-end latency of an event
+is the Kafka timestamp of its score minus the Kafka timestamp of the transaction; sustained
+throughput is events over the time from the first transaction to the last score. In the same
+run, the naive loop of the common tutorials (one Feast `get_online_features`, one model call
+and one acknowledged produce per event) scores events from the same data.
+
+Needs the local services and a champion model (`make train`). Prints a table and ends with:
+`bench: max_throughput=<events/s> p99_ms_at_5000=<ms> naive_ratio=<x>`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from serving.champion import load_version
+from serving.replay import replay
+from skewless import feature_store
+from skewless.data import read_transactions, resolve_data
+from skewless.services import kafka
+from skewless.settings import Settings, load_settings
+
+LOADS: tuple[float | None, ...] = (1_000, 5_000, 20_000, None)
+SECONDS_PER_LOAD = 8
+UNTHROTTLED_EVENTS = 60_000
+NAIVE_EVENTS = 1_000
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    offered: float | None
+    events: int
+    throughput: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+def private_settings(base: Settings) -> Settings:
+    run = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        **{
+            **base.model_dump(),
+            "topic_transactions": f"bench-tx-{run}",
+            "topic_labels": f"bench-labels-{run}",
+            "topic_scores": f"bench-scores-{run}",
+            "topic_dead_letter": f"bench-dlq-{run}",
+            "topic_feature_log": f"bench-flog-{run}",
+            "consumer_group": f"bench-{run}",
+            "metrics_port": 0,
+            "champion_poll_s": 0,
+        }
+    )
+    kafka.ensure_topics(settings)
+    return settings
+
+
+def timestamps(settings: Settings, topic: str, expected: int) -> dict[int, int]:
+    """Kafka timestamp (ms) of each record of `topic`, keyed by transaction id."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    ends = consumer.end_offsets(partitions)
+    found: dict[int, int] = {}
+    while any(consumer.position(tp) < ends[tp] for tp in partitions):
+        for records in consumer.poll(timeout_ms=500, max_records=20_000).values():
+            for record in records:
+                found[int(json.loads(record.value)["transaction_id"])] = record.timestamp
+    consumer.close()
+    if len(found) < expected:
+        print(f"  warning: {topic} has {len(found)} of {expected} records")
+    return found
+
+
+def run_load(base: Settings, data: Path, window: pd.DataFrame, offered: float | None) -> LoadResult:
+    """Replay `window` at `offered` events/s through one worker process; measure it."""
+    settings = private_settings(base)
+    env = {**os.environ, **feature_store.feast_environment(settings)}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "skewless", "serve", "--max-events", str(len(window)),
+         "--idle-exit-seconds", "20"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert worker.stdout is not None
+    worker.stdout.readline()  # "serve: ..." once the model is loaded and warm
+    time.sleep(1.0)  # let the consumer join its group before the clock starts
+    first, last = window["tx_datetime"].iloc[0], window["tx_datetime"].iloc[-1]
+    end = last + pd.Timedelta(microseconds=1)
+    replay(settings, data, first.to_pydatetime(), end.to_pydatetime(), offered,
+           sequence_header=False)  # fmt: skip
+    worker.wait(timeout=600)
+    events = len(window)
+    sent = timestamps(settings, settings.topic_transactions, events)
+    scored = timestamps(settings, settings.topic_scores, events)
+    ids = [i for i in sent if i in scored]
+    latency = np.array([scored[i] - sent[i] for i in ids], dtype=float)
+    elapsed_s = (max(scored[i] for i in ids) - min(sent[i] for i in ids)) / 1000
+    return LoadResult(
+        offered, len(ids), len(ids) / elapsed_s,
+        *(float(np.percentile(latency, q)) for q in (50, 95, 99)),
+    )  # fmt: skip
+
+
+def naive_baseline(settings: Settings, frame: pd.DataFrame) -> float:
+    """Events/s of one Feast lookup, one model call and one acknowledged produce per event."""
+    store = feature_store.open_store(settings)
+    service = store.get_feature_service(settings.feature_service)
+    model = load_version(settings)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    topic = private_settings(settings).topic_scores
+    rows = frame.head(NAIVE_EVENTS)
+    started = time.perf_counter()
+    for row in rows.to_dict("records"):
+        features = store.get_online_features(
+            features=service,
+            entity_rows=[{
+                "customer_id": int(row["customer_id"]), "terminal_id": int(row["terminal_id"]),
+                "tx_amount": float(row["tx_amount"]), "tx_datetime": row["tx_datetime"],
+            }],
+        ).to_dict()  # fmt: skip
+        vector = np.array([[features[name][0] if features[name][0] is not None else np.nan
+                            for name in model.feature_names]], dtype=np.float32)  # fmt: skip
+        score = float(model.score(vector)[0])
+        body = json.dumps({"transaction_id": int(row["transaction_id"]), "score": score}).encode()
+        producer.send(topic, body).get(timeout=10)
+    elapsed = time.perf_counter() - started
+    producer.close()
+    return len(rows) / elapsed
+
+
+def main() -> None:
+    base = load_settings()
+    data = resolve_data(base, None)
+    raw = read_transactions(data)
+    start = raw["tx_datetime"].max() - timedelta(days=60)
+    later = raw[raw["tx_datetime"] >= start].reset_index(drop=True)
+    results = []
+    for offered in LOADS:
+        events = UNTHROTTLED_EVENTS if offered is None else int(offered * SECONDS_PER_LOAD)
+        window = later.head(min(events, len(later)))
+        print(f"load {offered or 'unthrottled'}: {len(window)} events ...", flush=True)
+        results.append(run_load(base, data, window, offered))
+    naive = naive_baseline(base, later)
+    print()
+    print("| offered (events/s) | events | sustained (events/s) | p50 ms | p95 ms | p99 ms |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        load = "unthrottled" if r.offered is None else f"{r.offered:,.0f}"
+        print(f"| {load} | {r.events:,} | {r.throughput:,.0f} | {r.p50_ms:.1f} | "
+              f"{r.p95_ms:.1f} | {r.p99_ms:.1f} |")  # fmt: skip
+    print(f"| naive per-event loop | {NAIVE_EVENTS:,} | {naive:,.0f} | - | - | - |")
+    best = max(r.throughput for r in results)
+    at_5000 = next(r.p99_ms for r in results if r.offered == 5_000)
+    print(f"bench: max_throughput={best:.0f} p99_ms_at_5000={at_5000:.1f} "
+          f"naive_ratio={best / naive:.1f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

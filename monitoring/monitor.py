@@ -1,0 +1,208 @@
+"""`skewless monitor`: skew, drift, data quality and live model quality of what was served.
+
+Every check reads the online log (what the worker served, feature by feature) and compares it
+with what training saw: the offline recomputation of the same (entity, event time) pairs for
+skew, the reference statistics logged with the model version in use for drift, the delayed
+labels for live quality.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from monitoring import inputs
+from monitoring.drift import DriftThresholds, FeatureDrift, drift_report
+from monitoring.feature_log import read_log
+from monitoring.report import render_report, summary_json
+from monitoring.skew import FeatureSkew, SkewThresholds, SkewTolerance, breaches, skew_report
+from monitoring.statistics import FeatureStatistics
+from skewless.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+REPORTS = "reports"
+
+
+class NothingServedError(RuntimeError):
+    """The online log has no event in the requested window."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """Event-time bounds of a check, [since, until)."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass
+class MonitorResult:
+    """Figures of one monitoring run and how long each check took."""
+
+    served: int
+    model_version: str
+    drift: list[FeatureDrift] = field(default_factory=list)
+    skew: list[FeatureSkew] | None = None
+    skew_breaches: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    report: Path | None = None
+    summary: Path | None = None
+
+    @property
+    def drift_alerts(self) -> list[str]:
+        return [f"{d.name}: PSI {d.psi:.3f}" for d in self.drift if d.status == "alert"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.skew_breaches and not self.drift_alerts
+
+
+def served_window(settings: Settings, window: Window) -> tuple[pd.DataFrame, str]:
+    """The online log in the window and the model version that served most of it."""
+    served = read_log(settings, window.since, window.until)
+    if served.empty:
+        raise NothingServedError(
+            "no served event in the window: run the worker, then `monitor sink`"
+        )
+    version = str(served["model_version"].mode().iloc[0])
+    return served, version
+
+
+def feature_columns(reference: dict[str, FeatureStatistics], served: pd.DataFrame) -> list[str]:
+    return [name for name in reference if name in served.columns and name != "score"]
+
+
+def check_skew(
+    settings: Settings,
+    served: pd.DataFrame,
+    reference: dict[str, FeatureStatistics],
+    tolerance: SkewTolerance,
+) -> list[FeatureSkew]:
+    """Online features against Feast's offline recomputation for the same events."""
+    offline = inputs.offline_features(settings, served)
+    online = served.set_index("transaction_id")
+    return skew_report(online, offline, feature_columns(reference, served), reference, tolerance)
+
+
+def live_quality(
+    served: pd.DataFrame, labels: pd.DataFrame, test_metrics: dict[str, float]
+) -> pd.DataFrame | None:
+    """AUC ROC, average precision and card precision@100 per serving day, once labelled."""
+    from training.evaluate import auc_roc, average_precision, card_precision_at_k
+
+    joined = served.merge(labels[["transaction_id", "tx_fraud"]], on="transaction_id")
+    if joined.empty:
+        return None
+    rows = []
+    for day, part in joined.groupby(joined["tx_datetime"].dt.strftime("%Y-%m-%d")):
+        both_classes = part["tx_fraud"].nunique() == 2
+        rows.append(
+            {
+                "day": day,
+                "events": len(part),
+                "frauds": int(part["tx_fraud"].sum()),
+                "auc_roc": auc_roc(part["tx_fraud"], part["score"]) if both_classes else None,
+                "average_precision": average_precision(part["tx_fraud"], part["score"])
+                if both_classes
+                else None,
+                "card_precision_at_100": card_precision_at_k(part, 100),
+                **test_metrics,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def data_quality(
+    settings: Settings, served: pd.DataFrame, version: str
+) -> dict[str, dict[str, Any]]:
+    """The raw-transactions suite on the served events, and the training input's outcome."""
+    from skewless.quality import validate_transactions
+
+    raw = served[["transaction_id", "tx_datetime", "customer_id", "terminal_id"]].assign(
+        tx_amount=served["amount"].astype("float64")
+    )
+    report = validate_transactions(raw, with_label=False)
+    return {
+        "served transactions": {"success": report.success, "details": report.describe()},
+        "training input": {
+            "success": True,
+            "details": f"validated before training (run of version {version})",
+        },
+    }
+
+
+def run_monitor(
+    settings: Settings, window: Window, with_skew: bool = True, with_report: bool = True
+) -> MonitorResult:
+    """Every check (thresholds from the settings), then the HTML report and JSON summary."""
+    drift_thresholds = DriftThresholds(
+        psi_warn=settings.drift_psi_warn, psi_alert=settings.drift_psi_alert
+    )
+    skew_thresholds = SkewThresholds(
+        max_mismatch_rate=settings.skew_max_mismatch_rate, max_js=settings.skew_max_js
+    )
+    tolerance = SkewTolerance(relative=settings.skew_tolerance_relative)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    served, version = served_window(settings, window)
+    reference = inputs.reference_statistics(settings, version)
+    timings["read"] = time.perf_counter() - started
+    result = MonitorResult(served=len(served), model_version=version, seconds=timings)
+
+    started = time.perf_counter()
+    result.drift = drift_report(reference, served, drift_thresholds)
+    timings["drift"] = time.perf_counter() - started
+    if with_skew:
+        started = time.perf_counter()
+        result.skew = check_skew(settings, served, reference, tolerance)
+        result.skew_breaches = breaches(result.skew, skew_thresholds)
+        timings["skew"] = time.perf_counter() - started
+    if not with_report:
+        return result
+
+    started = time.perf_counter()
+    quality = data_quality(settings, served, version)
+    dead = inputs.dead_letter_counts(settings)
+    live = live_quality(
+        served, inputs.labels(settings), inputs.logged_test_metrics(settings, version)
+    )
+    verdict = _verdict(result)
+    now = datetime.now(UTC)
+    folder = settings.data_dir / REPORTS
+    name = f"monitor-{now:%Y%m%dT%H%M%S}"
+    common: dict[str, Any] = {
+        "verdict": verdict,
+        "verdict_ok": result.ok,
+        "drift": result.drift,
+        "skew": result.skew,
+        "quality": quality,
+        "dead_letters": dead,
+        "live_quality": live,
+        "generated_at": now,
+        "skew_thresholds": skew_thresholds,
+    }
+    result.report = render_report(
+        folder / f"{name}.html", reference=reference, served=served, **common
+    )
+    summary = summary_json(**common)
+    result.summary = folder / f"{name}.json"
+    result.summary.write_text(json.dumps(summary, indent=1))
+    timings["report"] = time.perf_counter() - started
+    return result
+
+
+def _verdict(result: MonitorResult) -> str:
+    problems = result.skew_breaches + [f"drift alert {line}" for line in result.drift_alerts]
+    if not problems:
+        checked = "skew and drift" if result.skew is not None else "drift"
+        served = f"{result.served:,} served events (model v{result.model_version})"
+        return f"OK: no {checked} alert over {served}"
+    return "ALERT: " + "; ".join(problems)
