@@ -58,7 +58,11 @@ class MonitorResult:
 
     @property
     def drift_alerts(self) -> list[str]:
-        return [f"{d.name}: PSI {d.psi:.3f}" for d in self.drift if d.status == "alert"]
+        return [
+            f"{d.name}: PSI {d.psi:.3f}, JS {d.js:.3f}, KS {d.ks:.3f}"
+            for d in self.drift
+            if d.status == "alert"
+        ]
 
     @property
     def ok(self) -> bool:
@@ -144,7 +148,10 @@ def run_monitor(
 ) -> MonitorResult:
     """Every check (thresholds from the settings), then the HTML report and JSON summary."""
     drift_thresholds = DriftThresholds(
-        psi_warn=settings.drift_psi_warn, psi_alert=settings.drift_psi_alert
+        psi_warn=settings.drift_psi_warn,
+        psi_alert=settings.drift_psi_alert,
+        js_alert=settings.drift_js_alert,
+        ks_alert=settings.drift_ks_alert,
     )
     skew_thresholds = SkewThresholds(
         max_mismatch_rate=settings.skew_max_mismatch_rate, max_js=settings.skew_max_js

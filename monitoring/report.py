@@ -146,7 +146,7 @@ def _plain(value: Any) -> Any:
 
 def _e(text: object) -> str:
     """HTML-escaped text."""
-    return str(text)
+    return html.escape(str(text), quote=True)
 
 
 def _number(value: float, spec: str = ".4f") -> str:
@@ -227,7 +227,9 @@ def _live_table(live_quality: pd.DataFrame | None) -> str:
     for record in live_quality.to_dict(orient="records"):
         cells = []
         for value in record.values():
-            if isinstance(value, datetime | date):
+            if value is None or value is pd.NaT:
+                cells.append("–")
+            elif isinstance(value, datetime | date):
                 cells.append(value.strftime("%Y-%m-%d"))
             elif isinstance(value, float | np.floating):
                 cells.append(_number(float(value)))

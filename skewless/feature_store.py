@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -144,27 +145,32 @@ def _on_import_path(repo: Path) -> None:
         sys.modules.pop(module_file.stem, None)
 
 
-def apply(settings: Settings) -> None:
-    """`feast apply` with the settings: register every declaration, create online tables."""
-    from feast.repo_operations import apply_total
+def _run_repo_operation(
+    settings: Settings, operation: Callable[[RepoConfig, Path, bool], None]
+) -> None:
+    """Run a Feast repository operation (apply, plan) the way Feast's CLI does.
 
+    The offline tables get their schema first so source validation reads real files; Feast
+    changes the working directory, which is restored afterwards.
+    """
     ensure_offline_tables(settings, load_declarations(settings))
     _on_import_path(settings.feature_repo)
     cwd = Path.cwd()
     try:
-        apply_total(repo_config(settings), settings.feature_repo, skip_source_validation=False)
+        operation(repo_config(settings), settings.feature_repo, False)
     finally:
         os.chdir(cwd)
+
+
+def apply(settings: Settings) -> None:
+    """`feast apply` with the settings: register every declaration, create online tables."""
+    from feast.repo_operations import apply_total
+
+    _run_repo_operation(settings, apply_total)
 
 
 def plan(settings: Settings) -> None:
     """`feast plan` with the settings: parse, validate sources, print the diff."""
     from feast.repo_operations import plan as feast_plan
 
-    ensure_offline_tables(settings, load_declarations(settings))
-    _on_import_path(settings.feature_repo)
-    cwd = Path.cwd()
-    try:
-        feast_plan(repo_config(settings), settings.feature_repo, skip_source_validation=False)
-    finally:
-        os.chdir(cwd)
+    _run_repo_operation(settings, feast_plan)

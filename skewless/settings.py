@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     skew_max_js: float = Field(0.05, ge=0, le=1, description="largest JS distance online/offline")
     drift_psi_warn: float = Field(0.1, ge=0, description="PSI from which a feature warns")
     drift_psi_alert: float = Field(0.25, ge=0, description="PSI from which a feature alerts")
+    drift_js_alert: float = Field(0.1, ge=0, le=1, description="JS distance that alerts")
+    drift_ks_alert: float = Field(0.2, ge=0, le=1, description="KS statistic that alerts")
 
     # Start-up.
     service_start_timeout_s: float = Field(

@@ -67,7 +67,7 @@ def inputs(drifted: bool) -> dict[str, Any]:
         {
             "day": pd.to_datetime(["2026-10-01", "2026-10-02"], utc=True),
             "events": [1200, 800],
-            "auc_roc": [0.87, np.nan],
+            "auc_roc": pd.Series([0.87, None], dtype=object),  # one class only on day 2
             "average_precision": [0.61, 0.55],
             "card_precision_at_100": [0.29, 0.27],
             "test_auc_roc": [0.876, 0.876],
@@ -122,6 +122,7 @@ def test_report_is_one_self_contained_page(tmp_path: Path, drifted: bool) -> Non
     assert "2026-11-02T08:30:00+00:00" in page
     assert "invalid_json" in page
     assert "2026-10-02" in page
+    assert "None" not in page
 
 
 def test_drift_rows_are_coloured_by_status(tmp_path: Path) -> None:

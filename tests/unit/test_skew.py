@@ -12,7 +12,7 @@ from monitoring.statistics import reference_statistics
 NAN = np.nan
 
 
-def frame(ids: list[int], **columns: list[float]) -> pd.DataFrame:
+def frame(ids: list[int], **columns: list[float] | np.ndarray) -> pd.DataFrame:
     """A feature frame indexed by transaction_id."""
     return pd.DataFrame(columns, index=pd.Index(ids, name="transaction_id"))
 
