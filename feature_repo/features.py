@@ -28,12 +28,17 @@ def _schema(declaration: WindowAggregation) -> list[Field]:
     ]
 
 
-# Offline, a view's latest row at or before the transaction is the transaction's own row, so
-# no age limit applies (ttl 0); online, the worker computes windows from events, not stored rows.
+# A window row describes its entity at the instant of its own transaction only: one second
+# later the windows have moved. So a row is never served offline past one second (the
+# smallest TTL Feast keeps), and the point-in-time join of a transaction finds its own row
+# instead of pairing it with the entity's whole history. Online, the worker computes windows
+# from events at each transaction's time; Feast's online reads do not apply TTL.
+ROW_TTL = timedelta(seconds=1)
+
 customer_spending = FeatureView(
     name=CUSTOMER_SPENDING.name,
     entities=[customer],
-    ttl=timedelta(0),
+    ttl=ROW_TTL,
     schema=_schema(CUSTOMER_SPENDING),
     source=customer_spending_push,
     online=True,
@@ -43,7 +48,7 @@ customer_spending = FeatureView(
 terminal_risk = FeatureView(
     name=TERMINAL_RISK.name,
     entities=[terminal],
-    ttl=timedelta(0),
+    ttl=ROW_TTL,
     schema=_schema(TERMINAL_RISK),
     source=terminal_risk_push,
     online=True,

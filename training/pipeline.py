@@ -20,6 +20,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 from rich.progress import Progress, TaskID
 
 from monitoring.statistics import reference_statistics, save_statistics
@@ -114,6 +115,10 @@ def run_training(settings: Settings, options: TrainOptions) -> TrainSummary:
         features = dataset.feature_names(service)
     with _stage(summary, "training_set"):
         entities = dataset.entity_frame(spark, options.data, windows.train_start, windows.test_end)
+        in_delay = (F.col("tx_datetime") >= F.lit(windows.train_end)) & (
+            F.col("tx_datetime") < F.lit(windows.test_start)
+        )
+        entities = entities.where(~in_delay)  # the delay week is neither trained nor tested on
         frame = dataset.historical_features(store, service, entities)
         train_frame = frame[frame["tx_datetime"] < windows.train_end]
         test_frame = frame[frame["tx_datetime"] >= windows.test_start].reset_index(drop=True)

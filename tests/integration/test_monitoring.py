@@ -23,9 +23,10 @@ from training.spark import spark_session
 
 pytestmark = pytest.mark.integration
 
-FAITHFUL = datetime(2026, 5, 20, tzinfo=UTC)
-CENTS = datetime(2026, 5, 23, tzinfo=UTC)
-SCALED = datetime(2026, 5, 25, tzinfo=UTC)
+FAITHFUL = datetime(2026, 5, 13, tzinfo=UTC)
+"""A whole week, so the weekday mix (the weekend flag) matches the training week's."""
+CENTS = datetime(2026, 5, 20, tzinfo=UTC)
+SCALED = datetime(2026, 5, 22, tzinfo=UTC)
 
 
 def _serve(settings: Settings, events: int) -> None:
@@ -52,12 +53,12 @@ def _serve_altered(
 
 @pytest.fixture(scope="module")
 def faithful(trained_platform: TrainedPlatform) -> tuple[Settings, MonitorResult]:
-    """Three days replayed from materialized state through the worker, then every check."""
+    """A week replayed from materialized state through the worker, then every check."""
     settings = private_settings(trained_platform)
     materialize_with_progress(
         spark_session(settings), settings, trained_platform.data, until=FAITHFUL
     )
-    end = FAITHFUL + timedelta(days=3)
+    end = FAITHFUL + timedelta(days=7)
     published = replay(settings, trained_platform.data, FAITHFUL, end, None)
     _serve(settings, published.transactions)
     return settings, run_monitor(settings, Window(FAITHFUL, end))
