@@ -72,10 +72,11 @@ def backfill_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 def spark(backfill_settings: Settings) -> Iterator[SparkSession]:
     environment = dict(os.environ)
     session = spark_session(backfill_settings)
-    yield session
-    session.stop()
+    # The JVM has started with the exported variables; later tests see the environment as it was.
     os.environ.clear()
     os.environ.update(environment)
+    yield session
+    session.stop()
 
 
 def _edge_rows(anchor: pd.Timestamp) -> pd.DataFrame:
