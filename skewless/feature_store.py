@@ -112,6 +112,15 @@ def export_environment(settings: Settings) -> None:
     os.environ.update(feast_environment(settings))
 
 
+def spark_conf(settings: Settings) -> dict[str, str]:
+    """The offline store's `spark_conf` from `feature_store.yaml`, read without importing Feast."""
+    import yaml
+
+    text = os.path.expandvars((settings.feature_repo / "feature_store.yaml").read_text())
+    conf = (yaml.safe_load(text).get("offline_store") or {}).get("spark_conf") or {}
+    return {str(key): str(value) for key, value in conf.items()}
+
+
 def repo_config(settings: Settings) -> RepoConfig:
     """Feast's config for the repository, read from its yaml with the settings applied."""
     from feast.repo_config import load_repo_config

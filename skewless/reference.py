@@ -30,6 +30,9 @@ def window_aggregates(events: pd.DataFrame, declaration: WindowAggregation) -> p
     keys_all = ordered[declaration.entity_key].to_numpy()
     positions = pd.Series(np.arange(len(ordered))).groupby(keys_all, sort=False).indices
     delay = _micros(declaration.delay_days)
+    values_of = {
+        column: ordered[column].to_numpy(dtype=np.float64) for column in declaration.value_columns
+    }
     for rows in positions.values():
         times = times_all[rows]
         for days in declaration.windows_days:
@@ -43,7 +46,7 @@ def window_aggregates(events: pd.DataFrame, declaration: WindowAggregation) -> p
                     columns[name][rows] = counts
                     continue
                 assert output.column is not None
-                values = ordered[output.column].to_numpy(dtype=np.float64)[rows]
+                values = values_of[output.column][rows]
                 prefix = np.concatenate([[0.0], np.cumsum(values)])
                 sums = prefix[upper] - prefix[lower]
                 with np.errstate(invalid="ignore", divide="ignore"):

@@ -139,8 +139,12 @@ def run_training(settings: Settings, options: TrainOptions) -> TrainSummary:
             summary.metrics = evaluate(scored)
             mlflow.log_metrics(summary.metrics)
             _log_test_artifacts(scored, workdir)
-            fit_scores = scorer.score(fit_frame[features].to_numpy(dtype="float32"))
-            stats = reference_statistics(fit_frame.assign(score=fit_scores), [*features, "score"])
+            # The reference is the whole training window (whole days, so the weekday mix of a
+            # served week matches it), scored by the model being registered.
+            seen = train_frame.assign(
+                score=scorer.score(train_frame[features].to_numpy(dtype="float32"))
+            )
+            stats = reference_statistics(seen, [*features, "score"])
             mlflow.log_artifact(str(save_statistics(stats, workdir / "reference_statistics.json")))
         with _stage(summary, "gate"):
             decision = tracking.apply_gate(

@@ -11,7 +11,7 @@ import logging
 
 from pyspark.sql import SparkSession
 
-from skewless.feature_store import export_environment, repo_config
+from skewless.feature_store import export_environment, spark_conf
 from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -30,9 +30,9 @@ def spark_session(settings: Settings) -> SparkSession:
         logger.debug("reusing the active Spark session %s", active.sparkContext.applicationId)
         return active
     export_environment(settings)
-    spark_conf = repo_config(settings).offline_store.spark_conf or {}
+    conf = spark_conf(settings)
     builder = SparkSession.builder.appName(APP_NAME)
-    for key, value in spark_conf.items():
+    for key, value in conf.items():
         builder = builder.config(key, str(value))
     session = builder.getOrCreate()
     logger.info(
