@@ -1,9 +1,10 @@
 """The online log: what the worker served, from the `feature-log` topic to partitioned parquet.
 
-One row per scored event: keys, event time, model version, the exact feature vector used and
-the score, partitioned by the event's UTC date (`served_date=YYYY-MM-DD`). The sink commits
-its offsets only after a file is written, so a crash re-reads (and rewrites) at most one chunk;
-readers drop duplicate transaction ids, keeping the last score.
+The worker logs one record per micro-batch; the log keeps one row per scored event: keys,
+event time, model version, the exact feature vector used and the score, partitioned by the
+event's UTC date (`served_date=YYYY-MM-DD`). The sink commits its offsets only after a file is
+written, so a crash re-reads (and rewrites) at most one chunk; readers drop duplicate
+transaction ids, keeping the last score.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ KEY_COLUMNS = ("transaction_id", "customer_id", "terminal_id", "tx_datetime")
 def log_path(settings: Settings) -> Path:
     """Folder of the online log table."""
     return settings.data_dir / LOG_TABLE
+
+
+def feature_log_rows(value: bytes) -> list[dict[str, object]]:
+    """The logged rows of one feature-log record (a micro-batch `{"rows": [...]}`)."""
+    body = json.loads(value)
+    rows = body.get("rows") if isinstance(body, dict) else None
+    return list(rows) if isinstance(rows, list) else [body]
 
 
 def records_frame(bodies: list[dict[str, object]]) -> pd.DataFrame:
@@ -79,7 +87,8 @@ def sink(settings: Settings, idle_exit_s: float = 10.0, chunk_rows: int = 50_000
         while True:
             polled = consumer.poll(timeout_ms=500)
             for records in polled.values():
-                pending.extend(json.loads(record.value) for record in records)
+                for record in records:
+                    pending.extend(feature_log_rows(record.value))
             if polled:
                 last = time.monotonic()
             idle = time.monotonic() - last > idle_exit_s

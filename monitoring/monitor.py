@@ -209,7 +209,7 @@ def run_monitor(
 def _verdict(result: MonitorResult) -> str:
     problems = result.skew_breaches + [f"drift alert {line}" for line in result.drift_alerts]
     if not problems:
-        checked = "skew and drift" if result.skew is not None else "drift"
+        checked = "skew or drift" if result.skew is not None else "drift"
         served = f"{result.served:,} served events (model v{result.model_version})"
         return f"OK: no {checked} alert over {served}"
     return "ALERT: " + "; ".join(problems)

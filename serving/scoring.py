@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from serving.champion import ChampionWatcher, LoadedModel
-from serving.state import StreamState
+from serving.state import StreamState, to_micros
 from skewless.online_store import OnlineView
 from skewless.settings import Settings
 from skewless.transaction_features import transaction_features
@@ -110,12 +110,11 @@ class ScoringCore:
             decl = agg.declaration
             keys = transactions[decl.entity_key].to_numpy(np.int64)
             last = pd.Series(np.arange(len(keys))).groupby(keys).max().to_numpy()
-            times = pd.to_datetime(transactions[decl.event_time].iloc[last], utc=True)
-            self.views[decl.name].write(
+            self.views[decl.name].write_micros(
                 self.state.client,
                 keys[last].tolist(),
                 windows[decl.name][last],
-                [stamp.to_pydatetime() for stamp in times],
+                to_micros(transactions[decl.event_time])[last].tolist(),
             )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import mmh3
 import numpy as np
@@ -21,8 +21,32 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from skewless.aggregation import Function, WindowAggregation
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INT64_TYPE = 4
 _STRING_TYPE = 2
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative integer."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _timestamp_bytes(moment: datetime) -> bytes:
+    """A serialized `google.protobuf.Timestamp` (seconds = 1, nanos = 2; zeros omitted)."""
+    delta = moment.astimezone(UTC) - _EPOCH
+    seconds = delta.days * 86_400 + delta.seconds
+    nanos = delta.microseconds * 1000
+    out = b""
+    if seconds:
+        out += b"\x08" + _varint(seconds & 0xFFFFFFFFFFFFFFFF)
+    if nanos:
+        out += b"\x10" + _varint(nanos)
+    return out
 
 
 def _field_key(view: str, feature: str) -> bytes:
@@ -71,17 +95,30 @@ class OnlineView:
         return self._key_prefix + struct.pack("<q", entity_id) + self.project.encode()
 
     def encode(self, values: Sequence[float], event_time: datetime) -> dict[bytes, bytes]:
-        """The hash fields of one entity's row: every feature plus the view's timestamp."""
-        from feast.protos.feast.types.Value_pb2 import Value
+        """The hash fields of one entity's row: every feature plus the view's timestamp.
 
+        The protobuf bytes are written directly (Feast's `Value` with `int64_val` = field 4 or
+        `double_val` = field 5, and a `Timestamp`); the contract test holds them to Feast's.
+        """
         mapping: dict[bytes, bytes] = {}
         for key, value, is_count in zip(self._fields, values, self.is_count, strict=True):
-            proto = Value(int64_val=int(value)) if is_count else Value(double_val=float(value))
-            mapping[key] = proto.SerializeToString()
-        stamp = Timestamp()
-        stamp.FromDatetime(event_time.astimezone(UTC))
-        mapping[self.timestamp_field] = stamp.SerializeToString()
+            if is_count:
+                mapping[key] = b"\x20" + _varint(int(value) & 0xFFFFFFFFFFFFFFFF)
+            else:
+                mapping[key] = b"\x29" + struct.pack("<d", float(value))
+        mapping[self.timestamp_field] = _timestamp_bytes(event_time)
         return mapping
+
+    def write_micros(
+        self,
+        client: redis.Redis,
+        entity_ids: Sequence[int],
+        values: np.ndarray,
+        event_micros: Sequence[int],
+    ) -> int:
+        """`write` with event times as microseconds since the epoch (no datetime objects)."""
+        times = [_EPOCH + timedelta(microseconds=int(us)) for us in event_micros]
+        return self.write(client, entity_ids, values, times)
 
     def write(
         self,

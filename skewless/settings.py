@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # Scoring worker.
     consumer_group: str = Field("skewless-scorer", description="Kafka consumer group of workers")
     score_threshold: float = Field(0.5, ge=0, le=1, description="score at or above: is_fraud")
-    batch_max_events: int = Field(500, ge=1, description="largest micro-batch")
+    batch_max_events: int = Field(2000, ge=1, description="largest micro-batch")
     batch_max_wait_ms: int = Field(10, ge=0, description="longest wait to fill a micro-batch")
     champion_poll_s: float = Field(10.0, ge=0, description="alias poll period (0: never)")
     max_lag_s: float | None = Field(

@@ -71,3 +71,23 @@ def test_get_online_features_reads_what_the_batch_writer_wrote(applied: Settings
         for column, name in enumerate(view.features):
             assert online[name] == pytest.approx(written[key][:, column].tolist(), rel=0, abs=0)
     assert online["amount"] == [12.5] * 5
+
+
+def test_hand_written_protobuf_bytes_equal_feasts() -> None:
+    from feast.protos.feast.types.Value_pb2 import Value
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    view = OnlineView("p", "v", "k", ("n", "x"), (True, False))
+    for count, mean, when in [
+        (0, 0.0, datetime(1970, 1, 1, tzinfo=UTC)),
+        (1, -2.5, datetime(2026, 9, 30, 12, 0, 0, 123456, tzinfo=UTC)),
+        (2**40, 1e300, datetime(2030, 1, 1, tzinfo=UTC)),
+        (-3, float("inf"), datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC)),
+    ]:
+        fields = view.encode([count, mean], when)
+        keys = list(fields)
+        assert fields[keys[0]] == Value(int64_val=count).SerializeToString()
+        assert fields[keys[1]] == Value(double_val=mean).SerializeToString()
+        stamp = Timestamp()
+        stamp.FromDatetime(when)
+        assert fields[view.timestamp_field] == stamp.SerializeToString()

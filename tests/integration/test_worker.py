@@ -63,6 +63,13 @@ def _read_all(settings: Settings, topic: str, expected: int, timeout_s: float = 
     return [(r.key, json.loads(r.value)) for r in records]
 
 
+def _logged_rows(settings: Settings, into: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every row on the feature-log topic (one record per micro-batch), replacing `into`."""
+    into[:] = [row for _, body in _read_all(settings, settings.topic_feature_log, 0, 5)
+               for row in body["rows"]]  # fmt: skip
+    return into
+
+
 def _window(platform: TrainedPlatform, days: int) -> pd.DataFrame:
     tx = platform.transactions
     end = REPLAY_START + timedelta(days=days)
@@ -81,9 +88,10 @@ def test_replay_from_t_serves_the_backfill_features_exactly(
     replay(settings, trained_platform.data, REPLAY_START, REPLAY_START + timedelta(days=4), None)
     stats = build_worker(settings).run(max_events=len(expected), idle_exit_s=20)
     assert stats.scored == len(expected)
-    logged = _read_all(settings, settings.topic_feature_log, len(expected))
+    logged: list[dict[str, Any]] = []
+    assert wait_for(lambda: len(_logged_rows(settings, logged)) >= len(expected), 60)
     served = pd.DataFrame(
-        [{"transaction_id": b["transaction_id"], **b["features"]} for _, b in logged]
+        [{"transaction_id": b["transaction_id"], **b["features"]} for b in logged]
     )
     served = served.drop_duplicates("transaction_id").set_index("transaction_id")
     assert set(served.index) == set(expected["transaction_id"])
