@@ -14,6 +14,10 @@ from skewless.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
 
+IDS = [900_010, 900_011, 900_012, 900_013, 900_014]
+"""Entity ids no simulated data set uses, so other tests' rows cannot interfere."""
+NEVER_WRITTEN = 900_099
+
 
 @pytest.fixture(scope="module")
 def applied(redis_service: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
@@ -52,16 +56,16 @@ def test_get_online_features_reads_what_the_batch_writer_wrote(applied: Settings
     for key, view in views.items():
         values = rng.uniform(0, 100, size=(5, len(view.features)))
         values[:, list(view.is_count)] = np.round(values[:, list(view.is_count)])
-        view.write(client, [10, 11, 12, 13, 14], values, when)
+        view.write(client, IDS, values, when)
         written[key] = values
-        read_back, stamps = view.read(client, [10, 11, 12, 13, 14, 99])
+        read_back, stamps = view.read(client, [*IDS, NEVER_WRITTEN])
         np.testing.assert_array_equal(read_back[:5], values)
         assert np.isnan(read_back[5]).all()
         assert stamps[:5] == when
         assert stamps[5] is None
 
     rows = [
-        {"customer_id": 10 + i, "terminal_id": 10 + i, "tx_amount": 12.5, "tx_datetime": when[i]}
+        {"customer_id": IDS[i], "terminal_id": IDS[i], "tx_amount": 12.5, "tx_datetime": when[i]}
         for i in range(5)
     ]
     online = store.get_online_features(

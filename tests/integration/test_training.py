@@ -22,7 +22,12 @@ from tests.conftest import TrainedPlatform
 from training import dataset, registry, tracking
 from training.backfill import run_backfill
 from training.model import TrainingParams
-from training.pipeline import TrainOptions, TrainSummary, run_training
+from training.pipeline import (
+    TrainOptions,
+    TrainSummary,
+    materialize_with_progress,
+    run_training,
+)
 from training.spark import spark_session
 
 pytestmark = pytest.mark.integration
@@ -122,8 +127,9 @@ def test_train_registers_a_version_with_everything_logged(
     for name in ("roc_curve.png", "pr_curve.png", "input_validation.json"):
         assert (artifacts / name).stat().st_size > 0
     statistics = json.loads((artifacts / "reference_statistics.json").read_text())
-    assert len(statistics) == 15
+    assert len(statistics) == 16  # the 15 features and the score
     assert {"inner_edges", "histogram", "null_rate", "mean", "std"} <= set(statistics["amount"])
+    assert "score" in statistics
 
     model_dir = tracking.download_model(settings.model_name, summary.version, artifacts / "m")
     assert (model_dir / "extra_files" / "model.onnx").exists()
@@ -135,10 +141,13 @@ def test_train_registers_a_version_with_everything_logged(
     assert info.saved_input_example_info is not None
 
 
-def test_train_materializes_latest_features_into_redis(
+def test_materialize_writes_latest_features_into_redis(
     trained: tuple[Settings, TrainSummary, Path],
 ) -> None:
-    settings, _, data = trained
+    settings, summary, data = trained
+    assert "materialize" in summary.stage_seconds
+    # Other tests move the online rows back in time (--until); state as of the data's end:
+    materialize_with_progress(spark_session(settings), settings, data)
     raw = pd.read_parquet(data)
     customers = feature_store.load_declarations(settings)[0]
     view = OnlineView.of("skewless", customers)
