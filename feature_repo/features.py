@@ -14,17 +14,14 @@ from feast import FeatureView, Field, RequestSource
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, UnixTimestamp
 
-from skewless.aggregation import Function, WindowAggregation
+from skewless.aggregation import WindowAggregation
 
 
 def _schema(declaration: WindowAggregation) -> list[Field]:
+    counts = declaration.count_features
     return [
-        Field(
-            name=output.feature_name(days),
-            dtype=Int64 if output.function is Function.COUNT else Float64,
-        )
-        for days in declaration.windows_days
-        for output in declaration.outputs
+        Field(name=name, dtype=Int64 if name in counts else Float64)
+        for name in declaration.feature_names
     ]
 
 

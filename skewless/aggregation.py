@@ -94,8 +94,23 @@ class WindowAggregation:
         return tuple(dict.fromkeys(columns))
 
     @property
+    def features(self) -> tuple[tuple[str, Output], ...]:
+        """Every feature this declaration yields with the output computing it, window by window.
+
+        This order is the column order everywhere: offline tables, online rows, the state.
+        """
+        return tuple(
+            (output.feature_name(days), output)
+            for days in self.windows_days
+            for output in self.outputs
+        )
+
+    @property
     def feature_names(self) -> tuple[str, ...]:
         """Every feature this declaration yields, window by window."""
-        return tuple(
-            output.feature_name(days) for days in self.windows_days for output in self.outputs
-        )
+        return tuple(name for name, _ in self.features)
+
+    @property
+    def count_features(self) -> tuple[str, ...]:
+        """The features that are counts (integers); the others are means."""
+        return tuple(name for name, output in self.features if output.function is Function.COUNT)

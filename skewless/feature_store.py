@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from skewless.aggregation import Function, WindowAggregation
+from skewless.aggregation import WindowAggregation
 from skewless.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -65,10 +65,9 @@ def offline_table_schema(declaration: WindowAggregation) -> pa.Schema:
         pa.field(declaration.event_time, pa.timestamp("us", tz="UTC")),
         pa.field(declaration.order_key, pa.int64()),
     ]
-    for days in declaration.windows_days:
-        for output in declaration.outputs:
-            kind = pa.int64() if output.function is Function.COUNT else pa.float64()
-            fields.append(pa.field(output.feature_name(days), kind))
+    counts = declaration.count_features
+    for name in declaration.feature_names:
+        fields.append(pa.field(name, pa.int64() if name in counts else pa.float64()))
     return pa.schema(fields)
 
 

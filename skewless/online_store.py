@@ -19,7 +19,7 @@ import numpy as np
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from skewless.aggregation import Function, WindowAggregation
+from skewless.aggregation import WindowAggregation
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INT64_TYPE = 4
@@ -76,12 +76,8 @@ class OnlineView:
     @classmethod
     def of(cls, project: str, declaration: WindowAggregation) -> OnlineView:
         """The layout of the feature view built from a window declaration."""
-        features = []
-        counts = []
-        for days in declaration.windows_days:
-            for output in declaration.outputs:
-                features.append(output.feature_name(days))
-                counts.append(output.function is Function.COUNT)
+        features = declaration.feature_names
+        counts = [name in declaration.count_features for name in features]
         return cls(
             project, declaration.name, declaration.entity_key, tuple(features), tuple(counts)
         )

@@ -53,7 +53,7 @@ def window_aggregates(events: pd.DataFrame, declaration: WindowAggregation) -> p
                     means = np.where(counts > 0, sums / np.maximum(counts, 1), output.empty_value)
                 columns[name][rows] = means
     for name, values in columns.items():
-        is_count = name in _count_names(declaration)
+        is_count = name in declaration.count_features
         result[name] = values.astype(np.int64) if is_count else values
     return result.reindex(events.index)
 
@@ -72,15 +72,6 @@ def _window_bounds(
 
 def _micros(days: int) -> int:
     return days * 86_400 * 1_000_000
-
-
-def _count_names(declaration: WindowAggregation) -> set[str]:
-    return {
-        output.feature_name(days)
-        for output in declaration.outputs
-        if output.function is Function.COUNT
-        for days in declaration.windows_days
-    }
 
 
 def feature_frame(
