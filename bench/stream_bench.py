@@ -32,6 +32,7 @@ from serving.replay import replay
 from skewless import feature_store
 from skewless.data import read_transactions, resolve_data
 from skewless.services import kafka
+from skewless.services.process import wait_for
 from skewless.settings import Settings, load_settings
 
 LOADS: tuple[float | None, ...] = (1_000, 5_000, 20_000, None)
@@ -98,7 +99,19 @@ def run_load(base: Settings, data: Path, window: pd.DataFrame, offered: float | 
     )  # fmt: skip
     assert worker.stdout is not None
     worker.stdout.readline()  # "serve: ..." once the model is loaded and warm
-    time.sleep(1.0)  # let the consumer join its group before the clock starts
+    # The clock starts once the worker's consumer owns its partitions (polled, not slept).
+    admin = kafka.admin(settings)
+    try:
+
+        def joined() -> bool:
+            info = admin.describe_groups([settings.consumer_group]).get(settings.consumer_group)
+            state = (info or {}).get("group_state")
+            return state == "Stable" and bool((info or {}).get("members"))
+
+        if not wait_for(joined, 60, interval_s=0.05):
+            raise RuntimeError("the worker did not join its consumer group within 60 s")
+    finally:
+        admin.close()
     first, last = window["tx_datetime"].iloc[0], window["tx_datetime"].iloc[-1]
     end = last + pd.Timedelta(microseconds=1)
     replay(settings, data, first.to_pydatetime(), end.to_pydatetime(), offered,
