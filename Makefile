@@ -20,7 +20,7 @@ $(UV):
 	python3 -m venv $(BOOTSTRAP)
 	$(BOOTSTRAP)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-setup: $(UV) ## install everything: Python env from uv.lock, Java check, Redis, Kafka jars (idempotent)
+setup: $(UV) ## install everything: Python env from uv.lock, Java check, Redis, Chromium, Kafka jars (idempotent)
 	$(UV) sync --frozen
 	$(SKEWLESS) services install
 
