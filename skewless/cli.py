@@ -8,7 +8,7 @@ import time
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.table import Table
 from skewless import services
 from skewless.services import mlflow_server
 from skewless.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from monitoring.monitor import Window
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
@@ -36,6 +39,9 @@ app.add_typer(services_app, name="services")
 app.add_typer(data_app, name="data")
 
 console = Console()
+
+MOMENT_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]
+"""How a UTC moment is written on the command line."""
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -251,7 +257,7 @@ def materialize_command(
     data: DataOption = None,
     until: Annotated[
         datetime | None,
-        typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="state as of (UTC)"),
+        typer.Option(formats=MOMENT_FORMATS, help="state as of (UTC)"),
     ] = None,
 ) -> None:
     """Write the latest feature values and the streaming state as of --until to Redis."""
@@ -341,15 +347,15 @@ def demo_command(ctx: typer.Context) -> None:
 
 SinceOption = Annotated[
     datetime | None,
-    typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="from this event time (UTC)"),
+    typer.Option(formats=MOMENT_FORMATS, help="from this event time (UTC)"),
 ]
 UntilOption = Annotated[
     datetime | None,
-    typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="before this event time (UTC)"),
+    typer.Option(formats=MOMENT_FORMATS, help="before this event time (UTC)"),
 ]
 
 
-def _window(since: datetime | None, until: datetime | None) -> object:
+def _window(since: datetime | None, until: datetime | None) -> Window:
     from datetime import UTC
 
     from monitoring.monitor import Window
@@ -373,10 +379,9 @@ def monitor_sink(
 
 def _run_checks(ctx: typer.Context, since: datetime | None, until: datetime | None,
                 skew: bool, report: bool) -> None:  # fmt: skip
-    from monitoring.monitor import NothingServedError, Window, run_monitor
+    from monitoring.monitor import NothingServedError, run_monitor
 
     window = _window(since, until)
-    assert isinstance(window, Window)
     try:
         result = run_monitor(_settings(ctx), window, with_skew=skew, with_report=report)
     except NothingServedError as exc:
@@ -481,11 +486,11 @@ def replay_command(
     data: DataOption = None,
     start: Annotated[
         datetime | None,
-        typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="first event time (UTC)"),
+        typer.Option(formats=MOMENT_FORMATS, help="first event time (UTC)"),
     ] = None,
     end: Annotated[
         datetime | None,
-        typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="end, exclusive (UTC)"),
+        typer.Option(formats=MOMENT_FORMATS, help="end, exclusive (UTC)"),
     ] = None,
     rate: Annotated[
         float | None,

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import pandas as pd
@@ -36,6 +37,9 @@ from training.evaluate import evaluate, plot_precision_recall, plot_roc
 from training.materialize import materialize
 from training.model import EpochReport, OnnxScorer, TrainedModel, TrainingParams, train
 from training.spark import spark_session
+
+if TYPE_CHECKING:
+    from feast import FeatureService, FeatureStore
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +172,8 @@ def run_training(settings: Settings, options: TrainOptions) -> TrainSummary:
 def _log_context(
     settings: Settings,
     options: TrainOptions,
-    store: object,
-    service: object,
+    store: FeatureStore,
+    service: FeatureService,
     summary: TrainSummary,
     validation_results: list[dict[str, object]],
     workdir: Path,
@@ -185,7 +189,7 @@ def _log_context(
     mlflow.set_tags(
         {
             "feature_service": settings.feature_service,
-            "feast_definition_hash": tracking.definition_hash(store, service),  # type: ignore[arg-type]
+            "feast_definition_hash": tracking.definition_hash(store, service),
             "data_path": str(options.data),
             "data_fingerprint": tracking.file_fingerprint(options.data),
             "git_commit": tracking.git_commit(Path(__file__).parent),

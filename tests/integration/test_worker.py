@@ -38,10 +38,6 @@ pytestmark = pytest.mark.integration
 REPLAY_START = datetime(2026, 5, 25, tzinfo=UTC)
 
 
-def _private(platform: TrainedPlatform, **overrides: Any) -> Settings:
-    return private_settings(platform, **overrides)
-
-
 def _read_all(settings: Settings, topic: str, expected: int, timeout_s: float = 60) -> list[Any]:
     """Every record of `topic` (JSON values), waiting until at least `expected` arrived."""
     consumer = KafkaConsumer(
@@ -80,7 +76,7 @@ def test_replay_from_t_serves_the_backfill_features_exactly(
     trained_platform: TrainedPlatform,
 ) -> None:
     """The parity test: materialize --until T, replay from T, serve; compare with Spark."""
-    settings = _private(trained_platform)
+    settings = private_settings(trained_platform)
     materialize_with_progress(
         spark_session(settings), settings, trained_platform.data, until=REPLAY_START
     )
@@ -116,7 +112,7 @@ def test_replay_from_t_serves_the_backfill_features_exactly(
 
 
 def test_malformed_events_go_to_the_dead_letter_topic(trained_platform: TrainedPlatform) -> None:
-    settings = _private(trained_platform)
+    settings = private_settings(trained_platform)
     good = _window(trained_platform, 1).head(6)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     bad_events = {
@@ -159,7 +155,7 @@ def _event(row: pd.Series) -> dict[str, Any]:
 
 
 def test_hot_swap_follows_the_alias_and_rollback(trained_platform: TrainedPlatform) -> None:
-    settings = _private(trained_platform, champion_poll_s=0.3)
+    settings = private_settings(trained_platform, champion_poll_s=0.3)
     client = tracking.configure(settings)
     name = settings.model_name
     original = registry.champion_version(client, name)
@@ -199,7 +195,7 @@ def test_hot_swap_follows_the_alias_and_rollback(trained_platform: TrainedPlatfo
 
 
 def test_http_and_stream_give_the_same_score(trained_platform: TrainedPlatform) -> None:
-    settings = _private(trained_platform)
+    settings = private_settings(trained_platform)
     events = _window(trained_platform, 1).head(40)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     for _, row in events.iterrows():
@@ -241,7 +237,7 @@ def test_http_and_stream_give_the_same_score(trained_platform: TrainedPlatform) 
 def test_kill_9_and_restart_scores_every_transaction_once_after_dedupe(
     trained_platform: TrainedPlatform,
 ) -> None:
-    settings = _private(trained_platform, batch_max_events=50)
+    settings = private_settings(trained_platform, batch_max_events=50)
     events = _window(trained_platform, 5)
     replay(settings, trained_platform.data, REPLAY_START, REPLAY_START + timedelta(days=5), None)
     env = {**os.environ, **feast_environment(settings)}
