@@ -20,6 +20,12 @@ JSON integers in the int64 range (booleans are rejected; a float is accepted onl
 fractional part, e.g. `42.0`). Unknown fields are ignored, and so is a `tx_fraud` field in a
 transaction. A rejected event raises `InvalidEvent` whose reason starts with a stable,
 machine-readable code (`missing_field: tx_amount`); the codes are the `REASON_*` constants.
+
+The worker parses whole micro-batches with `parse_transactions` and `parse_labels`, which give
+columns. They decode with orjson and check types column by column; an event in the canonical
+form (the form `encode_transaction` writes) never goes through the per-event functions. Any
+event the fast path is not sure of goes through `parse_transaction` / `parse_label`, which
+define the rules, so both paths accept and reject exactly the same events with the same values.
 """
 
 from __future__ import annotations
@@ -28,9 +34,14 @@ import base64
 import binascii
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any
+
+import numpy as np
+import orjson
 
 REASON_NOT_UTF8 = "not_utf8"
 REASON_NOT_JSON = "not_json"
@@ -297,3 +308,213 @@ def dead_letter_original(record: bytes) -> bytes:
         return base64.b64decode(json.loads(record)["original_b64"], validate=True)
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise InvalidEvent(f"{REASON_NOT_JSON}: not a dead-letter record ({exc})") from None
+
+
+@dataclass(frozen=True)
+class ParsedBatch:
+    """A micro-batch of events: the accepted ones as columns, the others with their reasons.
+
+    `rows` are the positions of the accepted events in the input, ascending; `columns` holds one
+    array per field, in that order (ids as int64, timestamps as int64 microseconds since the
+    epoch, amounts as float64). `rejected` pairs a position with why it was rejected.
+    """
+
+    rows: np.ndarray
+    columns: dict[str, np.ndarray]
+    rejected: list[tuple[int, InvalidEvent]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+_INT = "int"
+_TIME = "time"
+_AMOUNT = "amount"
+_FLAG = "flag"
+_CANONICAL_TIME_DTYPE = np.dtype("U26")  # "2026-05-01T12:00:00.000123" without the "Z"
+
+
+def parse_transactions(values: Sequence[bytes]) -> ParsedBatch:
+    """Parse a batch of transaction values (see the module doc)."""
+    return _parse_batch(values, _TRANSACTION_KINDS, _transaction_row)
+
+
+def parse_labels(values: Sequence[bytes]) -> ParsedBatch:
+    """Parse a batch of label values (see the module doc)."""
+    batch = _parse_batch(values, _LABEL_KINDS, _label_row)
+    early = batch.columns["label_time"] < batch.columns["tx_datetime"]
+    if not early.any():
+        return batch
+    rejected = list(batch.rejected)
+    for row in batch.rows[early]:
+        rejected.append(
+            (int(row), InvalidEvent(f"{REASON_BAD_LABEL}: label_time is before tx_datetime"))
+        )
+    keep = ~early
+    return ParsedBatch(
+        batch.rows[keep],
+        {name: column[keep] for name, column in batch.columns.items()},
+        sorted(rejected, key=lambda item: item[0]),
+    )
+
+
+_TRANSACTION_KINDS = {
+    "transaction_id": _INT,
+    "tx_datetime": _TIME,
+    "customer_id": _INT,
+    "terminal_id": _INT,
+    "tx_amount": _AMOUNT,
+}
+_LABEL_KINDS = {
+    "transaction_id": _INT,
+    "customer_id": _INT,
+    "terminal_id": _INT,
+    "tx_datetime": _TIME,
+    "tx_fraud": _FLAG,
+    "label_time": _TIME,
+}
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _transaction_row(raw: bytes) -> tuple[object, ...]:
+    tx = parse_transaction(raw)
+    return (
+        tx.transaction_id,
+        _micros(tx.tx_datetime),
+        tx.customer_id,
+        tx.terminal_id,
+        tx.tx_amount,
+    )
+
+
+def _label_row(raw: bytes) -> tuple[object, ...]:
+    label = parse_label(raw)
+    return (
+        label.transaction_id,
+        label.customer_id,
+        label.terminal_id,
+        _micros(label.tx_datetime),
+        label.tx_fraud,
+        _micros(label.label_time),
+    )
+
+
+def _parse_batch(
+    values: Sequence[bytes],
+    kinds: dict[str, str],
+    strict_row: Callable[[bytes], tuple[object, ...]],
+) -> ParsedBatch:
+    """Fast path for the batch, the strict per-event parser for whatever it is unsure of."""
+    pick = itemgetter(*kinds)
+    fast_rows: list[int] = []
+    fast: list[tuple[Any, ...]] = []
+    unsure: list[int] = []
+    for index, raw in enumerate(values):
+        try:
+            fast.append(pick(orjson.loads(raw)))
+            fast_rows.append(index)
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            unsure.append(index)
+    columns = _fast_columns(fast, kinds)
+    if columns is None:  # a value of an unexpected type or form: the strict parser decides
+        unsure = list(range(len(values)))
+        fast_rows = []
+        columns = _empty_columns(kinds)
+    if not unsure:
+        return ParsedBatch(np.asarray(fast_rows, dtype=np.int64), columns, [])
+    strict: list[tuple[object, ...]] = []
+    strict_rows: list[int] = []
+    rejected: list[tuple[int, InvalidEvent]] = []
+    for index in unsure:
+        try:
+            strict.append(strict_row(values[index]))
+            strict_rows.append(index)
+        except InvalidEvent as exc:
+            rejected.append((index, exc))
+    rows = np.asarray(fast_rows + strict_rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    merged = {}
+    for position, (name, kind) in enumerate(kinds.items()):
+        extra = np.asarray([row[position] for row in strict], dtype=_DTYPES[kind])
+        merged[name] = np.concatenate([columns[name], extra])[order]
+    return ParsedBatch(rows[order], merged, rejected)
+
+
+_DTYPES = {_INT: np.int64, _TIME: np.int64, _AMOUNT: np.float64, _FLAG: np.int64}
+
+
+def _empty_columns(kinds: dict[str, str]) -> dict[str, np.ndarray]:
+    return {name: np.empty(0, dtype=_DTYPES[kind]) for name, kind in kinds.items()}
+
+
+def _fast_columns(
+    rows: list[tuple[Any, ...]], kinds: dict[str, str]
+) -> dict[str, np.ndarray] | None:
+    """Columns of the decoded rows if every value is in the canonical form, else None."""
+    if not rows:
+        return _empty_columns(kinds)
+    columns: dict[str, np.ndarray] = {}
+    for name, values in zip(kinds, zip(*rows, strict=True), strict=True):
+        column = _FAST[kinds[name]](values)
+        if column is None:
+            return None
+        columns[name] = column
+    return columns
+
+
+def _fast_times(values: tuple[Any, ...]) -> np.ndarray | None:
+    """Microseconds of canonical timestamps (`2026-05-01T12:00:00.000123Z`), else None."""
+    if set(map(type, values)) != {str}:
+        return None
+    text = np.asarray(values)
+    if text.dtype != np.dtype("U27") or not np.char.endswith(text, "Z").all():
+        return None
+    canonical = text.astype(_CANONICAL_TIME_DTYPE)
+    if (np.char.find(canonical, "Z") >= 0).any():  # shorter than the form, or a zone inside
+        return None
+    try:
+        moments = canonical.astype("datetime64[us]")
+    except ValueError:
+        return None
+    # numpy must have read exactly this form, and a year Python's datetime has
+    exact = (np.datetime_as_string(moments, unit="us") == canonical).all()
+    return moments.astype(np.int64) if exact and (moments >= _FIRST_YEAR).all() else None
+
+
+def _fast_amounts(values: tuple[Any, ...]) -> np.ndarray | None:
+    if not set(map(type, values)) <= {float, int}:
+        return None
+    try:
+        amounts = np.asarray(values, dtype=np.float64)
+    except OverflowError:
+        return None
+    if not (np.isfinite(amounts).all() and (amounts >= 0.0).all()):
+        return None
+    return amounts
+
+
+def _fast_integers(values: tuple[Any, ...]) -> np.ndarray | None:
+    if set(map(type, values)) != {int}:
+        return None
+    try:
+        return np.asarray(values, dtype=np.int64)
+    except OverflowError:
+        return None
+
+
+def _fast_flags(values: tuple[Any, ...]) -> np.ndarray | None:
+    flags = _fast_integers(values)
+    if flags is None or not ((flags == 0) | (flags == 1)).all():
+        return None
+    return flags
+
+
+_FIRST_YEAR = np.datetime64("0001-01-01T00:00:00", "us")
+_FAST = {_INT: _fast_integers, _TIME: _fast_times, _AMOUNT: _fast_amounts, _FLAG: _fast_flags}

@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from serving.events import InvalidEvent, format_timestamp, parse_transaction
+from serving.events import format_timestamp, parse_transactions
 from serving.metrics import ScoringMetrics
 from serving.scoring import ScoringCore
 from serving.worker import output_records, transactions_frame
@@ -45,17 +45,13 @@ class ScoringHttpServer(ThreadingHTTPServer):
 
     def score(self, items: list[Any]) -> tuple[int, dict[str, Any] | list[dict[str, Any]]]:
         """Status and body for a list of JSON transactions."""
-        parsed = []
-        errors = []
-        for index, item in enumerate(items):
-            try:
-                parsed.append((None, parse_transaction(json.dumps(item).encode())))
-            except InvalidEvent as exc:
-                errors.append({"index": index, "reason": exc.reason})
+        parsed = parse_transactions([json.dumps(item).encode() for item in items])
+        if parsed.rejected:
+            for _, exc in parsed.rejected:
                 self.metrics.dead_letters.labels(reason=exc.code).inc()
-        if errors:
+            errors = [{"index": index, "reason": exc.reason} for index, exc in parsed.rejected]
             return HTTPStatus.UNPROCESSABLE_ENTITY, {"errors": errors}
-        frame = transactions_frame(parsed)  # type: ignore[arg-type]
+        frame = transactions_frame(parsed)
         with self.lock:
             batch = self.core.score(frame)
         self.metrics.events_in.inc(len(frame))

@@ -1,11 +1,13 @@
 """Streaming window state in Redis, derived from the same declarations as the Spark backfill.
 
 Each entity of a declaration keeps its recent events in a Redis sorted set (score: event time
-in microseconds; member: event time, order key and value columns packed as little-endian
-bytes). A declaration without delay is fed by transactions; a delayed one (its values include
-the label) is fed by label events. Features are computed from the members with exactly the
-semantics of `skewless.aggregation`: for an event at `t`, members with
-`t - d - w < e <= t - d`, and with `d = 0` only members at or before the event in
+in microseconds; member: event time as little-endian int64, order key as big-endian offset
+binary, value columns as little-endian float64). Redis orders members of equal score by their
+bytes, so with this layout a range read comes back already in (event time, order key) order
+and nothing is sorted in Python. A declaration without delay is fed by transactions; a delayed
+one (its values include the label) is fed by label events. Features are computed from the
+members with exactly the semantics of `skewless.aggregation`: for an event at `t`, members
+with `t - d - w < e <= t - d`, and with `d = 0` only members at or before the event in
 (event time, order key) order. Members are idempotent (a replayed event re-adds the same
 bytes), so at-least-once delivery never double counts.
 """
@@ -16,17 +18,23 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain
 
 import numpy as np
 import pandas as pd
 import redis
 
+from skewless import redis_batch
 from skewless.aggregation import Function, WindowAggregation
+from skewless.redis_batch import Command
 
 logger = logging.getLogger(__name__)
 
 MICROS_PER_DAY = 86_400 * 1_000_000
 KEY_PREFIX = "skewless:state"
+LAYOUT = "m2"
+"""Part of every key: a member layout change gets new keys instead of misreading old ones."""
+_ORDER_BIAS = np.uint64(1 << 63)
 _ENTITY_SHIFT = 1 << 44
 """Room for event times within one batch's key space: 2^44 us is about 203 days."""
 
@@ -43,11 +51,15 @@ class StreamAggregation:
     declaration: WindowAggregation
     prefix: str = KEY_PREFIX
     dtype: np.dtype = field(init=False, repr=False, compare=False)
+    _key_head: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        columns = [("time", "<i8"), ("order", "<i8")]
+        columns = [("time", "<i8"), ("order", ">u8")]
         columns += [(name, "<f8") for name in self.declaration.value_columns]
         object.__setattr__(self, "dtype", np.dtype(columns))
+        object.__setattr__(
+            self, "_key_head", f"{self.prefix}:{LAYOUT}:{self.declaration.name}:".encode()
+        )
 
     @property
     def fed_by_labels(self) -> bool:
@@ -59,32 +71,35 @@ class StreamAggregation:
         return self.declaration.horizon.days * MICROS_PER_DAY
 
     def key(self, entity_id: int) -> str:
-        return f"{self.prefix}:{self.declaration.name}:{entity_id}"
+        return f"{self.prefix}:{LAYOUT}:{self.declaration.name}:{entity_id}"
+
+    def key_bytes(self, entity_id: int) -> bytes:
+        return b"%s%d" % (self._key_head, entity_id)
 
     def pack(self, times: np.ndarray, orders: np.ndarray, values: pd.DataFrame) -> list[bytes]:
         """One member per event: its time, order key and value columns as packed bytes."""
         records = np.empty(len(times), dtype=self.dtype)
         records["time"] = times
-        records["order"] = orders
+        records["order"] = orders.astype(np.int64).view(np.uint64) ^ _ORDER_BIAS
         for name in self.declaration.value_columns:
             records[name] = values[name].to_numpy(dtype=np.float64)
         size = self.dtype.itemsize
         raw = records.tobytes()
         return [raw[i : i + size] for i in range(0, len(raw), size)]
 
-    def unpack(self, members: Sequence[bytes]) -> np.ndarray:
-        """The members of one entity as a structured array."""
-        return np.frombuffer(b"".join(members), dtype=self.dtype)
-
     def compute(
         self,
         event_entities: np.ndarray,
         event_times: np.ndarray,
         event_orders: np.ndarray,
-        members: dict[int, np.ndarray],
+        entity_ids: np.ndarray,
+        members: bytes,
+        member_counts: np.ndarray,
     ) -> np.ndarray:
         """The declaration's features for each event, from its entity's members.
 
+        `entity_ids` are the batch's entities in ascending order; `members` holds their packed
+        members one entity after the other, `member_counts[i]` of them for `entity_ids[i]`.
         Vectorised over the batch: members of all entities are laid out in one array sorted
         by (entity, time, order), and each window bound is one `searchsorted`.
         """
@@ -93,26 +108,26 @@ class StreamAggregation:
         result = np.zeros((n_events, len(decl.feature_names)))
         if n_events == 0:
             return result
-        entity_ids = np.unique(event_entities)
-        slot = {int(entity): index for index, entity in enumerate(entity_ids)}
-        parts = [members.get(int(entity), np.empty(0, self.dtype)) for entity in entity_ids]
-        counts = np.array([len(part) for part in parts])
-        stacked = np.concatenate(parts) if parts else np.empty(0, self.dtype)
-        owner = np.repeat(np.arange(len(entity_ids)), counts)
-        order = np.lexsort((stacked["order"], stacked["time"], owner))
-        stacked, owner = stacked[order], owner[order]
+        stacked = np.frombuffer(members, dtype=self.dtype)
+        owner = np.repeat(np.arange(len(entity_ids)), member_counts)
+        member_times = stacked["time"]
+        member_orders = (stacked["order"].astype(np.uint64) ^ _ORDER_BIAS).view(np.int64)
         base = int(event_times.min()) - self.horizon_micros - 1
         if len(stacked):
-            base = min(base, int(stacked["time"].min()) - 1)
-        span = max(int(event_times.max()), int(stacked["time"].max()) if len(stacked) else 0)
+            base = min(base, int(member_times.min()) - 1)
+        span = max(int(event_times.max()), int(member_times.max()) if len(stacked) else 0)
         if span - base >= _ENTITY_SHIFT:
             raise ValueError("a batch spans more event time than the state can index; split it")
-        keys = owner * _ENTITY_SHIFT + (stacked["time"] - base)
-        event_slot = np.array([slot[int(entity)] for entity in event_entities])
+        keys = owner * _ENTITY_SHIFT + (member_times - base)
+        if len(keys) > 1 and (np.diff(keys) < 0).any():  # not as Redis promises: sort here
+            order = np.lexsort((member_orders, member_times, owner))
+            stacked, owner, keys = stacked[order], owner[order], keys[order]
+            member_orders = member_orders[order]
+        event_slot = np.searchsorted(entity_ids, event_entities)
         event_base = event_slot * _ENTITY_SHIFT - base
         delay = decl.delay_days * MICROS_PER_DAY
         if decl.delay_days == 0:
-            upper = self._position_of_events(stacked, owner, event_slot, event_orders) + 1
+            upper = _after_own_member(keys, member_orders, event_base + event_times, event_orders)
         else:
             upper = np.searchsorted(keys, event_base + event_times - delay, side="right")
         prefix_sums = {
@@ -137,17 +152,30 @@ class StreamAggregation:
                 column += 1
         return result
 
-    @staticmethod
-    def _position_of_events(
-        stacked: np.ndarray, owner: np.ndarray, event_slot: np.ndarray, event_orders: np.ndarray
-    ) -> np.ndarray:
-        """Index of each event's own member (the event is in the state before it is scored)."""
-        lookup = pd.Index(owner.astype(np.int64) * (1 << 32) + stacked["order"])
-        wanted = event_slot.astype(np.int64) * (1 << 32) + event_orders
-        positions = lookup.get_indexer(wanted)
-        if (positions < 0).any():
-            raise KeyError("an event being scored is missing from its entity's state")
-        return np.asarray(positions)
+
+def _after_own_member(
+    keys: np.ndarray, member_orders: np.ndarray, event_keys: np.ndarray, event_orders: np.ndarray
+) -> np.ndarray:
+    """Index just past each event's own member (the event is in the state before it is scored).
+
+    Members are sorted by (entity and time key, order key); an event's own member is the one
+    with its key and its order key, and the members before it at the same time are those with
+    a smaller order key.
+    """
+    first = np.searchsorted(keys, event_keys, side="left")
+    last = np.searchsorted(keys, event_keys, side="right")
+    upper = last.copy()
+    tied = np.flatnonzero(last - first != 1)
+    single = np.flatnonzero(last - first == 1)
+    missing = member_orders[first[single]] != event_orders[single]
+    for index in tied.tolist():  # several members at the same microsecond (or none): rare
+        orders = member_orders[first[index] : last[index]]
+        if event_orders[index] not in orders:
+            missing = np.append(missing, True)
+        upper[index] = first[index] + int(np.count_nonzero(orders <= event_orders[index]))
+    if missing.any():
+        raise KeyError("an event being scored is missing from its entity's state")
+    return upper
 
 
 class StreamState:
@@ -162,63 +190,59 @@ class StreamState:
         self.client = client
         self.aggregations = tuple(StreamAggregation(d, prefix) for d in declarations)
 
-    def _add(
-        self, pipe: redis.client.Pipeline, agg: StreamAggregation, frame: pd.DataFrame
-    ) -> None:
+    def _additions(self, agg: StreamAggregation, frame: pd.DataFrame) -> list[Command]:
+        """One ZADD per entity of `frame`, with every member of that entity."""
         decl = agg.declaration
         times = to_micros(frame[decl.event_time])
         members = agg.pack(times, frame[decl.order_key].to_numpy(np.int64), frame)
-        grouped: dict[int, dict[bytes, float]] = {}
-        for entity, member, when in zip(
-            frame[decl.entity_key].to_numpy(np.int64), members, times, strict=True
-        ):
-            grouped.setdefault(int(entity), {})[member] = float(when)
-        for entity, mapping in grouped.items():
-            pipe.zadd(agg.key(entity), mapping)
+        entities = frame[decl.entity_key].to_numpy(np.int64)
+        grouped: dict[int, list[bytes]] = {}
+        for entity, member, when in zip(entities.tolist(), members, times.tolist(), strict=True):
+            grouped.setdefault(entity, []).extend((b"%d" % when, member))
+        return [(b"ZADD", agg.key_bytes(entity), *pairs) for entity, pairs in grouped.items()]
 
     def add_labels(self, labels: pd.DataFrame) -> int:
         """Store label events (keys, tx_datetime, tx_fraud) for the delayed declarations."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for agg in self.aggregations:
-                if agg.fed_by_labels:
-                    self._add(pipe, agg, labels)
-            pipe.execute()
+        commands = []
+        for agg in self.aggregations:
+            if agg.fed_by_labels:
+                commands += self._additions(agg, labels)
+        redis_batch.execute(self.client, commands)
         return len(labels)
 
     def score_features(self, transactions: pd.DataFrame) -> dict[str, np.ndarray]:
         """Add the batch's transactions to the state and compute every window feature.
 
         One Redis round trip: the additions and the range reads of every entity involved go
-        in one pipeline (Redis runs them in order, so reads see the batch's own events).
+        in order in one write (Redis runs them in order, so reads see the batch's own events).
         """
+        commands: list[Command] = []
         plans = []
-        with self.client.pipeline(transaction=False) as pipe:
-            for agg in self.aggregations:
-                decl = agg.declaration
-                if not agg.fed_by_labels:
-                    self._add(pipe, agg, transactions)
-                times = to_micros(transactions[decl.event_time])
-                low = int(times.min()) - agg.horizon_micros
-                high = int(times.max())
-                entities = np.unique(transactions[decl.entity_key].to_numpy(np.int64))
-                for entity in entities:
-                    pipe.zrangebyscore(agg.key(int(entity)), f"({low}", high)
-                plans.append((agg, times, entities))
-            replies = iter(pipe.execute())
-        features: dict[str, np.ndarray] = {}
-        for agg, times, entities in plans:
+        for agg in self.aggregations:
             decl = agg.declaration
-            members = {}
-            for entity in entities:
-                reply = next(replies)
-                while isinstance(reply, int):  # the ZADD replies that precede the reads
-                    reply = next(replies)
-                members[int(entity)] = agg.unpack(reply)
+            if not agg.fed_by_labels:
+                commands += self._additions(agg, transactions)
+            times = to_micros(transactions[decl.event_time])
+            low = b"(%d" % (int(times.min()) - agg.horizon_micros)
+            high = b"%d" % int(times.max())
+            entities = np.unique(transactions[decl.entity_key].to_numpy(np.int64))
+            first_read = len(commands)
+            commands += [
+                (b"ZRANGEBYSCORE", agg.key_bytes(entity), low, high) for entity in entities.tolist()
+            ]
+            plans.append((agg, times, entities, first_read))
+        replies = redis_batch.execute(self.client, commands)
+        features: dict[str, np.ndarray] = {}
+        for agg, times, entities, first_read in plans:
+            decl = agg.declaration
+            reads = replies[first_read : first_read + len(entities)]
             features[decl.name] = agg.compute(
                 transactions[decl.entity_key].to_numpy(np.int64),
                 times,
                 transactions[decl.order_key].to_numpy(np.int64),
-                members,
+                entities,
+                b"".join(chain.from_iterable(reads)),
+                np.fromiter(map(len, reads), dtype=np.int64, count=len(reads)),
             )
         return features
 
@@ -231,18 +255,18 @@ class StreamState:
         """
         end = until.astimezone(UTC)
         added = 0
-        with self.client.pipeline(transaction=False) as pipe:
-            for agg in self.aggregations:
-                decl = agg.declaration
-                times = raw[decl.event_time]
-                horizon = pd.Timedelta(agg.horizon_micros, unit="us")
-                if agg.fed_by_labels:
-                    delay = pd.Timedelta(days=label_delay_days)
-                    known = (times + delay < end) & (times > end - horizon)
-                else:
-                    known = (times < end) & (times > end - horizon)
-                self._add(pipe, agg, raw[known])
-                added += int(known.sum())
-            pipe.execute()
+        commands: list[Command] = []
+        for agg in self.aggregations:
+            decl = agg.declaration
+            times = raw[decl.event_time]
+            horizon = pd.Timedelta(agg.horizon_micros, unit="us")
+            if agg.fed_by_labels:
+                delay = pd.Timedelta(days=label_delay_days)
+                known = (times + delay < end) & (times > end - horizon)
+            else:
+                known = (times < end) & (times > end - horizon)
+            commands += self._additions(agg, raw[known])
+            added += int(known.sum())
+        redis_batch.execute(self.client, commands)
         logger.info("stream state initialised with %d events up to %s", added, end.isoformat())
         return added

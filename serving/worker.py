@@ -28,12 +28,11 @@ from kafka.structs import OffsetAndMetadata
 from monitoring.drift import RollingDrift
 from monitoring.inputs import reference_statistics
 from serving.events import (
-    InvalidEvent,
-    Label,
+    ParsedBatch,
     dead_letter,
     format_timestamp,
-    parse_label,
-    parse_transaction,
+    parse_labels,
+    parse_transactions,
 )
 from serving.metrics import ScoringMetrics
 from serving.scoring import ScoredBatch, ScoringCore, build_core
@@ -48,6 +47,7 @@ DRIFT_WINDOW_EVENTS = 10_000
 """The rolling drift gauges cover the last this many scored events."""
 
 TRANSACTION_COLUMNS = ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount")
+LABEL_COLUMNS = ("transaction_id", "customer_id", "terminal_id", "tx_datetime", "tx_fraud")
 
 
 @dataclass
@@ -63,14 +63,17 @@ class WorkerStats:
     versions: set[str] = field(default_factory=set)
 
 
-def transactions_frame(records: list[tuple[ConsumerRecord, object]]) -> pd.DataFrame:
+def transactions_frame(parsed: ParsedBatch) -> pd.DataFrame:
     """Parsed transactions as a frame in the canonical column order."""
-    columns: dict[str, list[object]] = {name: [] for name in TRANSACTION_COLUMNS}
-    for _, tx in records:
-        for name in TRANSACTION_COLUMNS:
-            columns[name].append(getattr(tx, name))
-    frame = pd.DataFrame(columns)
-    frame["tx_datetime"] = pd.to_datetime(frame["tx_datetime"], utc=True)
+    frame = pd.DataFrame({name: parsed.columns[name] for name in TRANSACTION_COLUMNS})
+    frame["tx_datetime"] = pd.to_datetime(frame["tx_datetime"], unit="us", utc=True)
+    return frame
+
+
+def labels_frame(parsed: ParsedBatch) -> pd.DataFrame:
+    """Parsed labels as a frame (the columns the delayed windows read)."""
+    frame = pd.DataFrame({name: parsed.columns[name] for name in LABEL_COLUMNS})
+    frame["tx_datetime"] = pd.to_datetime(frame["tx_datetime"], unit="us", utc=True)
     return frame
 
 
@@ -194,14 +197,11 @@ class Worker:
         stored = 0
         while any(self.labels.position(tp) < ends[tp] for tp in self.label_partitions):
             polled = self.labels.poll(timeout_ms=200, max_records=5000)
-            parsed = []
-            for records in polled.values():
-                for record in records:
-                    try:
-                        parsed.append(parse_label(record.value))
-                    except InvalidEvent as exc:
-                        logger.warning("skipping malformed label at %s: %s", record.offset, exc)
-            if parsed:
+            records = [record for batch in polled.values() for record in batch]
+            parsed = parse_labels([record.value for record in records])
+            for index, exc in parsed.rejected:
+                logger.warning("skipping malformed label at %s: %s", records[index].offset, exc)
+            if len(parsed):
                 stored += self.core.state.add_labels(labels_frame(parsed))
         if stored:
             self.labels.commit()
@@ -237,25 +237,23 @@ class Worker:
         return stats
 
     def _process(self, records: list[ConsumerRecord], stats: WorkerStats) -> None:
-        good: list[tuple[ConsumerRecord, object]] = []
-        for record in records:
-            try:
-                good.append((record, parse_transaction(record.value)))
-            except InvalidEvent as exc:
-                self.producer.send(
-                    self.settings.topic_dead_letter,
-                    key=record.key,
-                    value=dead_letter(
-                        record.value, exc.reason, record.topic, record.partition, record.offset
-                    ),
-                )
-                self.metrics.dead_letters.labels(reason=exc.code).inc()
-                stats.dead_letters += 1
+        parsed = parse_transactions([record.value for record in records])
+        for index, exc in parsed.rejected:
+            record = records[index]
+            self.producer.send(
+                self.settings.topic_dead_letter,
+                key=record.key,
+                value=dead_letter(
+                    record.value, exc.reason, record.topic, record.partition, record.offset
+                ),
+            )
+            self.metrics.dead_letters.labels(reason=exc.code).inc()
+            stats.dead_letters += 1
         stats.consumed += len(records)
         self.metrics.events_in.inc(len(records))
         self.metrics.consumer_lag.set(self._lag())
-        if good:
-            self._score(good, stats)
+        if len(parsed):
+            self._score(parsed, [records[index] for index in parsed.rows], stats)
         self.producer.flush()  # every score and dead letter acknowledged before the commit
         acked_ms = time.time() * 1000
         for record in records:
@@ -264,12 +262,14 @@ class Worker:
         stats.batches += 1
         self.metrics.batch_size.observe(len(records))
 
-    def _score(self, good: list[tuple[ConsumerRecord, object]], stats: WorkerStats) -> None:
-        frame = transactions_frame(good)
+    def _score(
+        self, parsed: ParsedBatch, records: list[ConsumerRecord], stats: WorkerStats
+    ) -> None:
+        frame = transactions_frame(parsed)
         degraded = np.zeros(len(frame), bool)
         if self.settings.max_lag_s is not None:
             now_ms = time.time() * 1000
-            ages = np.array([now_ms - record.timestamp for record, _ in good]) / 1000
+            ages = np.array([now_ms - record.timestamp for record in records]) / 1000
             degraded = ages > self.settings.max_lag_s
         batch = self.core.score(frame, degraded)
         scored_at = format_timestamp(datetime.now(UTC))
@@ -334,21 +334,6 @@ class Worker:
             self.producer.close()
             self.consumer.close()
             self.labels.close()
-
-
-def labels_frame(labels: list[Label]) -> pd.DataFrame:
-    """Parsed labels as a frame (the columns the delayed windows read)."""
-    frame = pd.DataFrame(
-        {
-            "transaction_id": [label.transaction_id for label in labels],
-            "customer_id": [label.customer_id for label in labels],
-            "terminal_id": [label.terminal_id for label in labels],
-            "tx_datetime": [label.tx_datetime for label in labels],
-            "tx_fraud": [label.tx_fraud for label in labels],
-        }
-    )
-    frame["tx_datetime"] = pd.to_datetime(frame["tx_datetime"], utc=True)
-    return frame
 
 
 def _json(body: dict[str, object]) -> bytes:

@@ -19,6 +19,7 @@ import numpy as np
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from skewless import redis_batch
 from skewless.aggregation import WindowAggregation
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -36,11 +37,25 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _timestamp_bytes(moment: datetime) -> bytes:
+_SMALL_INT64_VALUES = [b"\x20" + _varint(count) for count in range(1 << 14)]
+_DOUBLE_VALUE = np.dtype([("tag", "u1"), ("value", "<f8")])
+
+
+def _int64_value(value: int) -> bytes:
+    """A serialized Feast `Value` with `int64_val` (field 4, varint; negatives as 10 bytes)."""
+    if 0 <= value < len(_SMALL_INT64_VALUES):
+        return _SMALL_INT64_VALUES[value]
+    return b"\x20" + _varint(value & 0xFFFFFFFFFFFFFFFF)
+
+
+def _micros(moment: datetime) -> int:
+    return (moment.astimezone(UTC) - _EPOCH) // timedelta(microseconds=1)
+
+
+def _timestamp_from_micros(micros: int) -> bytes:
     """A serialized `google.protobuf.Timestamp` (seconds = 1, nanos = 2; zeros omitted)."""
-    delta = moment.astimezone(UTC) - _EPOCH
-    seconds = delta.days * 86_400 + delta.seconds
-    nanos = delta.microseconds * 1000
+    seconds, micros_left = divmod(micros, 1_000_000)
+    nanos = micros_left * 1000
     out = b""
     if seconds:
         out += b"\x08" + _varint(seconds & 0xFFFFFFFFFFFFFFFF)
@@ -65,6 +80,7 @@ class OnlineView:
     is_count: tuple[bool, ...]
     _key_prefix: bytes = field(init=False, repr=False)
     _fields: tuple[bytes, ...] = field(init=False, repr=False)
+    _timestamp_field: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         name = self.join_key.encode()
@@ -72,6 +88,7 @@ class OnlineView:
         prefix += struct.pack("<II", _INT64_TYPE, 8)
         object.__setattr__(self, "_key_prefix", prefix)
         object.__setattr__(self, "_fields", tuple(_field_key(self.view, f) for f in self.features))
+        object.__setattr__(self, "_timestamp_field", f"_ts:{self.view}".encode())
 
     @classmethod
     def of(cls, project: str, declaration: WindowAggregation) -> OnlineView:
@@ -84,26 +101,46 @@ class OnlineView:
 
     @property
     def timestamp_field(self) -> bytes:
-        return f"_ts:{self.view}".encode()
+        return self._timestamp_field
 
     def redis_key(self, entity_id: int) -> bytes:
         """Feast's Redis key of an entity (serialization v3) in this project."""
         return self._key_prefix + struct.pack("<q", entity_id) + self.project.encode()
 
     def encode(self, values: Sequence[float], event_time: datetime) -> dict[bytes, bytes]:
-        """The hash fields of one entity's row: every feature plus the view's timestamp.
+        """The hash fields of one entity's row: every feature plus the view's timestamp."""
+        (row,) = self._hash_fields(np.asarray([values], dtype=np.float64), [_micros(event_time)])
+        return dict(zip(row[0::2], row[1::2], strict=True))
+
+    def _hash_fields(self, values: np.ndarray, event_micros: Sequence[int]) -> list[list[bytes]]:
+        """Per row: field, value, field, value, ..., timestamp field, timestamp.
 
         The protobuf bytes are written directly (Feast's `Value` with `int64_val` = field 4 or
-        `double_val` = field 5, and a `Timestamp`); the contract test holds them to Feast's.
+        `double_val` = field 5, and a `Timestamp`), column by column; the contract test holds
+        them to Feast's.
         """
-        mapping: dict[bytes, bytes] = {}
-        for key, value, is_count in zip(self._fields, values, self.is_count, strict=True):
+        columns: list[list[bytes]] = []
+        for column, is_count in enumerate(self.is_count):
             if is_count:
-                mapping[key] = b"\x20" + _varint(int(value) & 0xFFFFFFFFFFFFFFFF)
+                counts = values[:, column].astype(np.int64).tolist()
+                columns.append([_int64_value(count) for count in counts])
             else:
-                mapping[key] = b"\x29" + struct.pack("<d", float(value))
-        mapping[self.timestamp_field] = _timestamp_bytes(event_time)
-        return mapping
+                packed = np.empty(len(values), dtype=_DOUBLE_VALUE)
+                packed["tag"] = 0x29
+                packed["value"] = values[:, column]
+                raw = packed.tobytes()
+                size = _DOUBLE_VALUE.itemsize
+                columns.append([raw[i : i + size] for i in range(0, len(raw), size)])
+        stamps = [_timestamp_from_micros(int(us)) for us in event_micros]
+        fields = self._fields
+        rows = []
+        for row_values, stamp in zip(zip(*columns, strict=True), stamps, strict=True):
+            row: list[bytes] = []
+            for name, value in zip(fields, row_values, strict=True):
+                row += (name, value)
+            row += (self._timestamp_field, stamp)
+            rows.append(row)
+        return rows
 
     def write_micros(
         self,
@@ -112,9 +149,14 @@ class OnlineView:
         values: np.ndarray,
         event_micros: Sequence[int],
     ) -> int:
-        """`write` with event times as microseconds since the epoch (no datetime objects)."""
-        times = [_EPOCH + timedelta(microseconds=int(us)) for us in event_micros]
-        return self.write(client, entity_ids, values, times)
+        """Write one row per entity in one round trip; event times in microseconds."""
+        rows = self._hash_fields(np.asarray(values, dtype=np.float64), event_micros)
+        commands = [
+            (b"HSET", self.redis_key(int(entity_id)), *row)
+            for entity_id, row in zip(entity_ids, rows, strict=True)
+        ]
+        redis_batch.execute(client, commands)
+        return len(commands)
 
     def write(
         self,
@@ -123,13 +165,8 @@ class OnlineView:
         values: np.ndarray,
         event_times: Sequence[datetime],
     ) -> int:
-        """Write one row per entity in a single pipeline; returns the rows written."""
-        with client.pipeline(transaction=False) as pipe:
-            for entity_id, row, when in zip(entity_ids, values, event_times, strict=True):
-                # redis-py annotates keys as str; Feast keys are bytes, which it sends as-is.
-                pipe.hset(self.redis_key(int(entity_id)), mapping=self.encode(row, when))  # type: ignore[arg-type]
-            pipe.execute()
-        return len(entity_ids)
+        """Write one row per entity in one round trip; returns the rows written."""
+        return self.write_micros(client, entity_ids, values, [_micros(t) for t in event_times])
 
     def read(
         self, client: redis.Redis, entity_ids: Sequence[int]

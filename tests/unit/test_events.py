@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import numpy as np
 import pytest
 
 from serving.events import (
@@ -20,7 +21,9 @@ from serving.events import (
     format_timestamp,
     label_key,
     parse_label,
+    parse_labels,
     parse_transaction,
+    parse_transactions,
     transaction_key,
 )
 
@@ -259,3 +262,118 @@ def test_dead_letter_of_binary_garbage_has_no_text() -> None:
     assert base64.b64decode(body["original_b64"]) == raw
     failed_at = datetime.fromisoformat(body["failed_at"])
     assert abs(datetime.now(UTC) - failed_at) < timedelta(minutes=1)
+
+
+def _odd_transactions() -> list[bytes]:
+    """Events off the canonical form: each is either rejected or accepted by the strict rules."""
+    canonical = encode_transaction(TX)
+    return [
+        b"\xff\xfe{}",
+        b"{not json",
+        b"",
+        b"[1, 2, 3]",
+        b"null",
+        b"1" * 5000,
+        canonical.replace(b"57.25", b"NaN"),
+        canonical.replace(b"57.25", b"1e999"),
+        canonical.replace(b"812345", b"18446744073709551615"),
+        canonical.replace(b"812345", b"1" * 30),
+        _raw(tx_amount=...),
+        _raw(customer_id=True),
+        _raw(customer_id=4321.0, tx_amount=57),
+        _raw(customer_id=2**63),
+        _raw(tx_amount=-3.0),
+        _raw(tx_amount="12.5"),
+        _raw(tx_datetime="2026-05-01T12:00:00.000123+00:00"),
+        _raw(tx_datetime="2026-05-01 12:00:00.000123Z"),
+        _raw(tx_datetime="2026-05-01T12:00:00.000123"),
+        _raw(tx_datetime="2026-05-01T14:00:00.000123+02:00"),
+        _raw(tx_datetime="2026-02-30T12:00:00.000123Z"),
+        _raw(tx_datetime="2026-05-01T12:00:60.000000Z"),
+        _raw(tx_datetime="2026-05-01T24:00:00.000000Z"),
+        _raw(tx_datetime="0000-05-01T12:00:00.000000Z"),
+        _raw(tx_datetime="2026-05-01T12:00:00.00012ZZ"),
+        _raw(tx_datetime="2026-05-01T12:00:00Z"),
+        _raw(tx_fraud=1, channel="web"),
+        b'{"transaction_id": 1, "transaction_id": 812345, "tx_datetime": '
+        b'"2026-05-01T12:00:00.000123Z", "customer_id": 4321, "terminal_id": 9876, '
+        b'"tx_amount": 57.25}',
+    ]
+
+
+def _canonical_transactions(count: int) -> list[bytes]:
+    return [
+        encode_transaction(
+            Transaction(i, WHEN + timedelta(seconds=i), i % 7, i % 5, i * 1.25 + 0.1)
+        )
+        for i in range(count)
+    ]
+
+
+def _strict(values: list[bytes], parse: Any) -> tuple[list[int], list[Any], dict[int, str]]:
+    rows, parsed, reasons = [], [], {}
+    for index, raw in enumerate(values):
+        try:
+            parsed.append(parse(raw))
+            rows.append(index)
+        except InvalidEvent as exc:
+            reasons[index] = exc.reason
+    return rows, parsed, reasons
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+@pytest.mark.parametrize("odd", range(-1, 28))
+def test_batch_parsing_accepts_and_rejects_exactly_what_the_strict_parser_does(odd: int) -> None:
+    """Each odd event, alone among canonical ones; and all of them at once (odd = -1)."""
+    odd_events = _odd_transactions()
+    assert len(odd_events) == 28
+    chosen = odd_events if odd < 0 else [odd_events[odd]]
+    values = _canonical_transactions(10)
+    for position, raw in enumerate(chosen):
+        values.insert(3 + 2 * position, raw)
+    rows, parsed, reasons = _strict(values, parse_transaction)
+    batch = parse_transactions(values)
+    assert batch.rows.tolist() == rows
+    assert {index: exc.reason for index, exc in batch.rejected} == reasons
+    assert batch.columns["transaction_id"].tolist() == [tx.transaction_id for tx in parsed]
+    assert batch.columns["customer_id"].tolist() == [tx.customer_id for tx in parsed]
+    assert batch.columns["terminal_id"].tolist() == [tx.terminal_id for tx in parsed]
+    assert batch.columns["tx_amount"].tolist() == [tx.tx_amount for tx in parsed]
+    assert batch.columns["tx_datetime"].tolist() == [_micros(tx.tx_datetime) for tx in parsed]
+    assert batch.columns["tx_datetime"].dtype == np.int64
+
+
+def test_batch_parsing_of_canonical_events_and_of_nothing() -> None:
+    values = _canonical_transactions(1000)
+    batch = parse_transactions(values)
+    assert batch.rows.tolist() == list(range(1000))
+    assert batch.rejected == []
+    assert batch.columns["tx_amount"][3] == 3 * 1.25 + 0.1
+    assert batch.columns["tx_datetime"][1] == _micros(WHEN) + 1_000_000
+    empty = parse_transactions([])
+    assert len(empty) == 0
+    assert set(empty.columns) == {"transaction_id", "tx_datetime", "customer_id",
+                                  "terminal_id", "tx_amount"}  # fmt: skip
+
+
+def test_batch_parsing_of_labels_matches_the_strict_parser() -> None:
+    good = [encode_label(LABEL), _label_raw(tx_fraud=0, transaction_id=5)]
+    odd = [
+        _label_raw(tx_fraud=2),
+        _label_raw(tx_fraud=True),
+        _label_raw(label_time="2026-04-30T00:00:00.000000Z"),
+        _label_raw(label_time="2026-05-08T12:00:00.000123+00:00"),
+        b"[]",
+    ]
+    values = [good[0], *odd, good[1]]
+    rows, parsed, reasons = _strict(values, parse_label)
+    batch = parse_labels(values)
+    assert batch.rows.tolist() == rows == [0, 4, 6]
+    assert {index: exc.reason for index, exc in batch.rejected} == reasons
+    assert batch.columns["tx_fraud"].tolist() == [label.tx_fraud for label in parsed]
+    assert batch.columns["label_time"].tolist() == [_micros(label.label_time) for label in parsed]
+    alone = parse_labels([odd[2]])
+    assert [exc.reason for _, exc in alone.rejected] == [reasons[3]]
