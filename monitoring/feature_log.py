@@ -30,16 +30,39 @@ PARTITION = "served_date"
 KEY_COLUMNS = ("transaction_id", "customer_id", "terminal_id", "tx_datetime")
 
 
+SHARED_KEYS = ("model_name", "model_version", "feature_service", "scored_at")
+COLUMN_KEYS = ("transaction_id", "customer_id", "terminal_id", "tx_datetime", "score")
+
+
 def log_path(settings: Settings) -> Path:
     """Folder of the online log table."""
     return settings.data_dir / LOG_TABLE
 
 
 def feature_log_rows(value: bytes) -> list[dict[str, object]]:
-    """The logged rows of one feature-log record (a micro-batch `{"rows": [...]}`)."""
+    """The logged rows of one feature-log record.
+
+    The worker writes one record per micro-batch in columns (`serving.worker.
+    feature_log_record`); a record of `{"rows": [...]}` or a single row is read as well.
+    """
     body = json.loads(value)
-    rows = body.get("rows") if isinstance(body, dict) else None
-    return list(rows) if isinstance(rows, list) else [body]
+    if not isinstance(body, dict):
+        return [body]
+    if isinstance(body.get("rows"), list):
+        return list(body["rows"])
+    if not isinstance(body.get("transaction_id"), list):
+        return [body]
+    shared = {key: body[key] for key in SHARED_KEYS if key in body}
+    columns = {key: body[key] for key in COLUMN_KEYS}
+    features: dict[str, list[object]] = body["features"]
+    return [
+        {
+            **shared,
+            **{key: values[row] for key, values in columns.items()},
+            "features": {name: values[row] for name, values in features.items()},
+        }
+        for row in range(len(body["transaction_id"]))
+    ]
 
 
 def records_frame(bodies: list[dict[str, object]]) -> pd.DataFrame:

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from serving.events import format_timestamp, parse_transactions
 from serving.metrics import ScoringMetrics
 from serving.scoring import ScoringCore
-from serving.worker import output_records, transactions_frame
+from serving.worker import score_bodies, transactions_frame
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class ScoringHttpServer(ThreadingHTTPServer):
             batch = self.core.score(frame)
         self.metrics.events_in.inc(len(frame))
         self.metrics.events_scored.inc(len(frame))
-        scores, _ = output_records(batch, self.threshold, format_timestamp(datetime.now(UTC)))
+        scores = score_bodies(batch, self.threshold, format_timestamp(datetime.now(UTC)))
         return HTTPStatus.OK, scores
 
 

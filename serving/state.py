@@ -193,13 +193,25 @@ class StreamState:
     def _additions(self, agg: StreamAggregation, frame: pd.DataFrame) -> list[Command]:
         """One ZADD per entity of `frame`, with every member of that entity."""
         decl = agg.declaration
-        times = to_micros(frame[decl.event_time])
-        members = agg.pack(times, frame[decl.order_key].to_numpy(np.int64), frame)
         entities = frame[decl.entity_key].to_numpy(np.int64)
-        grouped: dict[int, list[bytes]] = {}
-        for entity, member, when in zip(entities.tolist(), members, times.tolist(), strict=True):
-            grouped.setdefault(entity, []).extend((b"%d" % when, member))
-        return [(b"ZADD", agg.key_bytes(entity), *pairs) for entity, pairs in grouped.items()]
+        if len(entities) == 0:
+            return []
+        by_entity = np.argsort(entities, kind="stable")
+        entities = entities[by_entity]
+        times = to_micros(frame[decl.event_time])[by_entity]
+        orders = frame[decl.order_key].to_numpy(np.int64)[by_entity]
+        members = agg.pack(times, orders, frame.iloc[by_entity])
+        arguments: list[bytes] = [b""] * (2 * len(members))
+        arguments[0::2] = [b"%d" % when for when in times.tolist()]
+        arguments[1::2] = members
+        starts = np.flatnonzero(np.diff(entities, prepend=entities[:1] - 1))
+        ends = np.append(starts[1:], len(entities))
+        return [
+            (b"ZADD", agg.key_bytes(entity), *arguments[2 * start : 2 * end])
+            for entity, start, end in zip(
+                entities[starts].tolist(), starts.tolist(), ends.tolist(), strict=True
+            )
+        ]
 
     def add_labels(self, labels: pd.DataFrame) -> int:
         """Store label events (keys, tx_datetime, tx_fraud) for the delayed declarations."""

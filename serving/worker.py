@@ -10,9 +10,7 @@ offsets. A crash therefore re-scores at most the uncommitted batch; scores are k
 
 from __future__ import annotations
 
-import json
 import logging
-import random
 import signal
 import time
 from dataclasses import dataclass, field
@@ -20,13 +18,15 @@ from datetime import UTC, datetime
 from types import FrameType
 
 import numpy as np
+import orjson
 import pandas as pd
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 
 from monitoring.drift import RollingDrift
 from monitoring.inputs import reference_statistics
+from serving.batch_producer import BatchProducer
 from serving.events import (
     ParsedBatch,
     dead_letter,
@@ -77,59 +77,78 @@ def labels_frame(parsed: ParsedBatch) -> pd.DataFrame:
     return frame
 
 
-def output_records(
-    batch: ScoredBatch, threshold: float, scored_at: str
-) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    """The `fraud-scores` bodies and the feature-log bodies of a scored batch, in row order.
+def score_bodies(batch: ScoredBatch, threshold: float, scored_at: str) -> list[dict[str, object]]:
+    """The `fraud-scores` bodies of a scored batch, in row order.
 
     Built column-wise (no per-row pandas access): this runs for every event.
     """
     tx = batch.transactions
-    ids = tx["transaction_id"].astype("int64").tolist()
-    customers = tx["customer_id"].astype("int64").tolist()
-    terminals = tx["terminal_id"].astype("int64").tolist()
-    times = tx["tx_datetime"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ").tolist()
-    scores = batch.scores.astype(float).tolist()
     names = list(batch.features.columns)
-    matrix = batch.features.to_numpy(dtype=np.float64)
-    missing = np.isnan(matrix)
-    values = np.where(missing, 0.0, matrix).tolist()
-    degraded = batch.degraded.tolist()
+    missing = batch.defaulted.to_numpy()
+    if missing.any():
+        defaulted = [[n for n, f in zip(names, row, strict=True) if f] for row in missing]
+    else:
+        defaulted = [[] for _ in range(len(tx))]
     model = batch.model
-    scored: list[dict[str, object]] = []
-    logged: list[dict[str, object]] = []
-    for row, transaction_id in enumerate(ids):
-        common = {
+    return [
+        {
             "transaction_id": transaction_id,
-            "customer_id": customers[row],
-            "terminal_id": terminals[row],
-            "tx_datetime": times[row],
+            "customer_id": customer,
+            "terminal_id": terminal,
+            "tx_datetime": when,
+            "score": score,
+            "is_fraud": flagged,
             "model_name": model.name,
             "model_version": model.version,
             "feature_service": model.feature_service,
+            "defaulted_features": off,
+            "degraded": degraded,
+            "scored_at": scored_at,
         }
-        flags = missing[row]
-        scored.append(
-            {
-                **common,
-                "score": scores[row],
-                "is_fraud": scores[row] >= threshold,
-                "defaulted_features": [n for n, f in zip(names, flags, strict=True) if f],
-                "degraded": degraded[row],
-                "scored_at": scored_at,
-            }
+        for transaction_id, customer, terminal, when, score, flagged, off, degraded in zip(
+            tx["transaction_id"].astype("int64").tolist(),
+            tx["customer_id"].astype("int64").tolist(),
+            tx["terminal_id"].astype("int64").tolist(),
+            _iso_times(tx["tx_datetime"]),
+            batch.scores.astype(float).tolist(),
+            (batch.scores >= threshold).tolist(),
+            defaulted,
+            batch.degraded.tolist(),
+            strict=True,
         )
-        logged.append(
-            {
-                **common,
-                "features": {
-                    n: (None if f else v) for n, v, f in zip(names, values[row], flags, strict=True)
-                },
-                "score": scores[row],
-                "scored_at": scored_at,
-            }
-        )
-    return scored, logged
+    ]
+
+
+def feature_log_record(batch: ScoredBatch, rows: np.ndarray, scored_at: str) -> bytes:
+    """One feature-log record: the exact vectors used for `rows` of the batch, in columns.
+
+    `{"model_name", "model_version", "feature_service", "scored_at"}` once, then one list per
+    key column (`transaction_id`, `customer_id`, `terminal_id`, `tx_datetime`, `score`) and
+    `"features": {name: list}`, with null where a feature was missing (the model's default
+    stood in). `monitoring.feature_log` reads it back.
+    """
+    tx = batch.transactions.iloc[rows]
+    model = batch.model
+    body = {
+        "model_name": model.name,
+        "model_version": model.version,
+        "feature_service": model.feature_service,
+        "scored_at": scored_at,
+        "transaction_id": tx["transaction_id"].to_numpy(np.int64),
+        "customer_id": tx["customer_id"].to_numpy(np.int64),
+        "terminal_id": tx["terminal_id"].to_numpy(np.int64),
+        "tx_datetime": _iso_times(tx["tx_datetime"]),
+        "score": np.ascontiguousarray(batch.scores[rows], dtype=np.float64),
+        "features": {
+            name: np.ascontiguousarray(column.to_numpy(np.float64)[rows])
+            for name, column in batch.features.items()
+        },
+    }
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _iso_times(times: pd.Series) -> list[str]:
+    return list(times.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
 
 
 class Worker:
@@ -150,7 +169,6 @@ class Worker:
             max_poll_records=settings.batch_max_events,
             fetch_max_wait_ms=max(1, settings.batch_max_wait_ms),
             session_timeout_ms=10_000,
-            check_crcs=False,  # loopback TCP already checks; pure-Python CRC32C costs ~10%
         )
         self.labels = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
@@ -159,21 +177,12 @@ class Worker:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=5000,
-            check_crcs=False,
         )
         partitions = self.labels.partitions_for_topic(settings.topic_labels) or set()
         self.label_partitions = [TopicPartition(settings.topic_labels, p) for p in partitions]
         self.labels.assign(self.label_partitions)
-        self.producer = KafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            client_id="skewless-worker",
-            acks="all",
-            linger_ms=2,
-            batch_size=256 * 1024,
-            max_in_flight_requests_per_connection=5,
-            retries=5,
-        )
-        self._sampler = random.Random(0)
+        self.producer = BatchProducer(settings.kafka_bootstrap, client_id="skewless-worker")
+        self._sampler = np.random.default_rng(0)
         self._drift: RollingDrift | None = None
         self._drift_version = ""
 
@@ -242,10 +251,10 @@ class Worker:
             record = records[index]
             self.producer.send(
                 self.settings.topic_dead_letter,
-                key=record.key,
-                value=dead_letter(
+                dead_letter(
                     record.value, exc.reason, record.topic, record.partition, record.offset
                 ),
+                key=record.key,
             )
             self.metrics.dead_letters.labels(reason=exc.code).inc()
             stats.dead_letters += 1
@@ -256,8 +265,8 @@ class Worker:
             self._score(parsed, [records[index] for index in parsed.rows], stats)
         self.producer.flush()  # every score and dead letter acknowledged before the commit
         acked_ms = time.time() * 1000
-        for record in records:
-            self.metrics.end_to_end.observe(max(0.0, acked_ms - record.timestamp) / 1000)
+        entered_ms = np.fromiter((r.timestamp for r in records), np.float64, len(records))
+        self.metrics.end_to_end.observe_many(np.maximum(0.0, acked_ms - entered_ms) / 1000)
         self.consumer.commit(_next_offsets(records))
         stats.batches += 1
         self.metrics.batch_size.observe(len(records))
@@ -273,20 +282,18 @@ class Worker:
             degraded = ages > self.settings.max_lag_s
         batch = self.core.score(frame, degraded)
         scored_at = format_timestamp(datetime.now(UTC))
-        scores, logs = output_records(batch, self.settings.score_threshold, scored_at)
+        scores = score_bodies(batch, self.settings.score_threshold, scored_at)
+        keys: list[bytes | None] = [b"%d" % tx_id for tx_id in frame["transaction_id"].tolist()]
+        self.producer.send_many(self.settings.topic_scores, keys, [orjson.dumps(b) for b in scores])
         sample = self.settings.feature_log_sample_rate
-        kept = []
-        for body, log in zip(scores, logs, strict=True):
-            key = str(body["transaction_id"]).encode()
-            self.producer.send(self.settings.topic_scores, key=key, value=_json(body))
-            if sample >= 1.0 or self._sampler.random() < sample:
-                kept.append(log)
+        kept = np.arange(len(frame))
+        if sample < 1.0:
+            kept = kept[self._sampler.random(len(frame)) < sample]
         for start in range(0, len(kept), FEATURE_LOG_ROWS_PER_RECORD):
             rows = kept[start : start + FEATURE_LOG_ROWS_PER_RECORD]
-            key = str(rows[0]["transaction_id"]).encode()
-            self.producer.send(
-                self.settings.topic_feature_log, key=key, value=_json({"rows": rows})
-            )
+            key = keys[rows[0]]
+            record = feature_log_record(batch, rows, scored_at)
+            self.producer.send(self.settings.topic_feature_log, record, key=key)
         stats.scored += len(frame)
         stats.versions.add(batch.model.version)
         self.metrics.events_scored.inc(len(frame))
@@ -294,8 +301,7 @@ class Worker:
         self.metrics.feature_seconds.observe(batch.feature_seconds)
         self.metrics.model_seconds.observe(batch.model_seconds)
         self.metrics.model_version.labels(model=batch.model.name).set(float(batch.model.version))
-        for score in batch.scores:
-            self.metrics.scores.observe(float(score))
+        self.metrics.scores.observe_many(batch.scores)
         self._update_drift(batch)
 
     def _update_drift(self, batch: ScoredBatch) -> None:
@@ -334,10 +340,6 @@ class Worker:
             self.producer.close()
             self.consumer.close()
             self.labels.close()
-
-
-def _json(body: dict[str, object]) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _next_offsets(records: list[ConsumerRecord]) -> dict[TopicPartition, OffsetAndMetadata]:

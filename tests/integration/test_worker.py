@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from monitoring.feature_log import feature_log_rows
 from serving.http import ScoringHttpServer
 from serving.metrics import ScoringMetrics
 from serving.replay import replay
@@ -62,7 +63,7 @@ def _read_all(settings: Settings, topic: str, expected: int, timeout_s: float = 
 def _logged_rows(settings: Settings, into: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every row on the feature-log topic (one record per micro-batch), replacing `into`."""
     into[:] = [row for _, body in _read_all(settings, settings.topic_feature_log, 0, 5)
-               for row in body["rows"]]  # fmt: skip
+               for row in feature_log_rows(json.dumps(body).encode())]  # fmt: skip
     return into
 
 

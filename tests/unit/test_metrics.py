@@ -1,0 +1,29 @@
+"""The batch histogram is exposed exactly like prometheus_client's own histogram."""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from serving.metrics import BatchHistogram
+
+BUCKETS = (0.001, 0.01, 0.1, 1.0)
+
+
+def _samples(registry: CollectorRegistry) -> list[str]:
+    text = generate_latest(registry).decode()
+    return sorted(line for line in text.splitlines() if "_created" not in line)
+
+
+def test_batch_histogram_matches_the_per_value_histogram() -> None:
+    values = np.array([0.0, 0.0005, 0.001, 0.002, 0.01, 0.5, 1.0, 1.5, 30.0])
+    expected_registry, batch_registry = CollectorRegistry(), CollectorRegistry()
+    expected = Histogram("latency", "doc", buckets=BUCKETS, registry=expected_registry)
+    batch = BatchHistogram("latency", "doc", buckets=BUCKETS, registry=batch_registry)
+    for value in values:
+        expected.observe(float(value))
+    batch.observe_many(values[:4])
+    batch.observe_many(values[4:])
+    batch.observe_many(np.array([]))
+    assert _samples(batch_registry) == _samples(expected_registry)
+    assert 'latency_bucket{le="0.001"} 3.0' in _samples(batch_registry)
