@@ -82,6 +82,17 @@ class BatchProducer:
         self._pending: dict[TopicPartition, _Pending] = defaultdict(_Pending)
         self._round_robin = 0
 
+    def connect(self, topics: list[str]) -> None:
+        """Fetch the topics' metadata and connect to their leaders now, not on the first flush."""
+        leaders = set()
+        for topic in topics:
+            for partition in range(self._partition_count(topic)):
+                leaders.add(
+                    self._client.cluster.leader_for_partition(TopicPartition(topic, partition))
+                )
+        for leader in leaders - {None, -1}:
+            self._client.await_ready(leader, timeout_ms=self.request_timeout_ms)
+
     def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         """Buffer one record; it is delivered by the next `flush`."""
         self.send_many(topic, [key], [value])

@@ -14,6 +14,10 @@ Which labels are sent:
 - the labels of transactions *before* `start` whose `label_time >= start`: they become due
   during the replay. Labels already known at `start` are not sent (the offline store has them).
 
+With `trailing_labels=False` the labels that would only become known after the last replayed
+transaction are left out, so the labels topic carries what a live stream over the same period
+would: about one label per transaction (the benchmark's steady state).
+
 Ordering is a property of the *send* order. Every record carries a header `replay-seq` with its
 position in one sequence shared by both topics, so the order can be checked from what a
 consumer reads back. Within one partition Kafka keeps the send order (the producer is
@@ -147,6 +151,7 @@ def plan_replay(
     end: datetime | None,
     delay: timedelta,
     with_labels: bool = True,
+    trailing_labels: bool = True,
 ) -> ReplayPlan:
     """Order the transactions in `[start, end)` and their labels (see the module doc).
 
@@ -162,7 +167,11 @@ def plan_replay(
     if with_labels:
         # label_time >= start  <=>  tx_datetime >= start - delay (Python ints: no overflow)
         label_lower = max(lower - delay_us, int(np.iinfo(np.int64).min))
-        label_rows = np.flatnonzero((times >= label_lower) & (times < upper))
+        label_upper = upper
+        if not trailing_labels:  # only the labels known by the last replayed transaction
+            last = int(times[tx_rows].max()) if len(tx_rows) else label_lower
+            label_upper = min(upper, last - delay_us + 1)
+        label_rows = np.flatnonzero((times >= label_lower) & (times < label_upper))
     else:
         label_rows = np.empty(0, dtype=np.int64)
     rows = np.concatenate([label_rows, tx_rows])
@@ -236,13 +245,13 @@ def _check_topics(settings: Settings) -> None:
         )
 
 
-def _producer(settings: Settings) -> KafkaProducer:
+def _producer(settings: Settings, linger_ms: int) -> KafkaProducer:
     return KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         client_id="skewless-replay",
         acks="all",
         enable_idempotence=True,
-        linger_ms=5,
+        linger_ms=linger_ms,
         batch_size=256 * 1024,
         compression_type=None,
     )
@@ -267,13 +276,16 @@ def replay(
     rate: float | None,
     *,
     sequence_header: bool = True,
+    trailing_labels: bool = True,
+    linger_ms: int = 5,
 ) -> ReplayStats:
     """Publish the transactions of `data_path` in `[start, end)` and their labels (module doc).
 
     Naive `start`/`end` are UTC. Returns the counts once every record is acknowledged
     (`acks=all`); raises `ReplayError` if Kafka or a topic is missing or a record failed.
     `sequence_header=False` leaves out the `replay-seq` header, which costs kafka-python about
-    a quarter of its send throughput, for load tests that do not check the order.
+    a quarter of its send throughput, for load tests that do not check the order. `linger_ms`
+    is the producer's batching delay, which is part of every event's end-to-end latency.
     """
     prepare_started = time.perf_counter()
     pacer = _Pacer(rate)  # checks the rate before any work
@@ -285,14 +297,14 @@ def replay(
     if not with_labels:
         logger.warning("replay: %s has no tx_fraud column; no labels will be sent", data_path)
     delay = label_delay(load_declarations(settings))
-    plan = plan_replay(frame, start, end, delay, with_labels)
+    plan = plan_replay(frame, start, end, delay, with_labels, trailing_labels)
     prepare_seconds = time.perf_counter() - prepare_started
     logger.info(
         "replay: %d transactions and %d labels (delay %s) from %s to %s and %s",
         plan.transactions, plan.labels, delay, data_path.name,
         settings.topic_transactions, settings.topic_labels,
     )  # fmt: skip
-    producer = _producer(settings)
+    producer = _producer(settings, linger_ms)
     try:
         started = time.perf_counter()
         pacer.restart()

@@ -17,10 +17,12 @@ import numpy as np
 import pandas as pd
 
 from serving.champion import ChampionWatcher, LoadedModel
-from serving.state import StreamState, to_micros
+from serving.state import Columns, StreamState, as_columns
+from skewless import redis_batch
 from skewless.online_store import OnlineView
+from skewless.redis_batch import Command
 from skewless.settings import Settings
-from skewless.transaction_features import transaction_features
+from skewless.transaction_features import transaction_feature_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -31,16 +33,25 @@ PROJECT = "skewless"
 class ScoredBatch:
     """Scores of a batch, the exact feature vectors used, and how long each step took."""
 
-    transactions: pd.DataFrame
-    features: pd.DataFrame
+    transactions: Columns
+    """The batch's transactions, one array per canonical column (times in microseconds)."""
+    feature_names: list[str]
+    features: np.ndarray
+    """One row per transaction, the model's columns; NaN where the model's default was used."""
     scores: np.ndarray
-    defaulted: pd.DataFrame
-    """True where a feature was missing and the model's fitted default was used."""
     degraded: np.ndarray
     """True where the event was scored without its window features (lag fallback)."""
     model: LoadedModel
     feature_seconds: float
     model_seconds: float
+
+    @property
+    def defaulted(self) -> np.ndarray:
+        """True where a feature was missing and the model's fitted default was used."""
+        return np.isnan(self.features)
+
+    def __len__(self) -> int:
+        return len(self.scores)
 
 
 class ScoringCore:
@@ -61,7 +72,9 @@ class ScoringCore:
     def model(self) -> LoadedModel:
         return self.watcher.current
 
-    def score(self, transactions: pd.DataFrame, degraded: np.ndarray | None = None) -> ScoredBatch:
+    def score(
+        self, transactions: pd.DataFrame | Columns, degraded: np.ndarray | None = None
+    ) -> ScoredBatch:
         """Score a batch (canonical columns without the label), in the order given.
 
         Rows flagged `degraded` still update the state but are scored without their window
@@ -69,53 +82,51 @@ class ScoringCore:
         the caller mark them.
         """
         model = self.model
-        degraded = np.zeros(len(transactions), bool) if degraded is None else degraded
+        columns = as_columns(transactions)
+        rows = len(columns["transaction_id"])
+        degraded = np.zeros(rows, bool) if degraded is None else degraded
         started = time.perf_counter()
-        windows = self.state.score_features(transactions)
-        columns: dict[str, np.ndarray] = {
-            str(name): values.to_numpy(dtype=np.float64)
-            for name, values in transaction_features(transactions).items()
-        }
+        windows = self.state.score_features(columns)
+        values = transaction_feature_arrays(columns["tx_amount"], columns["tx_datetime"])
         for agg in self.state.aggregations:
             matrix = windows[agg.declaration.name]
             for index, name in enumerate(agg.declaration.feature_names):
-                columns[name] = np.where(degraded, np.nan, matrix[:, index])
-        features = pd.DataFrame(
-            {
-                name: columns.get(name, np.full(len(transactions), np.nan))
-                for name in model.feature_names
-            },
-            index=transactions.index,
-        )
+                values[name] = np.where(degraded, np.nan, matrix[:, index])
+        features = np.full((rows, len(model.feature_names)), np.nan)
+        for position, name in enumerate(model.feature_names):
+            if name in values:
+                features[:, position] = values[name]
         if self.write_online:
-            self._write_online(transactions, windows)
+            self._write_online(columns, windows)
         feature_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        scores = model.score(features.to_numpy(dtype=np.float32))
+        scores = model.score(features.astype(np.float32))
         model_seconds = time.perf_counter() - started
         return ScoredBatch(
-            transactions=transactions,
+            transactions=columns,
+            feature_names=list(model.feature_names),
             features=features,
             scores=scores,
-            defaulted=features.isna(),
             degraded=degraded,
             model=model,
             feature_seconds=feature_seconds,
             model_seconds=model_seconds,
         )
 
-    def _write_online(self, transactions: pd.DataFrame, windows: dict[str, np.ndarray]) -> None:
-        """The last event of each entity in the batch becomes its online feature row."""
+    def _write_online(self, transactions: Columns, windows: dict[str, np.ndarray]) -> None:
+        """The last event of each entity in the batch becomes its online row (one round trip)."""
+        commands: list[Command] = []
         for agg in self.state.aggregations:
             decl = agg.declaration
-            keys = transactions[decl.entity_key].to_numpy(np.int64)
-            last = pd.Series(np.arange(len(keys))).groupby(keys).max().to_numpy()
-            self.views[decl.name].write_micros(
-                self.state.client,
+            keys = np.asarray(transactions[decl.entity_key], dtype=np.int64)
+            _, from_end = np.unique(keys[::-1], return_index=True)
+            last = len(keys) - 1 - from_end
+            commands += self.views[decl.name].write_commands(
                 keys[last].tolist(),
                 windows[decl.name][last],
-                to_micros(transactions[decl.event_time])[last].tolist(),
+                np.asarray(transactions[decl.event_time], dtype=np.int64)[last].tolist(),
             )
+        redis_batch.execute(self.state.client, commands)
 
 
 def build_core(settings: Settings) -> ScoringCore:

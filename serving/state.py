@@ -15,7 +15,7 @@ bytes), so at-least-once delivery never double counts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
@@ -39,9 +39,26 @@ _ENTITY_SHIFT = 1 << 44
 """Room for event times within one batch's key space: 2^44 us is about 203 days."""
 
 
+Columns = Mapping[str, np.ndarray]
+"""A batch of events as one array per column; event times as int64 microseconds (UTC)."""
+
+
 def to_micros(times: pd.Series) -> np.ndarray:
     """Microseconds since the epoch of a UTC datetime column."""
     return pd.to_datetime(times, utc=True).to_numpy(dtype="datetime64[us]").astype(np.int64)
+
+
+def as_columns(events: pd.DataFrame | Columns) -> Columns:
+    """`events` as columns: a frame's datetime columns become microseconds."""
+    if not isinstance(events, pd.DataFrame):
+        return events
+    columns: dict[str, np.ndarray] = {}
+    for name, column in events.items():
+        if pd.api.types.is_datetime64_any_dtype(column):
+            columns[str(name)] = to_micros(column)
+        else:
+            columns[str(name)] = column.to_numpy()
+    return columns
 
 
 @dataclass(frozen=True)
@@ -76,13 +93,15 @@ class StreamAggregation:
     def key_bytes(self, entity_id: int) -> bytes:
         return b"%s%d" % (self._key_head, entity_id)
 
-    def pack(self, times: np.ndarray, orders: np.ndarray, values: pd.DataFrame) -> list[bytes]:
+    def pack(
+        self, times: np.ndarray, orders: np.ndarray, values: Mapping[str, np.ndarray]
+    ) -> list[bytes]:
         """One member per event: its time, order key and value columns as packed bytes."""
         records = np.empty(len(times), dtype=self.dtype)
         records["time"] = times
         records["order"] = orders.astype(np.int64).view(np.uint64) ^ _ORDER_BIAS
         for name in self.declaration.value_columns:
-            records[name] = values[name].to_numpy(dtype=np.float64)
+            records[name] = values[name]
         size = self.dtype.itemsize
         raw = records.tobytes()
         return [raw[i : i + size] for i in range(0, len(raw), size)]
@@ -190,17 +209,21 @@ class StreamState:
         self.client = client
         self.aggregations = tuple(StreamAggregation(d, prefix) for d in declarations)
 
-    def _additions(self, agg: StreamAggregation, frame: pd.DataFrame) -> list[Command]:
-        """One ZADD per entity of `frame`, with every member of that entity."""
+    def _additions(self, agg: StreamAggregation, events: Columns) -> list[Command]:
+        """One ZADD per entity of `events`, with every member of that entity."""
         decl = agg.declaration
-        entities = frame[decl.entity_key].to_numpy(np.int64)
+        entities = np.asarray(events[decl.entity_key], dtype=np.int64)
         if len(entities) == 0:
             return []
         by_entity = np.argsort(entities, kind="stable")
         entities = entities[by_entity]
-        times = to_micros(frame[decl.event_time])[by_entity]
-        orders = frame[decl.order_key].to_numpy(np.int64)[by_entity]
-        members = agg.pack(times, orders, frame.iloc[by_entity])
+        times = np.asarray(events[decl.event_time], dtype=np.int64)[by_entity]
+        orders = np.asarray(events[decl.order_key], dtype=np.int64)[by_entity]
+        values = {
+            name: np.asarray(events[name], dtype=np.float64)[by_entity]
+            for name in decl.value_columns
+        }
+        members = agg.pack(times, orders, values)
         arguments: list[bytes] = [b""] * (2 * len(members))
         arguments[0::2] = [b"%d" % when for when in times.tolist()]
         arguments[1::2] = members
@@ -213,31 +236,33 @@ class StreamState:
             )
         ]
 
-    def add_labels(self, labels: pd.DataFrame) -> int:
+    def add_labels(self, labels: pd.DataFrame | Columns) -> int:
         """Store label events (keys, tx_datetime, tx_fraud) for the delayed declarations."""
+        events = as_columns(labels)
         commands = []
         for agg in self.aggregations:
             if agg.fed_by_labels:
-                commands += self._additions(agg, labels)
+                commands += self._additions(agg, events)
         redis_batch.execute(self.client, commands)
         return len(labels)
 
-    def score_features(self, transactions: pd.DataFrame) -> dict[str, np.ndarray]:
+    def score_features(self, transactions: pd.DataFrame | Columns) -> dict[str, np.ndarray]:
         """Add the batch's transactions to the state and compute every window feature.
 
         One Redis round trip: the additions and the range reads of every entity involved go
         in order in one write (Redis runs them in order, so reads see the batch's own events).
         """
+        events = as_columns(transactions)
         commands: list[Command] = []
         plans = []
         for agg in self.aggregations:
             decl = agg.declaration
             if not agg.fed_by_labels:
-                commands += self._additions(agg, transactions)
-            times = to_micros(transactions[decl.event_time])
+                commands += self._additions(agg, events)
+            times = np.asarray(events[decl.event_time], dtype=np.int64)
             low = b"(%d" % (int(times.min()) - agg.horizon_micros)
             high = b"%d" % int(times.max())
-            entities = np.unique(transactions[decl.entity_key].to_numpy(np.int64))
+            entities = np.unique(np.asarray(events[decl.entity_key], dtype=np.int64))
             first_read = len(commands)
             commands += [
                 (b"ZRANGEBYSCORE", agg.key_bytes(entity), low, high) for entity in entities.tolist()
@@ -249,9 +274,9 @@ class StreamState:
             decl = agg.declaration
             reads = replies[first_read : first_read + len(entities)]
             features[decl.name] = agg.compute(
-                transactions[decl.entity_key].to_numpy(np.int64),
+                np.asarray(events[decl.entity_key], dtype=np.int64),
                 times,
-                transactions[decl.order_key].to_numpy(np.int64),
+                np.asarray(events[decl.order_key], dtype=np.int64),
                 entities,
                 b"".join(chain.from_iterable(reads)),
                 np.fromiter(map(len, reads), dtype=np.int64, count=len(reads)),
@@ -277,7 +302,7 @@ class StreamState:
                 known = (times + delay < end) & (times > end - horizon)
             else:
                 known = (times < end) & (times > end - horizon)
-            commands += self._additions(agg, raw[known])
+            commands += self._additions(agg, as_columns(raw[known]))
             added += int(known.sum())
         redis_batch.execute(self.client, commands)
         logger.info("stream state initialised with %d events up to %s", added, end.isoformat())

@@ -46,6 +46,9 @@ FEATURE_LOG_ROWS_PER_RECORD = 500
 DRIFT_WINDOW_EVENTS = 10_000
 """The rolling drift gauges cover the last this many scored events."""
 
+DRIFT_REFRESH_S = 1.0
+"""The drift gauges are recomputed at most this often."""
+
 TRANSACTION_COLUMNS = ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount")
 LABEL_COLUMNS = ("transaction_id", "customer_id", "terminal_id", "tx_datetime", "tx_fraud")
 
@@ -63,32 +66,20 @@ class WorkerStats:
     versions: set[str] = field(default_factory=set)
 
 
-def transactions_frame(parsed: ParsedBatch) -> pd.DataFrame:
-    """Parsed transactions as a frame in the canonical column order."""
-    frame = pd.DataFrame({name: parsed.columns[name] for name in TRANSACTION_COLUMNS})
-    frame["tx_datetime"] = pd.to_datetime(frame["tx_datetime"], unit="us", utc=True)
-    return frame
-
-
-def labels_frame(parsed: ParsedBatch) -> pd.DataFrame:
-    """Parsed labels as a frame (the columns the delayed windows read)."""
-    frame = pd.DataFrame({name: parsed.columns[name] for name in LABEL_COLUMNS})
-    frame["tx_datetime"] = pd.to_datetime(frame["tx_datetime"], unit="us", utc=True)
-    return frame
-
-
-def score_bodies(batch: ScoredBatch, threshold: float, scored_at: str) -> list[dict[str, object]]:
-    """The `fraud-scores` bodies of a scored batch, in row order.
+def score_bodies(
+    batch: ScoredBatch, threshold: float, scored_at: str, times: list[str] | None = None
+) -> list[dict[str, object]]:
+    """The `fraud-scores` bodies of a scored batch, in row order (`times`: its ISO times).
 
     Built column-wise (no per-row pandas access): this runs for every event.
     """
     tx = batch.transactions
-    names = list(batch.features.columns)
-    missing = batch.defaulted.to_numpy()
+    missing = batch.defaulted
     if missing.any():
+        names = batch.feature_names
         defaulted = [[n for n, f in zip(names, row, strict=True) if f] for row in missing]
     else:
-        defaulted = [[] for _ in range(len(tx))]
+        defaulted = [[] for _ in range(len(batch))]
     model = batch.model
     return [
         {
@@ -106,10 +97,10 @@ def score_bodies(batch: ScoredBatch, threshold: float, scored_at: str) -> list[d
             "scored_at": scored_at,
         }
         for transaction_id, customer, terminal, when, score, flagged, off, degraded in zip(
-            tx["transaction_id"].astype("int64").tolist(),
-            tx["customer_id"].astype("int64").tolist(),
-            tx["terminal_id"].astype("int64").tolist(),
-            _iso_times(tx["tx_datetime"]),
+            tx["transaction_id"].tolist(),
+            tx["customer_id"].tolist(),
+            tx["terminal_id"].tolist(),
+            times if times is not None else iso_times(tx["tx_datetime"]),
             batch.scores.astype(float).tolist(),
             (batch.scores >= threshold).tolist(),
             defaulted,
@@ -119,36 +110,46 @@ def score_bodies(batch: ScoredBatch, threshold: float, scored_at: str) -> list[d
     ]
 
 
-def feature_log_record(batch: ScoredBatch, rows: np.ndarray, scored_at: str) -> bytes:
+def feature_log_record(
+    batch: ScoredBatch, rows: np.ndarray, scored_at: str, times: list[str] | None = None
+) -> bytes:
     """One feature-log record: the exact vectors used for `rows` of the batch, in columns.
 
     `{"model_name", "model_version", "feature_service", "scored_at"}` once, then one list per
     key column (`transaction_id`, `customer_id`, `terminal_id`, `tx_datetime`, `score`) and
     `"features": {name: list}`, with null where a feature was missing (the model's default
-    stood in). `monitoring.feature_log` reads it back.
+    stood in). `monitoring.feature_log` reads it back. `times`: the batch's ISO times.
     """
-    tx = batch.transactions.iloc[rows]
+    tx = batch.transactions
     model = batch.model
+    every_time = times if times is not None else iso_times(tx["tx_datetime"])
     body = {
         "model_name": model.name,
         "model_version": model.version,
         "feature_service": model.feature_service,
         "scored_at": scored_at,
-        "transaction_id": tx["transaction_id"].to_numpy(np.int64),
-        "customer_id": tx["customer_id"].to_numpy(np.int64),
-        "terminal_id": tx["terminal_id"].to_numpy(np.int64),
-        "tx_datetime": _iso_times(tx["tx_datetime"]),
-        "score": np.ascontiguousarray(batch.scores[rows], dtype=np.float64),
+        "transaction_id": np.asarray(tx["transaction_id"], dtype=np.int64)[rows],
+        "customer_id": np.asarray(tx["customer_id"], dtype=np.int64)[rows],
+        "terminal_id": np.asarray(tx["terminal_id"], dtype=np.int64)[rows],
+        "tx_datetime": [every_time[row] for row in rows.tolist()],
+        "score": np.asarray(batch.scores, dtype=np.float64)[rows],
         "features": {
-            name: np.ascontiguousarray(column.to_numpy(np.float64)[rows])
-            for name, column in batch.features.items()
+            name: np.ascontiguousarray(batch.features[rows, column])
+            for column, name in enumerate(batch.feature_names)
         },
     }
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _iso_times(times: pd.Series) -> list[str]:
-    return list(times.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+def iso_times(micros: np.ndarray) -> list[str]:
+    """ISO-8601 UTC times with microseconds and `Z`, as the topics carry them."""
+    text = np.datetime_as_string(np.asarray(micros, dtype="datetime64[us]"), unit="us")
+    return [moment + "Z" for moment in text.tolist()]
+
+
+def transaction_columns(parsed: ParsedBatch) -> dict[str, np.ndarray]:
+    """Parsed transactions in the canonical column order (times in microseconds)."""
+    return {name: parsed.columns[name] for name in TRANSACTION_COLUMNS}
 
 
 class Worker:
@@ -185,6 +186,13 @@ class Worker:
         self._sampler = np.random.default_rng(0)
         self._drift: RollingDrift | None = None
         self._drift_version = ""
+        self._drift_pending: list[np.ndarray] = []
+        self._drift_refreshed = 0.0
+        self.producer.connect(
+            [settings.topic_scores, settings.topic_feature_log, settings.topic_dead_letter]
+        )
+        self._load_drift_reference(core.model.version)
+        self.drain_labels()  # connects and catches up before the first transaction waits on it
 
     def stop(self, *_: object) -> None:
         """Finish the current batch, commit, close (SIGTERM, Ctrl-C)."""
@@ -211,7 +219,7 @@ class Worker:
             for index, exc in parsed.rejected:
                 logger.warning("skipping malformed label at %s: %s", records[index].offset, exc)
             if len(parsed):
-                stored += self.core.state.add_labels(labels_frame(parsed))
+                stored += self.core.state.add_labels(parsed.columns)
         if stored:
             self.labels.commit()
             self.metrics.labels_in.inc(stored)
@@ -274,29 +282,29 @@ class Worker:
     def _score(
         self, parsed: ParsedBatch, records: list[ConsumerRecord], stats: WorkerStats
     ) -> None:
-        frame = transactions_frame(parsed)
-        degraded = np.zeros(len(frame), bool)
+        columns = transaction_columns(parsed)
+        degraded = np.zeros(len(parsed), bool)
         if self.settings.max_lag_s is not None:
             now_ms = time.time() * 1000
             ages = np.array([now_ms - record.timestamp for record in records]) / 1000
             degraded = ages > self.settings.max_lag_s
-        batch = self.core.score(frame, degraded)
+        batch = self.core.score(columns, degraded)
         scored_at = format_timestamp(datetime.now(UTC))
-        scores = score_bodies(batch, self.settings.score_threshold, scored_at)
-        keys: list[bytes | None] = [b"%d" % tx_id for tx_id in frame["transaction_id"].tolist()]
+        times = iso_times(columns["tx_datetime"])
+        scores = score_bodies(batch, self.settings.score_threshold, scored_at, times)
+        keys: list[bytes | None] = [b"%d" % tx_id for tx_id in columns["transaction_id"].tolist()]
         self.producer.send_many(self.settings.topic_scores, keys, [orjson.dumps(b) for b in scores])
         sample = self.settings.feature_log_sample_rate
-        kept = np.arange(len(frame))
+        kept = np.arange(len(batch))
         if sample < 1.0:
-            kept = kept[self._sampler.random(len(frame)) < sample]
+            kept = kept[self._sampler.random(len(batch)) < sample]
         for start in range(0, len(kept), FEATURE_LOG_ROWS_PER_RECORD):
             rows = kept[start : start + FEATURE_LOG_ROWS_PER_RECORD]
-            key = keys[rows[0]]
-            record = feature_log_record(batch, rows, scored_at)
-            self.producer.send(self.settings.topic_feature_log, record, key=key)
-        stats.scored += len(frame)
+            record = feature_log_record(batch, rows, scored_at, times)
+            self.producer.send(self.settings.topic_feature_log, record, key=keys[rows[0]])
+        stats.scored += len(batch)
         stats.versions.add(batch.model.version)
-        self.metrics.events_scored.inc(len(frame))
+        self.metrics.events_scored.inc(len(batch))
         self.metrics.events_degraded.inc(int(degraded.sum()))
         self.metrics.feature_seconds.observe(batch.feature_seconds)
         self.metrics.model_seconds.observe(batch.model_seconds)
@@ -305,22 +313,40 @@ class Worker:
         self._update_drift(batch)
 
     def _update_drift(self, batch: ScoredBatch) -> None:
-        """Rolling PSI of the served features against the serving model's training reference."""
+        """Rolling PSI of the served features against the serving model's training reference.
+
+        Batches are gathered and the gauges refreshed at most every `DRIFT_REFRESH_S`, so that
+        small batches (low load, low latency) do not each pay for it.
+        """
         if batch.model.version != self._drift_version:
-            self._drift_version = batch.model.version
-            try:
-                reference = reference_statistics(self.settings, batch.model.version)
-            except Exception as exc:  # drift gauges are optional; scoring goes on without them
-                logger.warning("no reference statistics for the drift gauges: %s", exc)
-                self._drift = None
-                return
-            self._drift = RollingDrift(reference, DRIFT_WINDOW_EVENTS)
+            self._load_drift_reference(batch.model.version)
         if self._drift is None:
             return
-        self._drift.update(batch.features.assign(score=batch.scores))
+        self._drift_pending.append(np.column_stack([batch.features, batch.scores]))
+        now = time.monotonic()
+        if now - self._drift_refreshed < DRIFT_REFRESH_S:
+            return
+        self._drift_refreshed = now
+        served = pd.DataFrame(
+            np.concatenate(self._drift_pending), columns=[*batch.feature_names, "score"]
+        )
+        self._drift_pending.clear()
+        self._drift.update(served)
         for name, value in self._drift.psi_by_feature().items():
             if np.isfinite(value):
                 self.metrics.drift_psi.labels(feature=name).set(value)
+
+    def _load_drift_reference(self, version: str) -> None:
+        """The training reference of `version` for the drift gauges (None if it has none)."""
+        self._drift_version = version
+        self._drift_pending.clear()
+        try:
+            reference = reference_statistics(self.settings, version)
+        except Exception as exc:  # drift gauges are optional; scoring goes on without them
+            logger.warning("no reference statistics for the drift gauges: %s", exc)
+            self._drift = None
+            return
+        self._drift = RollingDrift(reference, DRIFT_WINDOW_EVENTS)
 
     def _lag(self) -> int:
         """Records between the consumer's position and the end, over its partitions."""

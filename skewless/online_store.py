@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from skewless import redis_batch
 from skewless.aggregation import WindowAggregation
+from skewless.redis_batch import Command
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INT64_TYPE = 4
@@ -142,6 +143,16 @@ class OnlineView:
             rows.append(row)
         return rows
 
+    def write_commands(
+        self, entity_ids: Sequence[int], values: np.ndarray, event_micros: Sequence[int]
+    ) -> list[Command]:
+        """The HSET of each entity's row (event times in microseconds), for `redis_batch`."""
+        rows = self._hash_fields(np.asarray(values, dtype=np.float64), event_micros)
+        return [
+            (b"HSET", self.redis_key(int(entity_id)), *row)
+            for entity_id, row in zip(entity_ids, rows, strict=True)
+        ]
+
     def write_micros(
         self,
         client: redis.Redis,
@@ -150,11 +161,7 @@ class OnlineView:
         event_micros: Sequence[int],
     ) -> int:
         """Write one row per entity in one round trip; event times in microseconds."""
-        rows = self._hash_fields(np.asarray(values, dtype=np.float64), event_micros)
-        commands = [
-            (b"HSET", self.redis_key(int(entity_id)), *row)
-            for entity_id, row in zip(entity_ids, rows, strict=True)
-        ]
+        commands = self.write_commands(entity_ids, values, event_micros)
         redis_batch.execute(client, commands)
         return len(commands)
 

@@ -209,6 +209,11 @@ def test_labels_come_first_on_ties_and_at_the_start_boundary() -> None:
     # Label 1 was known before start: left out. Label 2 is due exactly at start, label 3
     # exactly at transaction 4's time: both before the transaction of the same instant.
     assert sent == [("label", 2), ("tx", 3), ("label", 3), ("tx", 4), ("label", 4)]
+    # Without trailing labels, label 4 (known only after the last transaction) is left out;
+    # label 3, known exactly at the last transaction's time, stays.
+    steady = plan_replay(frame, base, None, DELAY, trailing_labels=False)
+    assert [(bool(label), int(row) + 1) for row, label in zip(steady.rows, steady.is_label,
+            strict=True)] == [(True, 2), (False, 3), (True, 3), (False, 4)]  # fmt: skip
 
 
 def test_rate_paces_transactions(kafka_service: Settings, tmp_path: Path) -> None:
