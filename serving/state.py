@@ -244,7 +244,7 @@ class StreamState:
             if agg.fed_by_labels:
                 commands += self._additions(agg, events)
         redis_batch.execute(self.client, commands)
-        return len(labels)
+        return len(next(iter(events.values()), ()))
 
     def score_features(self, transactions: pd.DataFrame | Columns) -> dict[str, np.ndarray]:
         """Add the batch's transactions to the state and compute every window feature.

@@ -34,6 +34,7 @@ from serving.events import (
     parse_labels,
     parse_transactions,
 )
+from serving.fetcher import PartitionFetcher
 from serving.metrics import ScoringMetrics
 from serving.scoring import ScoredBatch, ScoringCore, build_core
 from skewless.settings import Settings
@@ -45,6 +46,12 @@ FEATURE_LOG_ROWS_PER_RECORD = 500
 
 DRIFT_WINDOW_EVENTS = 10_000
 """The rolling drift gauges cover the last this many scored events."""
+
+LABEL_COMMIT_S = 1.0
+"""The labels' consumed offsets are committed at most this often."""
+
+LABEL_RETRY_S = 0.05
+"""Pause before fetching labels again when a fetch brought nothing and was not caught up."""
 
 DRIFT_REFRESH_S = 1.0
 """The drift gauges are recomputed at most this often."""
@@ -177,11 +184,16 @@ class Worker:
             client_id="skewless-labels",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=5000,
         )
         partitions = self.labels.partitions_for_topic(settings.topic_labels) or set()
         self.label_partitions = [TopicPartition(settings.topic_labels, p) for p in partitions]
         self.labels.assign(self.label_partitions)
+        self.label_fetcher = PartitionFetcher(
+            settings.kafka_bootstrap,
+            "skewless-labels",
+            {tp: self.labels.position(tp) for tp in self.label_partitions},  # committed, else 0
+        )
+        self._labels_committed = time.monotonic()
         self.producer = BatchProducer(settings.kafka_bootstrap, client_id="skewless-worker")
         self._sampler = np.random.default_rng(0)
         self._drift: RollingDrift | None = None
@@ -192,7 +204,6 @@ class Worker:
             [settings.topic_scores, settings.topic_feature_log, settings.topic_dead_letter]
         )
         self._load_drift_reference(core.model.version)
-        self.drain_labels()  # connects and catches up before the first transaction waits on it
 
     def stop(self, *_: object) -> None:
         """Finish the current batch, commit, close (SIGTERM, Ctrl-C)."""
@@ -207,23 +218,40 @@ class Worker:
         signal.signal(signal.SIGINT, handler)
 
     def drain_labels(self) -> int:
-        """Consume the labels topic up to its current end into the state; commit."""
+        """Read the labels topic up to the end it has now into the state.
+
+        "Now" is after the transactions of the batch were fetched, so every label published
+        before them is in the state when they are scored. The labels' offsets are committed
+        at most every `LABEL_COMMIT_S` (re-reading labels after a restart is harmless).
+        """
         if not self.label_partitions:
             return 0
-        ends = self.labels.end_offsets(self.label_partitions)
         stored = 0
-        while any(self.labels.position(tp) < ends[tp] for tp in self.label_partitions):
-            polled = self.labels.poll(timeout_ms=200, max_records=5000)
-            records = [record for batch in polled.values() for record in batch]
-            parsed = parse_labels([record.value for record in records])
-            for index, exc in parsed.rejected:
-                logger.warning("skipping malformed label at %s: %s", records[index].offset, exc)
-            if len(parsed):
-                stored += self.core.state.add_labels(parsed.columns)
+        while True:
+            fetched = self.label_fetcher.fetch()
+            if fetched.values:
+                parsed = parse_labels([value or b"" for value in fetched.values])
+                for index, exc in parsed.rejected:
+                    tp, offset = fetched.offsets[index]
+                    logger.warning("skipping malformed label at %s@%d: %s", tp, offset, exc)
+                if len(parsed):
+                    stored += self.core.state.add_labels(parsed.columns)
+            if fetched.caught_up:
+                break
+            if not fetched.values:
+                time.sleep(LABEL_RETRY_S)  # a partition without a leader for now
         if stored:
-            self.labels.commit()
             self.metrics.labels_in.inc(stored)
+        if time.monotonic() - self._labels_committed >= LABEL_COMMIT_S:
+            self._commit_labels()
         return stored
+
+    def _commit_labels(self) -> None:
+        positions = self.label_fetcher.positions
+        self.labels.commit(
+            {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in positions.items()}
+        )
+        self._labels_committed = time.monotonic()
 
     def run(self, max_events: int | None = None, idle_exit_s: float | None = None) -> WorkerStats:
         """Score until stopped, `max_events` consumed, or no event for `idle_exit_s`."""
@@ -362,9 +390,12 @@ class Worker:
         self.core.watcher.stop()
         try:
             self.producer.flush()
+            if self.label_partitions:
+                self._commit_labels()
         finally:
             self.producer.close()
             self.consumer.close()
+            self.label_fetcher.close()
             self.labels.close()
 
 

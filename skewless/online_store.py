@@ -13,6 +13,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 
 import mmh3
 import numpy as np
@@ -132,16 +133,12 @@ class OnlineView:
                 raw = packed.tobytes()
                 size = _DOUBLE_VALUE.itemsize
                 columns.append([raw[i : i + size] for i in range(0, len(raw), size)])
-        stamps = [_timestamp_from_micros(int(us)) for us in event_micros]
-        fields = self._fields
-        rows = []
-        for row_values, stamp in zip(zip(*columns, strict=True), stamps, strict=True):
-            row: list[bytes] = []
-            for name, value in zip(fields, row_values, strict=True):
-                row += (name, value)
-            row += (self._timestamp_field, stamp)
-            rows.append(row)
-        return rows
+        columns.append([_timestamp_from_micros(int(us)) for us in event_micros])
+        fields = (*self._fields, self._timestamp_field)
+        return [
+            list(chain.from_iterable(zip(fields, row, strict=True)))
+            for row in zip(*columns, strict=True)
+        ]
 
     def write_commands(
         self, entity_ids: Sequence[int], values: np.ndarray, event_micros: Sequence[int]

@@ -45,7 +45,7 @@ def test_stream_from_t_matches_reference_for_every_feature(redis_service: Settin
         position += size
         due = labels[labels["label_time"] <= batch["tx_datetime"].max()]
         labels = labels.drop(due.index)
-        state.add_labels(due)
+        assert state.add_labels(due) == len(due)
         features = state.score_features(batch)
         got.append(
             pd.DataFrame(
