@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import kafka.errors as kafka_errors
@@ -117,16 +118,23 @@ class BatchProducer:
         """Records waiting for the next `flush`."""
         return sum(len(pending.values) for pending in self._pending.values())
 
-    def flush(self) -> None:
-        """Deliver every buffered record and wait until Kafka acknowledged all of them."""
+    def flush(self, meanwhile: Callable[[], None] | None = None) -> None:
+        """Deliver every buffered record and wait until Kafka acknowledged all of them.
+
+        `meanwhile` runs once the first requests are on their way, before waiting for the
+        answers (other I/O of the caller overlaps with the broker's work).
+        """
         pending, self._pending = self._pending, defaultdict(_Pending)
         rounds: dict[TopicPartition, list[bytes]] = {
             tp: self._record_batches(records) for tp, records in pending.items()
         }
         while rounds:
             this_round = {tp: batches[0] for tp, batches in rounds.items()}
-            self._deliver(this_round)
+            self._deliver(this_round, meanwhile)
+            meanwhile = None
             rounds = {tp: batches[1:] for tp, batches in rounds.items() if len(batches) > 1}
+        if meanwhile is not None:
+            meanwhile()
 
     def close(self) -> None:
         """Deliver what is buffered, then close the connections."""
@@ -155,11 +163,14 @@ class BatchProducer:
             batches.append(bytes(builder.build()))
         return batches
 
-    def _deliver(self, batches: dict[TopicPartition, bytes]) -> None:
+    def _deliver(
+        self, batches: dict[TopicPartition, bytes], meanwhile: Callable[[], None] | None
+    ) -> None:
         """Send one record batch per partition; retry what failed with a retriable error."""
         attempt = 0
         while batches:
-            failures = self._send_once(batches)
+            failures = self._send_once(batches, meanwhile)
+            meanwhile = None
             if not failures:
                 return
             fatal = {tp: error for tp, error in failures.items() if not error.retriable}
@@ -179,7 +190,7 @@ class BatchProducer:
             batches = {tp: batches[tp] for tp in failures}
 
     def _send_once(
-        self, batches: dict[TopicPartition, bytes]
+        self, batches: dict[TopicPartition, bytes], meanwhile: Callable[[], None] | None
     ) -> dict[TopicPartition, kafka_errors.KafkaError]:
         """One request per leader, all in flight at once; the partitions that failed, and why."""
         by_leader: dict[int, dict[TopicPartition, bytes]] = defaultdict(dict)
@@ -201,6 +212,8 @@ class BatchProducer:
                 failures.update({tp: _retriable(exc) for tp in partitions})
                 continue
             in_flight.append((future, partitions))
+        if meanwhile is not None:
+            meanwhile()
         for future, partitions in in_flight:
             self._client.poll(timeout_ms=self.request_timeout_ms, future=future)
             if not future.is_done:

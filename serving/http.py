@@ -54,6 +54,7 @@ class ScoringHttpServer(ThreadingHTTPServer):
         columns = transaction_columns(parsed)
         with self.lock:
             batch = self.core.score(columns)
+            self.core.write_online(batch)
         self.metrics.events_in.inc(len(batch))
         self.metrics.events_scored.inc(len(batch))
         scores = score_bodies(batch, self.threshold, format_timestamp(datetime.now(UTC)))

@@ -1,10 +1,10 @@
 """The scoring core shared by both front doors (Kafka worker and HTTP enricher).
 
 A batch of transactions goes in; the window features come from the streaming state (one
-Redis round trip), the per-transaction features from the same function the on-demand view
+Redis round trip), the per-transaction features from the same formula the on-demand view
 uses, the scores from one call of the champion's ONNX graph (which fills missing values with
-the defaults fitted in training). The latest values are also written back in Feast's online
-format, so `get_online_features` sees stream-fresh features.
+the defaults fitted in training). `write_online` then writes the latest values back in
+Feast's online format, so `get_online_features` sees stream-fresh features.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class ScoredBatch:
 
     transactions: Columns
     """The batch's transactions, one array per canonical column (times in microseconds)."""
+    windows: dict[str, np.ndarray]
+    """Each window declaration's features of every transaction, as the state computed them."""
     feature_names: list[str]
     features: np.ndarray
     """One row per transaction, the model's columns; NaN where the model's default was used."""
@@ -57,12 +59,9 @@ class ScoredBatch:
 class ScoringCore:
     """Features + champion model for batches of transactions."""
 
-    def __init__(
-        self, state: StreamState, watcher: ChampionWatcher, write_online: bool = True
-    ) -> None:
+    def __init__(self, state: StreamState, watcher: ChampionWatcher) -> None:
         self.state = state
         self.watcher = watcher
-        self.write_online = write_online
         self.views = {
             agg.declaration.name: OnlineView.of(PROJECT, agg.declaration)
             for agg in state.aggregations
@@ -96,14 +95,13 @@ class ScoringCore:
         for position, name in enumerate(model.feature_names):
             if name in values:
                 features[:, position] = values[name]
-        if self.write_online:
-            self._write_online(columns, windows)
         feature_seconds = time.perf_counter() - started
         started = time.perf_counter()
         scores = model.score(features.astype(np.float32))
         model_seconds = time.perf_counter() - started
         return ScoredBatch(
             transactions=columns,
+            windows=windows,
             feature_names=list(model.feature_names),
             features=features,
             scores=scores,
@@ -113,8 +111,13 @@ class ScoringCore:
             model_seconds=model_seconds,
         )
 
-    def _write_online(self, transactions: Columns, windows: dict[str, np.ndarray]) -> None:
-        """The last event of each entity in the batch becomes its online row (one round trip)."""
+    def write_online(self, batch: ScoredBatch) -> None:
+        """The last event of each entity in the batch becomes its Feast online row.
+
+        One round trip. Callers run it once the scores are on their way (it is not needed to
+        score), so `get_online_features` sees stream-fresh features.
+        """
+        transactions, windows = batch.transactions, batch.windows
         commands: list[Command] = []
         for agg in self.state.aggregations:
             decl = agg.declaration

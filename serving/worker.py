@@ -297,9 +297,12 @@ class Worker:
         stats.consumed += len(records)
         self.metrics.events_in.inc(len(records))
         self.metrics.consumer_lag.set(self._lag())
+        batch = None
         if len(parsed):
-            self._score(parsed, [records[index] for index in parsed.rows], stats)
-        self.producer.flush()  # every score and dead letter acknowledged before the commit
+            batch = self._score(parsed, [records[index] for index in parsed.rows], stats)
+        # Every score and dead letter acknowledged before the commit; the online rows are
+        # written while the broker works on them.
+        self.producer.flush(meanwhile=(lambda: self.core.write_online(batch)) if batch else None)
         acked_ms = time.time() * 1000
         entered_ms = np.fromiter((r.timestamp for r in records), np.float64, len(records))
         self.metrics.end_to_end.observe_many(np.maximum(0.0, acked_ms - entered_ms) / 1000)
@@ -309,7 +312,7 @@ class Worker:
 
     def _score(
         self, parsed: ParsedBatch, records: list[ConsumerRecord], stats: WorkerStats
-    ) -> None:
+    ) -> ScoredBatch:
         columns = transaction_columns(parsed)
         degraded = np.zeros(len(parsed), bool)
         if self.settings.max_lag_s is not None:
@@ -339,6 +342,7 @@ class Worker:
         self.metrics.model_version.labels(model=batch.model.name).set(float(batch.model.version))
         self.metrics.scores.observe_many(batch.scores)
         self._update_drift(batch)
+        return batch
 
     def _update_drift(self, batch: ScoredBatch) -> None:
         """Rolling PSI of the served features against the serving model's training reference.
