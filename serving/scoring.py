@@ -77,20 +77,20 @@ class ScoringCore:
         """Score a batch (canonical columns without the label), in the order given.
 
         Rows flagged `degraded` still update the state but are scored without their window
-        features (the model's defaults stand in), which skips no work in the state but lets
-        the caller mark them.
+        features (the model's defaults stand in): their entities' windows are not read, the
+        cost that dominates a row, so a worker that fell behind catches up.
         """
         model = self.model
         columns = as_columns(transactions)
         rows = len(columns["transaction_id"])
         degraded = np.zeros(rows, bool) if degraded is None else degraded
         started = time.perf_counter()
-        windows = self.state.score_features(columns)
+        windows = self.state.score_features(columns, skip=degraded)
         values = transaction_feature_arrays(columns["tx_amount"], columns["tx_datetime"])
         for agg in self.state.aggregations:
             matrix = windows[agg.declaration.name]
             for index, name in enumerate(agg.declaration.feature_names):
-                values[name] = np.where(degraded, np.nan, matrix[:, index])
+                values[name] = matrix[:, index]
         features = np.full((rows, len(model.feature_names)), np.nan)
         for position, name in enumerate(model.feature_names):
             if name in values:
@@ -115,15 +115,17 @@ class ScoringCore:
         """The last event of each entity in the batch becomes its Feast online row.
 
         One round trip. Callers run it once the scores are on their way (it is not needed to
-        score), so `get_online_features` sees stream-fresh features.
+        score), so `get_online_features` sees stream-fresh features. Degraded rows (scored
+        without their windows) leave the rows of their entities as they were.
         """
         transactions, windows = batch.transactions, batch.windows
+        computed = np.flatnonzero(~batch.degraded)  # degraded rows have no window values
         commands: list[Command] = []
         for agg in self.state.aggregations:
             decl = agg.declaration
             keys = np.asarray(transactions[decl.entity_key], dtype=np.int64)
-            _, from_end = np.unique(keys[::-1], return_index=True)
-            last = len(keys) - 1 - from_end
+            _, from_end = np.unique(keys[computed][::-1], return_index=True)
+            last = computed[len(computed) - 1 - from_end]
             commands += self.views[decl.name].write_commands(
                 keys[last].tolist(),
                 windows[decl.name][last],

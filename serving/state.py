@@ -246,37 +246,49 @@ class StreamState:
         redis_batch.execute(self.client, commands)
         return len(next(iter(events.values()), ()))
 
-    def score_features(self, transactions: pd.DataFrame | Columns) -> dict[str, np.ndarray]:
+    def score_features(
+        self, transactions: pd.DataFrame | Columns, skip: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """Add the batch's transactions to the state and compute every window feature.
 
         One Redis round trip: the additions and the range reads of every entity involved go
         in order in one write (Redis runs them in order, so reads see the batch's own events).
+        Rows where `skip` is true are added to the state but not computed (NaN), and their
+        entities are not read unless another row needs them: the cheap path of a worker that
+        fell behind.
         """
         events = as_columns(transactions)
+        wanted = np.ones(len(events["transaction_id"]), bool) if skip is None else ~skip
         commands: list[Command] = []
         plans = []
         for agg in self.aggregations:
             decl = agg.declaration
             if not agg.fed_by_labels:
                 commands += self._additions(agg, events)
-            times = np.asarray(events[decl.event_time], dtype=np.int64)
+            times = np.asarray(events[decl.event_time], dtype=np.int64)[wanted]
+            if len(times) == 0:
+                continue
             low = b"(%d" % (int(times.min()) - agg.horizon_micros)
             high = b"%d" % int(times.max())
-            entities = np.unique(np.asarray(events[decl.entity_key], dtype=np.int64))
+            entity_of_row = np.asarray(events[decl.entity_key], dtype=np.int64)[wanted]
+            entities = np.unique(entity_of_row)
             first_read = len(commands)
             commands += [
                 (b"ZRANGEBYSCORE", agg.key_bytes(entity), low, high) for entity in entities.tolist()
             ]
-            plans.append((agg, times, entities, first_read))
+            plans.append((agg, times, entity_of_row, entities, first_read))
         replies = redis_batch.execute(self.client, commands)
-        features: dict[str, np.ndarray] = {}
-        for agg, times, entities, first_read in plans:
+        features = {
+            agg.declaration.name: np.full((len(wanted), len(agg.declaration.feature_names)), np.nan)
+            for agg in self.aggregations
+        }
+        for agg, times, entity_of_row, entities, first_read in plans:
             decl = agg.declaration
             reads = replies[first_read : first_read + len(entities)]
-            features[decl.name] = agg.compute(
-                np.asarray(events[decl.entity_key], dtype=np.int64),
+            features[decl.name][wanted] = agg.compute(
+                entity_of_row,
                 times,
-                np.asarray(events[decl.order_key], dtype=np.int64),
+                np.asarray(events[decl.order_key], dtype=np.int64)[wanted],
                 entities,
                 b"".join(chain.from_iterable(reads)),
                 np.fromiter(map(len, reads), dtype=np.int64, count=len(reads)),

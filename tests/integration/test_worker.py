@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -263,3 +264,32 @@ def test_kill_9_and_restart_scores_every_transaction_once_after_dedupe(
     assert set(ids) == set(events["transaction_id"])
     duplicates = sum(count - 1 for count in ids.values())
     assert duplicates <= settings.batch_max_events * settings.kafka_partitions
+
+
+def test_events_older_than_max_lag_are_scored_cheaply_and_flagged(
+    trained_platform: TrainedPlatform,
+) -> None:
+    """Behind by more than `max_lag_s`: scored without window reads, flagged, state kept."""
+    settings = private_settings(
+        trained_platform, max_lag_s=0.5, stream_state_prefix=f"test:{uuid.uuid4().hex}"
+    )
+    events = _window(trained_platform, 1).head(300)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    for _, row in events.iterrows():
+        key = str(int(row["customer_id"])).encode()
+        producer.send(settings.topic_transactions, json.dumps(_event(row)).encode(), key=key)
+    producer.flush()
+    producer.close()
+    time.sleep(1.0)  # every event is now older than max_lag_s in Kafka time
+    worker = build_worker(settings)
+    stats = worker.run(max_events=len(events), idle_exit_s=10)
+    assert stats.scored == len(events)
+    scores = [body for _, body in _read_all(settings, settings.topic_scores, len(events))]
+    windows = {name for d in worker.core.state.aggregations for name in d.declaration.feature_names}
+    assert all(body["degraded"] for body in scores)
+    assert all(set(body["defaulted_features"]) == windows for body in scores)
+    # The state still took every event: scored normally now, each sees itself in its window.
+    again = worker.core.state.score_features(events.drop(columns=["tx_fraud"]).tail(20))
+    customers = next(d for d in worker.core.state.aggregations if not d.fed_by_labels)
+    count_1d = customers.declaration.feature_names.index(customers.declaration.count_features[0])
+    assert (again[customers.declaration.name][:, count_1d] >= 1).all()
