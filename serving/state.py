@@ -268,8 +268,9 @@ class StreamState:
             times = np.asarray(events[decl.event_time], dtype=np.int64)[wanted]
             if len(times) == 0:
                 continue
+            delay = decl.delay_days * MICROS_PER_DAY  # members after t - delay are never used
             low = b"(%d" % (int(times.min()) - agg.horizon_micros)
-            high = b"%d" % int(times.max())
+            high = b"%d" % (int(times.max()) - delay)
             entity_of_row = np.asarray(events[decl.entity_key], dtype=np.int64)[wanted]
             entities = np.unique(entity_of_row)
             first_read = len(commands)
