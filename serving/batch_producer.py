@@ -18,6 +18,8 @@ the answers. That costs about 5 us a record.
   Any other error, or retries used up, raises `ProduceError`. The caller then stops without
   committing its consumer offsets, so no event is lost (at-least-once: a retry after a
   timeout may write a record twice; consumers deduplicate by key).
+- Backpressure is built in: the worker fetches its next batch only once `flush` returned, so
+  at most one micro-batch of records is ever buffered, however slow the broker.
 """
 
 from __future__ import annotations
@@ -112,11 +114,6 @@ class BatchProducer:
             pending.keys.append(key)
             pending.values.append(value)
             pending.timestamps.append(now_ms)
-
-    @property
-    def buffered(self) -> int:
-        """Records waiting for the next `flush`."""
-        return sum(len(pending.values) for pending in self._pending.values())
 
     def flush(self, meanwhile: Callable[[], None] | None = None) -> None:
         """Deliver every buffered record and wait until Kafka acknowledged all of them.

@@ -15,8 +15,9 @@ Committed offsets stay with a `KafkaConsumer` of the same group (`positions_from
 harmless: the state's members are idempotent.
 
 Errors: a position the log no longer holds moves to the log start (what `earliest` would do).
-A moved or unknown leader refreshes the metadata, and the partition is fetched again next
-time. Any other error raises `FetchError`.
+A moved or unknown leader, or a lost connection, refreshes the metadata, and the partition is
+fetched again next time (not caught up meanwhile). Any other error, or metadata that cannot
+be had within the request timeout, raises `FetchError`.
 """
 
 from __future__ import annotations
@@ -107,9 +108,17 @@ class PartitionFetcher:
                 continue
             by_leader[leader].append(tp)
         for leader, partitions in by_leader.items():
-            response = self._client.send_and_receive(
-                leader, self._request(partitions), timeout_ms=self.request_timeout_ms
-            )
+            try:
+                response = self._client.send_and_receive(
+                    leader, self._request(partitions), timeout_ms=self.request_timeout_ms
+                )
+            except kafka_errors.KafkaError as exc:
+                if not exc.retriable:
+                    raise FetchError(f"fetch from broker {leader} failed: {exc!r}") from exc
+                logger.warning("fetch from broker %s failed (%r); refreshing metadata", leader, exc)
+                self._refresh_metadata()
+                fetched.caught_up = False
+                continue
             for topic in response.responses:
                 for answer in topic.partitions:
                     tp = TopicPartition(topic.topic, answer.partition_index)
