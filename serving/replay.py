@@ -306,6 +306,8 @@ def replay(
     )  # fmt: skip
     producer = _producer(settings, linger_ms)
     try:
+        for topic in (settings.topic_transactions, settings.topic_labels):
+            producer.partitions_for(topic)  # metadata and connection before the first event
         started = time.perf_counter()
         pacer.restart()
         records = encode_plan(frame, plan, delay)
