@@ -417,10 +417,16 @@ def build_worker(settings: Settings, metrics: ScoringMetrics | None = None) -> W
     metrics = metrics or ScoringMetrics()
     core = build_core(settings)
     metrics.model_version.labels(model=core.model.name).set(float(core.model.version))
-    worker = Worker(settings, core, metrics)
-    # Everything built so far (Feast, torch, ONNX Runtime, pandas: millions of objects) lives
-    # as long as the process. Out of the collector's sight, a full collection no longer walks
-    # them: one did, mid-stream, and stalled a batch by ~200 ms.
+    return Worker(settings, core, metrics)
+
+
+def freeze_start_up_objects() -> None:
+    """Put every object built so far out of the garbage collector's sight, for good.
+
+    For a worker process, once its worker is built: Feast, torch, ONNX Runtime and pandas
+    objects (millions of them) live as long as the process, and a full collection walking
+    them stalled a batch by ~200 ms mid-stream. Not for a process that builds workers and
+    goes on to other things (tests): what is frozen is never freed.
+    """
     gc.collect()
     gc.freeze()
-    return worker

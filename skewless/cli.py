@@ -283,10 +283,11 @@ def serve_command(
     ] = None,
 ) -> None:
     """Score transactions from Kafka with the champion model (Ctrl-C or SIGTERM stops cleanly)."""
-    from serving.worker import build_worker
+    from serving.worker import build_worker, freeze_start_up_objects
 
     settings = _settings(ctx)
     worker = build_worker(settings)
+    freeze_start_up_objects()
     worker.metrics.serve(settings.metrics_port)
     worker.install_signal_handlers()
     typer.echo(
