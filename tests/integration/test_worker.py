@@ -277,10 +277,12 @@ def test_events_older_than_max_lag_are_scored_cheaply_and_flagged(
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     for _, row in events.iterrows():
         key = str(int(row["customer_id"])).encode()
-        producer.send(settings.topic_transactions, json.dumps(_event(row)).encode(), key=key)
+        last = producer.send(settings.topic_transactions, json.dumps(_event(row)).encode(), key=key)
     producer.flush()
     producer.close()
-    time.sleep(1.0)  # every event is now older than max_lag_s in Kafka time
+    entered_ms = last.get(timeout=10).timestamp
+    lag_ms = 1000 * (settings.max_lag_s or 0)
+    assert wait_for(lambda: time.time() * 1000 - entered_ms > lag_ms, 10, interval_s=0.05)
     worker = build_worker(settings)
     stats = worker.run(max_events=len(events), idle_exit_s=10)
     assert stats.scored == len(events)
