@@ -107,6 +107,23 @@ def format_timestamp(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds")[:-6] + "Z"  # drop "+00:00"
 
 
+def iso_times(micros: np.ndarray) -> list[str]:
+    """`format_timestamp` of many times at once, given as microseconds since the epoch."""
+    text = np.datetime_as_string(np.asarray(micros, dtype="datetime64[us]"), unit="us")
+    return [moment + "Z" for moment in text.tolist()]
+
+
+def epoch_micros(moment: datetime) -> int:
+    """Microseconds since the epoch; a naive datetime is taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def encode_transaction(tx: Transaction) -> bytes:
     """The JSON value of a transaction record; a non-finite amount raises `ValueError`."""
     return _ENCODER.encode(
@@ -375,19 +392,11 @@ _LABEL_KINDS = {
 }
 
 
-def _micros(moment: datetime) -> int:
-    return (moment - _EPOCH) // _MICROSECOND
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
 def _transaction_row(raw: bytes) -> tuple[object, ...]:
     tx = parse_transaction(raw)
     return (
         tx.transaction_id,
-        _micros(tx.tx_datetime),
+        epoch_micros(tx.tx_datetime),
         tx.customer_id,
         tx.terminal_id,
         tx.tx_amount,
@@ -400,9 +409,9 @@ def _label_row(raw: bytes) -> tuple[object, ...]:
         label.transaction_id,
         label.customer_id,
         label.terminal_id,
-        _micros(label.tx_datetime),
+        epoch_micros(label.tx_datetime),
         label.tx_fraud,
-        _micros(label.label_time),
+        epoch_micros(label.label_time),
     )
 
 

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from serving.events import format_timestamp, parse_transactions
 from serving.metrics import ScoringMetrics
 from serving.scoring import ScoringCore
-from serving.worker import score_bodies, transaction_columns
+from serving.worker import score_bodies
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +51,8 @@ class ScoringHttpServer(ThreadingHTTPServer):
                 self.metrics.dead_letters.labels(reason=exc.code).inc()
             errors = [{"index": index, "reason": exc.reason} for index, exc in parsed.rejected]
             return HTTPStatus.UNPROCESSABLE_ENTITY, {"errors": errors}
-        columns = transaction_columns(parsed)
         with self.lock:
-            batch = self.core.score(columns)
+            batch = self.core.score(parsed.columns)
             self.core.write_online(batch)
         self.metrics.events_in.inc(len(batch))
         self.metrics.events_scored.inc(len(batch))

@@ -49,6 +49,7 @@ from serving.events import (
     Transaction,
     encode_label,
     encode_transaction,
+    epoch_micros,
     label_key,
     transaction_key,
 )
@@ -132,11 +133,7 @@ def label_delay(declarations: Iterable[WindowAggregation]) -> timedelta:
 
 
 def _micros(moment: datetime | None, default: int) -> int:
-    if moment is None:
-        return default
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // timedelta(microseconds=1)
+    return default if moment is None else epoch_micros(moment)
 
 
 def event_micros(frame: pd.DataFrame) -> IntArray:

@@ -37,7 +37,6 @@ class ScoredBatch:
     """The batch's transactions, one array per canonical column (times in microseconds)."""
     windows: dict[str, np.ndarray]
     """Each window declaration's features of every transaction, as the state computed them."""
-    feature_names: list[str]
     features: np.ndarray
     """One row per transaction, the model's columns; NaN where the model's default was used."""
     scores: np.ndarray
@@ -46,6 +45,11 @@ class ScoredBatch:
     model: LoadedModel
     feature_seconds: float
     model_seconds: float
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The columns of `features`: the serving model's features, in its order."""
+        return list(self.model.feature_names)
 
     @property
     def defaulted(self) -> np.ndarray:
@@ -102,7 +106,6 @@ class ScoringCore:
         return ScoredBatch(
             transactions=columns,
             windows=windows,
-            feature_names=list(model.feature_names),
             features=features,
             scores=scores,
             degraded=degraded,

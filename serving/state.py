@@ -87,9 +87,6 @@ class StreamAggregation:
     def horizon_micros(self) -> int:
         return self.declaration.horizon.days * MICROS_PER_DAY
 
-    def key(self, entity_id: int) -> str:
-        return f"{self.prefix}:{LAYOUT}:{self.declaration.name}:{entity_id}"
-
     def key_bytes(self, entity_id: int) -> bytes:
         return b"%s%d" % (self._key_head, entity_id)
 

@@ -32,6 +32,7 @@ from serving.events import (
     ParsedBatch,
     dead_letter,
     format_timestamp,
+    iso_times,
     parse_labels,
     parse_transactions,
 )
@@ -56,9 +57,6 @@ LABEL_RETRY_S = 0.05
 
 DRIFT_REFRESH_S = 1.0
 """The drift gauges are recomputed at most this often."""
-
-TRANSACTION_COLUMNS = ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount")
-LABEL_COLUMNS = ("transaction_id", "customer_id", "terminal_id", "tx_datetime", "tx_fraud")
 
 
 @dataclass
@@ -147,17 +145,6 @@ def feature_log_record(
         },
     }
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def iso_times(micros: np.ndarray) -> list[str]:
-    """ISO-8601 UTC times with microseconds and `Z`, as the topics carry them."""
-    text = np.datetime_as_string(np.asarray(micros, dtype="datetime64[us]"), unit="us")
-    return [moment + "Z" for moment in text.tolist()]
-
-
-def transaction_columns(parsed: ParsedBatch) -> dict[str, np.ndarray]:
-    """Parsed transactions in the canonical column order (times in microseconds)."""
-    return {name: parsed.columns[name] for name in TRANSACTION_COLUMNS}
 
 
 class Worker:
@@ -314,7 +301,7 @@ class Worker:
     def _score(
         self, parsed: ParsedBatch, records: list[ConsumerRecord], stats: WorkerStats
     ) -> ScoredBatch:
-        columns = transaction_columns(parsed)
+        columns = parsed.columns
         degraded = np.zeros(len(parsed), bool)
         if self.settings.max_lag_s is not None:
             now_ms = time.time() * 1000
