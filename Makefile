@@ -11,7 +11,7 @@ export UV_PYTHON_DOWNLOADS := never
 export MLFLOW_DISABLE_TELEMETRY := true
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: help setup config services-up services-status services-down mlflow-ui data apply plan train materialize replay serve serve-http monitor bench demo lint unit integration test
+.PHONY: help setup config services-up services-status services-down mlflow-ui data apply plan feast-ui train materialize replay serve serve-http monitor bench demo lint unit integration test
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ apply: setup ## register the feature repository with Feast (feast apply; Spark +
 
 plan: setup ## show what apply would change (feast plan)
 	$(SKEWLESS) plan
+
+feast-ui: apply ## Feast's web UI of feature_repo/ on http://127.0.0.1:8888
+	cd feature_repo && $(RUN) feast ui --host 127.0.0.1 --port 8888
 
 train: services-up data ## backfill, point-in-time training set, torch model, MLflow version, gate, materialize
 	$(SKEWLESS) train

@@ -1,8 +1,9 @@
 """The bridge to Feast: repository config from settings, the store, apply and plan.
 
-`feature_store.yaml` reads its addresses from `SKEWLESS_*` environment variables; every
-skewless command fills them from its settings before Feast reads the file, so one settings
-object drives our code and Feast alike.
+`feature_store.yaml` holds the default registry and Redis address, so Feast's own CLI works
+in the repository as it is. Our commands read the same file and put the effective settings
+(registry, Redis address and password) over it, so one settings object drives our code and
+Feast alike; the repository's source modules read the data folder from the settings too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -30,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 OFFLINE_TABLES = "features"
 REGISTRY_FILE = Path("feast") / "registry.db"
+MATERIALIZED_SINCE = datetime(1970, 1, 1, tzinfo=UTC)
+"""Our materialization takes each entity's latest row of all history: its interval's start."""
 EMPTY_PART = "part-00000-empty.parquet"
 
 
@@ -38,12 +42,19 @@ def registry_location(settings: Settings) -> str:
     return settings.feast_registry or str(settings.data_dir / REGISTRY_FILE)
 
 
+def redis_connection_string(settings: Settings) -> str:
+    """Feast's Redis `connection_string` for the settings' address and password."""
+    address = f"{settings.redis_host}:{settings.redis_port}"
+    if settings.redis_password is None:
+        return address
+    return f"{address},password={settings.redis_password.get_secret_value()}"
+
+
 def feast_environment(settings: Settings) -> dict[str, str]:
-    """The variables `feature_store.yaml` and the repository's modules read."""
+    """The variables a child process needs to see the same settings (and Spark on loopback)."""
     env = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in settings.as_env_lines()}
     if settings.redis_password:
         env["SKEWLESS_REDIS_PASSWORD"] = settings.redis_password.get_secret_value()
-    env["SKEWLESS_FEAST_REGISTRY_PATH"] = registry_location(settings)
     env["SPARK_LOCAL_IP"] = "127.0.0.1"  # Spark binds loopback only
     return {name: value for name, value in env.items() if value}
 
@@ -121,7 +132,7 @@ def spark_conf(settings: Settings) -> dict[str, str]:
 
 
 def repo_config(settings: Settings) -> RepoConfig:
-    """Feast's config for the repository, read from its yaml with the settings applied."""
+    """Feast's config for the repository, read from its yaml with the settings put over it."""
     from feast.repo_config import load_repo_config
 
     export_environment(settings)
@@ -131,6 +142,11 @@ def repo_config(settings: Settings) -> RepoConfig:
         config.registry_config = {"registry_type": "sql", "path": location}
     else:
         Path(location).parent.mkdir(parents=True, exist_ok=True)
+        config.registry_config = {"registry_type": "file", "path": location}
+    config.online_config = {
+        **config.online_config,
+        "connection_string": redis_connection_string(settings),
+    }
     return config
 
 
@@ -182,3 +198,24 @@ def plan(settings: Settings) -> None:
     from feast.repo_operations import plan as feast_plan
 
     _run_repo_operation(settings, feast_plan)
+
+
+def record_materialization(
+    settings: Settings, declarations: tuple[WindowAggregation, ...], until: datetime
+) -> None:
+    """Tell the registry that the window views hold every row before `until`, as Feast's own
+    materialization does, so `feast materialize-incremental` carries on from there instead of
+    from its TTL (one second for window rows, i.e. nothing).
+
+    A view the registry does not know yet (no apply so far) is left out with a warning.
+    """
+    from feast.errors import FeatureViewNotFoundException
+
+    store = open_store(settings)
+    for declaration in declarations:
+        try:
+            view = store.get_feature_view(declaration.name)
+        except FeatureViewNotFoundException:
+            logger.warning("%s is not registered: run `skewless apply`", declaration.name)
+            continue
+        store.registry.apply_materialization(view, store.project, MATERIALIZED_SINCE, until)

@@ -15,6 +15,24 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SKEWLESS_"
 
+FEATURE_STORE_YAML = Path("feature_repo") / "feature_store.yaml"
+"""A folder holding this file is a skewless project's root."""
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The nearest folder from `start` (default: the working directory) upwards that holds
+    `feature_repo/feature_store.yaml`; `start` itself when there is none.
+
+    Relative folder settings resolve against it, so a command run from a subfolder, e.g.
+    Feast's own CLI, which works from inside `feature_repo/`, finds the same data, registry
+    and runtime folder as one run from the root.
+    """
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / FEATURE_STORE_YAML).is_file():
+            return folder
+    return here
+
 
 class SettingsError(ValueError):
     """A setting could not be parsed; the message names the variable and what it expects."""
@@ -105,8 +123,9 @@ class Settings(BaseSettings):
     @field_validator("runtime_dir", "data_dir", "cache_dir", "feature_repo")
     @classmethod
     def _absolute(cls, path: Path) -> Path:
-        """Folders are made absolute once, so a later change of directory cannot move them."""
-        return path.expanduser().resolve()
+        """Folders are made absolute once, against the project root, so a later change of
+        directory cannot move them."""
+        return (project_root() / path.expanduser()).resolve()
 
     @cached_property
     def kafka_bootstrap(self) -> str:

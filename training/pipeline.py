@@ -266,4 +266,5 @@ def materialize_with_progress(
     delay = max(d.delay_days for d in declarations)
     state = StreamState(redis_server.client(settings), declarations, settings.stream_state_prefix)
     written["stream_state_events"] = state.initialize(raw, moment, label_delay_days=delay)
+    feature_store.record_materialization(settings, declarations, moment)
     return written

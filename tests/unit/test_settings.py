@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from skewless.services.java import java_major_version
-from skewless.settings import SettingsError, load_settings
+from skewless.settings import SettingsError, load_settings, project_root
 
 
 def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,3 +75,22 @@ def test_readme_lists_every_setting() -> None:
         if f"`SKEWLESS_{name.upper()}`" not in readme
     ]
     assert not missing, f"README.md does not list {missing}"
+
+
+def test_relative_folders_resolve_against_the_project_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "project" / "feature_repo"
+    repo.mkdir(parents=True)
+    (repo / "feature_store.yaml").write_text("project: p\n")
+    for name in ("DATA_DIR", "RUNTIME_DIR", "FEATURE_REPO"):
+        monkeypatch.delenv(f"SKEWLESS_{name}", raising=False)
+    monkeypatch.chdir(repo)  # where Feast's CLI runs the repository's modules
+    inside = load_settings()
+    assert project_root() == tmp_path / "project"
+    assert inside.data_dir == tmp_path / "project" / "data"
+    assert inside.feature_repo == repo
+    monkeypatch.chdir(tmp_path / "project")
+    assert load_settings() == inside
+    monkeypatch.chdir(tmp_path)  # no project above: the working directory, as before
+    assert load_settings().data_dir == tmp_path / "data"
