@@ -144,6 +144,13 @@ class Settings(BaseSettings):
             self.topic_feature_log,
         )
 
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable of a setting, e.g. SKEWLESS_MLFLOW_PORT for mlflow_port."""
+        if field not in cls.model_fields:
+            raise KeyError(f"no setting named {field!r}")
+        return f"{ENV_PREFIX}{field.upper()}"
+
     def as_env_lines(self) -> list[str]:
         """`SKEWLESS_NAME=value` for every setting, secrets masked."""
         lines = []
