@@ -75,7 +75,7 @@ def _root(
 @config_app.command("show")
 def config_show(ctx: typer.Context) -> None:
     """Print the effective settings as NAME=value lines (secrets masked)."""
-    for line in _settings(ctx).as_env_lines():
+    for line in _settings(ctx).effective_env_lines():
         typer.echo(line)
 
 
