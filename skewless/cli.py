@@ -8,12 +8,12 @@ import time
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.table import Table
+from rich.table import Column, Table
 
 from skewless import services
 from skewless.services import mlflow_server
@@ -21,6 +21,7 @@ from skewless.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from monitoring.monitor import Window
+    from skewless.demo import DemoResult
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
@@ -38,7 +39,19 @@ app.add_typer(model_app, name="model")
 app.add_typer(services_app, name="services")
 app.add_typer(data_app, name="data")
 
-console = Console()
+NOT_A_TERMINAL_WIDTH = 1000
+"""Columns of output that is not a terminal (a pipe, a log file): rich would cut it at 80."""
+
+
+def output_console(file: IO[str] | None = None, stderr: bool = False) -> Console:
+    """A console that prints paths whole: a terminal's own width, else wide enough for a line."""
+    console = Console(file=file, stderr=stderr)
+    if console.is_terminal:
+        return console
+    return Console(file=file, stderr=stderr, width=NOT_A_TERMINAL_WIDTH)
+
+
+console = output_console()
 
 MOMENT_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]
 """How a UTC moment is written on the command line."""
@@ -59,7 +72,7 @@ def _root(
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        handlers=[RichHandler(console=output_console(stderr=True), show_path=False)],
     )
     # Feast flags its Spark store and on-demand views as experimental on every use.
     warnings.filterwarnings("ignore", message=".*experimental feature", category=RuntimeWarning)
@@ -333,7 +346,13 @@ def demo_command(ctx: typer.Context) -> None:
 
     settings = _settings(ctx)
     result = run_demo(settings)
-    table = Table("demo", "value")
+    console.print(demo_table(settings, result))
+    typer.echo(f"demo: done; MLflow UI at http://{settings.mlflow_host}:{settings.mlflow_port}")
+
+
+def demo_table(settings: Settings, result: DemoResult) -> Table:
+    """The demo's closing table; values wrap on a narrow terminal instead of being cut."""
+    table = Table("demo", Column("value", overflow="fold"))
     table.add_row("model", f"{settings.model_name} v{result.model_version} ({result.alias})")
     for name, value in result.metrics.items():
         table.add_row(name, f"{value:.4f}")
@@ -342,8 +361,7 @@ def demo_command(ctx: typer.Context) -> None:
     table.add_row("dead letters", str(result.dead_letters))
     table.add_row("monitoring", result.verdict)
     table.add_row("report", result.report)
-    console.print(table)
-    typer.echo(f"demo: done; MLflow UI at http://{settings.mlflow_host}:{settings.mlflow_port}")
+    return table
 
 
 SinceOption = Annotated[
