@@ -15,8 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Column, Table
 
-from skewless import services
-from skewless.services import mlflow_server
+from skewless.services.process import ServiceError
 from skewless.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -33,7 +32,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Import and inspect transactio
 monitor_app = typer.Typer(no_args_is_help=True, help="Skew, drift, data quality, live quality.")
 app.add_typer(monitor_app, name="monitor")
 model_app = typer.Typer(
-    no_args_is_help=True, help="Registered model versions: list, promote, rollback."
+    no_args_is_help=True, help="Registered model versions: list, history, promote, rollback."
 )
 app.add_typer(model_app, name="model")
 app.add_typer(services_app, name="services")
@@ -95,6 +94,8 @@ def config_show(ctx: typer.Context) -> None:
 @services_app.command("install")
 def services_install(ctx: typer.Context) -> None:
     """Install what the servers need: Java check, Redis package, Kafka jars."""
+    from skewless import services
+
     services.install(_settings(ctx))
     typer.echo("services: installed")
 
@@ -105,6 +106,8 @@ def services_up(
     mlflow: Annotated[bool, typer.Option(help="also start the MLflow server")] = True,
 ) -> None:
     """Start Kafka, Redis and MLflow on loopback (idempotent) and create the topics."""
+    from skewless import services
+
     settings = _settings(ctx)
     services.up(settings, with_mlflow=mlflow)
     _print_status(settings)
@@ -120,6 +123,8 @@ def services_status(ctx: typer.Context) -> None:
 @services_app.command("down")
 def services_down(ctx: typer.Context) -> None:
     """Stop every server started by `services up`, whole process groups."""
+    from skewless import services
+
     stopped = services.down(_settings(ctx))
     typer.echo(f"services: stopped {', '.join(stopped) if stopped else 'nothing (none running)'}")
 
@@ -127,6 +132,8 @@ def services_down(ctx: typer.Context) -> None:
 @services_app.command("mlflow-ui")
 def services_mlflow_ui(ctx: typer.Context) -> None:
     """Start the MLflow server (if needed) and print the UI address."""
+    from skewless.services import mlflow_server
+
     settings = _settings(ctx)
     mlflow_server.start(settings)
     typer.echo(f"MLflow UI: {mlflow_server.url(settings)}")
@@ -455,18 +462,30 @@ def monitor_report(
 @model_app.command("list")
 def model_list(ctx: typer.Context) -> None:
     """Versions with their aliases and test metrics."""
-    from training import tracking
-    from training.registry import METRICS, list_versions
+    from training import registry
 
     settings = _settings(ctx)
-    client = tracking.configure(settings)
-    table = Table("version", "aliases", *METRICS, "run")
-    for row in list_versions(client, settings.model_name):
+    table = Table("version", "aliases", *registry.METRICS, "run")
+    for row in registry.list_versions(registry.client(settings), settings.model_name):
         table.add_row(
             row.version,
             ", ".join(row.aliases),
-            *(f"{row.metrics[m]:.4f}" if m in row.metrics else "-" for m in METRICS),
+            *(f"{row.metrics[m]:.4f}" if m in row.metrics else "-" for m in registry.METRICS),
             row.run_id[:8],
+        )
+    console.print(table)
+
+
+@model_app.command("history")
+def model_history(ctx: typer.Context) -> None:
+    """Every move of the champion: who, when, from which version to which."""
+    from training import registry
+
+    settings = _settings(ctx)
+    table = Table("#", "action", "from", "to", "by", "at (UTC)")
+    for move in registry.history(registry.client(settings), settings.model_name):
+        table.add_row(
+            str(move.seq), move.action, move.from_version or "-", move.to_version, move.by, move.at
         )
     console.print(table)
 
@@ -475,25 +494,27 @@ def model_list(ctx: typer.Context) -> None:
 def model_promote(
     ctx: typer.Context, version: Annotated[str, typer.Argument(help="version to make champion")]
 ) -> None:
-    """Make VERSION the champion (recorded in the champion history)."""
-    from training import tracking
-    from training.registry import promote
+    """Make VERSION the champion (appended to the champion history)."""
+    from training import registry
 
     settings = _settings(ctx)
-    promote(tracking.configure(settings), settings.model_name, version)
+    try:
+        registry.promote(registry.client(settings), settings.model_name, version)
+    except registry.RegistryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"model: {settings.model_name} version {version} is champion")
 
 
 @model_app.command("rollback")
 def model_rollback(ctx: typer.Context) -> None:
-    """Move the champion back to the previous champion."""
-    from training import tracking
-    from training.registry import RegistryError, rollback
+    """Move the champion back to the previous champion (appended to the champion history)."""
+    from training import registry
 
     settings = _settings(ctx)
     try:
-        version = rollback(tracking.configure(settings), settings.model_name)
-    except RegistryError as exc:
+        version = registry.rollback(registry.client(settings), settings.model_name)
+    except registry.RegistryError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"model: {settings.model_name} champion rolled back to version {version}")
@@ -543,6 +564,8 @@ def replay_command(
 
 
 def _print_status(settings: Settings) -> bool:
+    from skewless import services
+
     table = Table("service", "address", "pid", "health")
     rows = services.status(settings)
     for row in rows:
@@ -556,6 +579,6 @@ def main() -> None:
     """Entry point of the `skewless` script; service errors become one clear line."""
     try:
         app()
-    except services.ServiceError as exc:
+    except ServiceError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)

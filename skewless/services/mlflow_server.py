@@ -6,20 +6,15 @@ import logging
 import sys
 import urllib.request
 
+from skewless.mlflow_env import OFFLINE_ENV
 from skewless.services.process import Endpoint, ManagedProcess, ServiceError, answers, wait_ready
 from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-NAME = "mlflow"
+__all__ = ["NAME", "OFFLINE_ENV", "endpoint", "is_ready", "start", "stop", "url"]
 
-OFFLINE_ENV = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    # The server's background job runner (huey) is not used here and costs a core at start.
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-}
+NAME = "mlflow"
 
 
 def url(settings: Settings) -> str:

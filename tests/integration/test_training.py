@@ -180,7 +180,15 @@ def test_gate_keeps_champion_against_worse_model_and_rollback(
     assert registry.champion_version(client, settings.model_name) == second.version
     assert registry.rollback(client, settings.model_name) == first.version
     assert registry.champion_version(client, settings.model_name) == first.version
-    assert registry.history(client, settings.model_name) == [first.version]
+    moves = [
+        (m.action, m.from_version, m.to_version)
+        for m in registry.history(client, settings.model_name)
+    ]
+    assert moves[0] == ("gate", None, first.version)  # the first training's promotion
+    assert moves[-2:] == [
+        ("promote", first.version, second.version),
+        ("rollback", second.version, first.version),
+    ]
     with pytest.raises(registry.RegistryError):
         registry.rollback(client, settings.model_name)
     rows = registry.list_versions(client, settings.model_name)
