@@ -29,11 +29,11 @@ def reference_statistics(settings: Settings, version: str) -> dict[str, FeatureS
 
     client = tracking.configure(settings)
     run_id = client.get_model_version(settings.model_name, version).run_id
-    folder = Path(tempfile.mkdtemp(prefix="skewless-reference-"))
-    path = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=str(folder)
-    )
-    return load_statistics(Path(path))
+    with tempfile.TemporaryDirectory(prefix="skewless-reference-") as folder:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=folder
+        )
+        return load_statistics(Path(path))
 
 
 def logged_test_metrics(settings: Settings, version: str) -> dict[str, float]:

@@ -61,21 +61,22 @@ def load_version(settings: Settings, version: str | None = None) -> LoadedModel:
             version = str(client.get_model_version_by_alias(name, CHAMPION).version)
         except mlflow.exceptions.MlflowException as exc:
             raise NoChampionError(f"{name} has no {CHAMPION} alias: run `make train`") from exc
-    target = Path(tempfile.mkdtemp(prefix=f"skewless-model-{version}-"))
-    extra = tracking.download_model(name, version, target) / "extra_files"
-    spec: dict[str, Any] = json.loads((extra / tracking.SPEC_FILE).read_text())
-    if spec["feature_service"] != settings.feature_service:
-        raise NoChampionError(
-            f"{name} version {version} needs feature service {spec['feature_service']}, "
-            f"serving is configured for {settings.feature_service}"
+    # The scorer reads the ONNX file into memory, so the download is removed once it is built.
+    with tempfile.TemporaryDirectory(prefix=f"skewless-model-{version}-") as target:
+        extra = tracking.download_model(name, version, Path(target)) / "extra_files"
+        spec: dict[str, Any] = json.loads((extra / tracking.SPEC_FILE).read_text())
+        if spec["feature_service"] != settings.feature_service:
+            raise NoChampionError(
+                f"{name} version {version} needs feature service {spec['feature_service']}, "
+                f"serving is configured for {settings.feature_service}"
+            )
+        model = LoadedModel(
+            name=name,
+            version=version,
+            feature_service=spec["feature_service"],
+            feature_names=tuple(spec["feature_names"]),
+            scorer=OnnxScorer(extra / tracking.ONNX_FILE),
         )
-    model = LoadedModel(
-        name=name,
-        version=version,
-        feature_service=spec["feature_service"],
-        feature_names=tuple(spec["feature_names"]),
-        scorer=OnnxScorer(extra / tracking.ONNX_FILE),
-    )
     model.warm_up()
     logger.info("loaded %s version %s (%d features)", name, version, len(model.feature_names))
     return model

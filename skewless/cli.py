@@ -8,19 +8,19 @@ import time
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.table import Table
+from rich.table import Column, Table
 
-from skewless import services
-from skewless.services import mlflow_server
+from skewless.services.process import ServiceError
 from skewless.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from monitoring.monitor import Window
+    from skewless.demo import DemoResult
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
@@ -32,13 +32,25 @@ data_app = typer.Typer(no_args_is_help=True, help="Import and inspect transactio
 monitor_app = typer.Typer(no_args_is_help=True, help="Skew, drift, data quality, live quality.")
 app.add_typer(monitor_app, name="monitor")
 model_app = typer.Typer(
-    no_args_is_help=True, help="Registered model versions: list, promote, rollback."
+    no_args_is_help=True, help="Registered model versions: list, history, promote, rollback."
 )
 app.add_typer(model_app, name="model")
 app.add_typer(services_app, name="services")
 app.add_typer(data_app, name="data")
 
-console = Console()
+NOT_A_TERMINAL_WIDTH = 1000
+"""Columns of output that is not a terminal (a pipe, a log file): rich would cut it at 80."""
+
+
+def output_console(file: IO[str] | None = None, stderr: bool = False) -> Console:
+    """A console that prints paths whole: a terminal's own width, else wide enough for a line."""
+    console = Console(file=file, stderr=stderr)
+    if console.is_terminal:
+        return console
+    return Console(file=file, stderr=stderr, width=NOT_A_TERMINAL_WIDTH)
+
+
+console = output_console()
 
 MOMENT_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]
 """How a UTC moment is written on the command line."""
@@ -59,7 +71,7 @@ def _root(
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        handlers=[RichHandler(console=output_console(stderr=True), show_path=False)],
     )
     # Feast flags its Spark store and on-demand views as experimental on every use.
     warnings.filterwarnings("ignore", message=".*experimental feature", category=RuntimeWarning)
@@ -75,13 +87,15 @@ def _root(
 @config_app.command("show")
 def config_show(ctx: typer.Context) -> None:
     """Print the effective settings as NAME=value lines (secrets masked)."""
-    for line in _settings(ctx).as_env_lines():
+    for line in _settings(ctx).effective_env_lines():
         typer.echo(line)
 
 
 @services_app.command("install")
 def services_install(ctx: typer.Context) -> None:
     """Install what the servers need: Java check, Redis package, Kafka jars."""
+    from skewless import services
+
     services.install(_settings(ctx))
     typer.echo("services: installed")
 
@@ -92,6 +106,8 @@ def services_up(
     mlflow: Annotated[bool, typer.Option(help="also start the MLflow server")] = True,
 ) -> None:
     """Start Kafka, Redis and MLflow on loopback (idempotent) and create the topics."""
+    from skewless import services
+
     settings = _settings(ctx)
     services.up(settings, with_mlflow=mlflow)
     _print_status(settings)
@@ -107,6 +123,8 @@ def services_status(ctx: typer.Context) -> None:
 @services_app.command("down")
 def services_down(ctx: typer.Context) -> None:
     """Stop every server started by `services up`, whole process groups."""
+    from skewless import services
+
     stopped = services.down(_settings(ctx))
     typer.echo(f"services: stopped {', '.join(stopped) if stopped else 'nothing (none running)'}")
 
@@ -114,6 +132,8 @@ def services_down(ctx: typer.Context) -> None:
 @services_app.command("mlflow-ui")
 def services_mlflow_ui(ctx: typer.Context) -> None:
     """Start the MLflow server (if needed) and print the UI address."""
+    from skewless.services import mlflow_server
+
     settings = _settings(ctx)
     mlflow_server.start(settings)
     typer.echo(f"MLflow UI: {mlflow_server.url(settings)}")
@@ -333,7 +353,13 @@ def demo_command(ctx: typer.Context) -> None:
 
     settings = _settings(ctx)
     result = run_demo(settings)
-    table = Table("demo", "value")
+    console.print(demo_table(settings, result))
+    typer.echo(f"demo: done; MLflow UI at http://{settings.mlflow_host}:{settings.mlflow_port}")
+
+
+def demo_table(settings: Settings, result: DemoResult) -> Table:
+    """The demo's closing table; values wrap on a narrow terminal instead of being cut."""
+    table = Table("demo", Column("value", overflow="fold"))
     table.add_row("model", f"{settings.model_name} v{result.model_version} ({result.alias})")
     for name, value in result.metrics.items():
         table.add_row(name, f"{value:.4f}")
@@ -342,8 +368,7 @@ def demo_command(ctx: typer.Context) -> None:
     table.add_row("dead letters", str(result.dead_letters))
     table.add_row("monitoring", result.verdict)
     table.add_row("report", result.report)
-    console.print(table)
-    typer.echo(f"demo: done; MLflow UI at http://{settings.mlflow_host}:{settings.mlflow_port}")
+    return table
 
 
 SinceOption = Annotated[
@@ -437,18 +462,30 @@ def monitor_report(
 @model_app.command("list")
 def model_list(ctx: typer.Context) -> None:
     """Versions with their aliases and test metrics."""
-    from training import tracking
-    from training.registry import METRICS, list_versions
+    from training import registry
 
     settings = _settings(ctx)
-    client = tracking.configure(settings)
-    table = Table("version", "aliases", *METRICS, "run")
-    for row in list_versions(client, settings.model_name):
+    table = Table("version", "aliases", *registry.METRICS, "run")
+    for row in registry.list_versions(registry.client(settings), settings.model_name):
         table.add_row(
             row.version,
             ", ".join(row.aliases),
-            *(f"{row.metrics[m]:.4f}" if m in row.metrics else "-" for m in METRICS),
+            *(f"{row.metrics[m]:.4f}" if m in row.metrics else "-" for m in registry.METRICS),
             row.run_id[:8],
+        )
+    console.print(table)
+
+
+@model_app.command("history")
+def model_history(ctx: typer.Context) -> None:
+    """Every move of the champion: who, when, from which version to which."""
+    from training import registry
+
+    settings = _settings(ctx)
+    table = Table("#", "action", "from", "to", "by", "at (UTC)")
+    for move in registry.history(registry.client(settings), settings.model_name):
+        table.add_row(
+            str(move.seq), move.action, move.from_version or "-", move.to_version, move.by, move.at
         )
     console.print(table)
 
@@ -457,25 +494,27 @@ def model_list(ctx: typer.Context) -> None:
 def model_promote(
     ctx: typer.Context, version: Annotated[str, typer.Argument(help="version to make champion")]
 ) -> None:
-    """Make VERSION the champion (recorded in the champion history)."""
-    from training import tracking
-    from training.registry import promote
+    """Make VERSION the champion (appended to the champion history)."""
+    from training import registry
 
     settings = _settings(ctx)
-    promote(tracking.configure(settings), settings.model_name, version)
+    try:
+        registry.promote(registry.client(settings), settings.model_name, version)
+    except registry.RegistryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"model: {settings.model_name} version {version} is champion")
 
 
 @model_app.command("rollback")
 def model_rollback(ctx: typer.Context) -> None:
-    """Move the champion back to the previous champion."""
-    from training import tracking
-    from training.registry import RegistryError, rollback
+    """Move the champion back to the previous champion (appended to the champion history)."""
+    from training import registry
 
     settings = _settings(ctx)
     try:
-        version = rollback(tracking.configure(settings), settings.model_name)
-    except RegistryError as exc:
+        version = registry.rollback(registry.client(settings), settings.model_name)
+    except registry.RegistryError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"model: {settings.model_name} champion rolled back to version {version}")
@@ -525,6 +564,8 @@ def replay_command(
 
 
 def _print_status(settings: Settings) -> bool:
+    from skewless import services
+
     table = Table("service", "address", "pid", "health")
     rows = services.status(settings)
     for row in rows:
@@ -538,6 +579,6 @@ def main() -> None:
     """Entry point of the `skewless` script; service errors become one clear line."""
     try:
         app()
-    except services.ServiceError as exc:
+    except ServiceError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -31,15 +31,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OFFLINE_TABLES = "features"
-REGISTRY_FILE = Path("feast") / "registry.db"
 MATERIALIZED_SINCE = datetime(1970, 1, 1, tzinfo=UTC)
 """Our materialization takes each entity's latest row of all history: its interval's start."""
 EMPTY_PART = "part-00000-empty.parquet"
-
-
-def registry_location(settings: Settings) -> str:
-    """The registry path or URL the settings name."""
-    return settings.feast_registry or str(settings.data_dir / REGISTRY_FILE)
 
 
 def redis_connection_string(settings: Settings) -> str:
@@ -137,7 +131,7 @@ def repo_config(settings: Settings) -> RepoConfig:
 
     export_environment(settings)
     config = load_repo_config(settings.feature_repo, settings.feature_repo / "feature_store.yaml")
-    location = registry_location(settings)
+    location = settings.feast_registry_location
     if "://" in location and not location.startswith("file://"):
         config.registry_config = {"registry_type": "sql", "path": location}
     else:

@@ -6,6 +6,7 @@ build it once with `load_settings()` and pass it down; nothing reads the environ
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,11 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SKEWLESS_"
+FEAST_REGISTRY_FILE = Path("feast") / "registry.db"
+"""The Feast registry file under the data folder, unless `feast_registry` names another."""
+SECRET_MASK = "**********"
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^/@\s]+@")
+"""The password of a `scheme://user:password@host` URL."""
 
 FEATURE_STORE_YAML = Path("feature_repo") / "feature_store.yaml"
 """A folder holding this file is a skewless project's root."""
@@ -153,6 +159,11 @@ class Settings(BaseSettings):
         return self.mlflow_tracking_uri or self.mlflow_backend_uri
 
     @cached_property
+    def feast_registry_location(self) -> str:
+        """The Feast registry in effect: the setting, or the file under the data folder."""
+        return self.feast_registry or str(self.data_dir / FEAST_REGISTRY_FILE)
+
+    @cached_property
     def topics(self) -> tuple[str, ...]:
         """Every topic the platform uses."""
         return (
@@ -163,19 +174,45 @@ class Settings(BaseSettings):
             self.topic_feature_log,
         )
 
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable of a setting, e.g. SKEWLESS_MLFLOW_PORT for mlflow_port."""
+        if field not in cls.model_fields:
+            raise KeyError(f"no setting named {field!r}")
+        return f"{ENV_PREFIX}{field.upper()}"
+
     def as_env_lines(self) -> list[str]:
-        """`SKEWLESS_NAME=value` for every setting, secrets masked."""
-        lines = []
-        for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, SecretStr):
-                shown = "**********"
-            elif value is None:
-                shown = ""
-            else:
-                shown = str(value)
-            lines.append(f"{ENV_PREFIX}{name.upper()}={shown}")
-        return lines
+        """`SKEWLESS_NAME=value` for every setting as given, secrets masked; unset ones empty."""
+        return [_env_line(name, getattr(self, name)) for name in type(self).model_fields]
+
+    def effective_env_lines(self) -> list[str]:
+        """`SKEWLESS_NAME=value` for every setting, with the value in effect where an unset
+        setting has a derived default (the tracking URI, the Feast registry); for people to
+        read, so secrets and passwords inside URLs are masked."""
+        derived = {
+            "mlflow_tracking_uri": self.tracking_uri,
+            "feast_registry": self.feast_registry_location,
+        }
+        return [
+            mask_url_password(_env_line(name, derived.get(name, getattr(self, name))))
+            for name in type(self).model_fields
+        ]
+
+
+def mask_url_password(text: str) -> str:
+    """`text` with the password of any `scheme://user:password@host` URL masked."""
+    return _URL_PASSWORD.sub(rf"\g<1>{SECRET_MASK}@", text)
+
+
+def _env_line(name: str, value: object) -> str:
+    """One `SKEWLESS_NAME=value` line: a secret masked, None empty."""
+    if isinstance(value, SecretStr):
+        shown = SECRET_MASK
+    elif value is None:
+        shown = ""
+    else:
+        shown = str(value)
+    return f"{ENV_PREFIX}{name.upper()}={shown}"
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -87,10 +87,21 @@ def _split_train_validation(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataF
     return frame[frame["tx_datetime"] < cut], frame[frame["tx_datetime"] >= cut]
 
 
+WORKDIR_PREFIX = "skewless-train-"
+
+
 def run_training(settings: Settings, options: TrainOptions) -> TrainSummary:
-    """Run every stage; returns the summary (also logged to the MLflow run)."""
+    """Run every stage; returns the summary (also logged to the MLflow run).
+
+    Files made on the way (the ONNX export, plots, the champion's download for the gate) live
+    in a temporary folder removed at the end, whether the run succeeds or fails.
+    """
+    with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as workdir:
+        return _run_training(settings, options, Path(workdir))
+
+
+def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> TrainSummary:
     summary = TrainSummary()
-    workdir = Path(tempfile.mkdtemp(prefix="skewless-train-"))
     with _stage(summary, "validate"):
         raw = read_transactions(options.data)
         report = validate_transactions(raw)

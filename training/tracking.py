@@ -28,6 +28,7 @@ from training.evaluate import average_precision
 from training.model import OnnxScorer, TrainedModel, export_onnx
 from training.registry import (
     CHALLENGER,
+    GATE,
     GATE_METRIC,
     champion_version,
     passes_gate,
@@ -177,7 +178,7 @@ def apply_gate(
         champion_score = average_precision(test_labels, scorer.score(test_features))
     promoted = passes_gate(challenger_score, champion_score)
     if promoted:
-        promote(client, name, version)
+        promote(client, name, version, action=GATE)
         client.delete_registered_model_alias(name, CHALLENGER)
     decision = GateDecision(version, promoted, challenger_score, current, champion_score)
     client.set_model_version_tag(name, version, "gate", json.dumps(asdict(decision)))

@@ -1,13 +1,15 @@
-"""Local servers of the platform (Kafka, Redis, MLflow), started and stopped as one."""
+"""Local servers of the platform (Kafka, Redis, MLflow), started and stopped as one.
+
+The server modules (and the Kafka and Redis clients they import) are imported by the functions
+that use them, so that importing `skewless.services.process` stays cheap for commands that never
+touch a server.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-from skewless.services import kafka, mlflow_server, redis_server
-from skewless.services.apt import ensure_package
-from skewless.services.java import check_java
 from skewless.services.process import ManagedProcess, ServiceError
 from skewless.settings import Settings
 
@@ -29,6 +31,10 @@ class ServiceStatus:
 def install(settings: Settings) -> None:
     """Install what the platform needs (Java check, Redis, Kafka jars, a headless browser
     to check the monitoring report); idempotent."""
+    from skewless.services import kafka, redis_server
+    from skewless.services.apt import ensure_package
+    from skewless.services.java import check_java
+
     check_java()
     redis_server.ensure_installed()
     kafka.ensure_installed(settings)
@@ -37,6 +43,9 @@ def install(settings: Settings) -> None:
 
 def up(settings: Settings, with_mlflow: bool = True) -> None:
     """Start every server that is not running yet and wait until each answers."""
+    from skewless.services import kafka, mlflow_server, redis_server
+    from skewless.services.java import check_java
+
     check_java()
     redis_server.start(settings)
     kafka.start(settings)
@@ -46,6 +55,8 @@ def up(settings: Settings, with_mlflow: bool = True) -> None:
 
 def down(settings: Settings) -> list[str]:
     """Stop every server we started; returns the names of those that were running."""
+    from skewless.services import kafka, mlflow_server, redis_server
+
     stopped = []
     for name, stop in (
         ("mlflow", mlflow_server.stop),
@@ -59,6 +70,8 @@ def down(settings: Settings) -> list[str]:
 
 def status(settings: Settings) -> list[ServiceStatus]:
     """Pid and health of each server."""
+    from skewless.services import kafka, mlflow_server, redis_server
+
     checks = (
         (kafka.NAME, settings.kafka_bootstrap, kafka.is_ready),
         (

@@ -17,10 +17,17 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import TopicAlreadyExistsError
 
 from skewless.services.java import check_java
-from skewless.services.process import ManagedProcess, ServiceError, port_open, wait_ready
+from skewless.services.process import (
+    Endpoint,
+    ManagedProcess,
+    ServiceError,
+    answers,
+    port_open,
+    wait_ready,
+)
 from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -164,20 +171,35 @@ def admin(settings: Settings) -> KafkaAdminClient:
     )
 
 
-def is_ready(settings: Settings) -> bool:
-    """True if the broker answers a metadata request with a live broker."""
+PROBE_TIMEOUT_S = 2.0
+"""One probe's bounds (bootstrap, then the metadata request); the caller polls again."""
+
+
+def endpoint(settings: Settings) -> Endpoint:
+    """The broker as error messages name it."""
+    return Endpoint(NAME, settings.kafka_bootstrap, Settings.env_name("kafka_port"))
+
+
+def _has_live_broker(settings: Settings) -> bool:
+    """True if a metadata request names a live broker; raises on anything that is not an answer."""
     if not port_open(settings.kafka_host, settings.kafka_port):
         return False
-    try:
-        client = admin(settings)
-    except KafkaError:
-        return False
+    timeout_ms = int(PROBE_TIMEOUT_S * 1000)
+    client = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id="skewless-probe",
+        bootstrap_timeout_ms=timeout_ms,
+        request_timeout_ms=timeout_ms,
+    )
     try:
         return bool(client.describe_cluster().get("brokers"))
-    except KafkaError:
-        return False
     finally:
         client.close()
+
+
+def is_ready(settings: Settings) -> bool:
+    """True if the broker answers a metadata request with a live broker; any failure: False."""
+    return answers(lambda: _has_live_broker(settings), NAME)
 
 
 def ensure_topics(settings: Settings) -> list[str]:
@@ -217,7 +239,12 @@ def start(settings: Settings) -> ManagedProcess:
         config.write_text(server_properties(settings, log_dir))
         _format_storage(settings, lib, config, log_dir)
         process.start(_java_argv(settings, lib, "kafka.Kafka", str(config), broker=True))
-    wait_ready(process, lambda: is_ready(settings), settings.service_start_timeout_s, "kafka")
+    wait_ready(
+        process,
+        lambda: _has_live_broker(settings),
+        settings.service_start_timeout_s,
+        endpoint(settings),
+    )
     created = ensure_topics(settings)
     if created:
         logger.info("created topics %s", ", ".join(created))

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import logging
 import sys
-import urllib.error
 import urllib.request
 
-from skewless.services.process import ManagedProcess, ServiceError, wait_ready
+from skewless.mlflow_env import OFFLINE_ENV
+from skewless.services.process import Endpoint, ManagedProcess, ServiceError, answers, wait_ready
 from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-NAME = "mlflow"
+__all__ = ["NAME", "OFFLINE_ENV", "endpoint", "is_ready", "start", "stop", "url"]
 
-OFFLINE_ENV = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    # The server's background job runner (huey) is not used here and costs a core at start.
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-}
+NAME = "mlflow"
 
 
 def url(settings: Settings) -> str:
@@ -28,13 +22,23 @@ def url(settings: Settings) -> str:
     return f"http://{settings.mlflow_host}:{settings.mlflow_port}"
 
 
+PROBE_TIMEOUT_S = 2.0
+
+
+def endpoint(settings: Settings) -> Endpoint:
+    """The server as error messages name it."""
+    return Endpoint(NAME, url(settings), Settings.env_name("mlflow_port"))
+
+
+def _health_ok(settings: Settings) -> bool:
+    """True if the health endpoint answers 200 OK; raises on anything that is not an answer."""
+    with urllib.request.urlopen(f"{url(settings)}/health", timeout=PROBE_TIMEOUT_S) as response:
+        return bool(response.status == 200)
+
+
 def is_ready(settings: Settings) -> bool:
-    """True if the server's health endpoint answers OK."""
-    try:
-        with urllib.request.urlopen(f"{url(settings)}/health", timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+    """True if the server's health endpoint answers OK; any failure means not ready."""
+    return answers(lambda: _health_ok(settings), NAME)
 
 
 def start(settings: Settings) -> ManagedProcess:
@@ -61,7 +65,12 @@ def start(settings: Settings) -> ManagedProcess:
         "--allowed-hosts", allowed,
     ]  # fmt: skip
     process.start(argv, env=OFFLINE_ENV)
-    wait_ready(process, lambda: is_ready(settings), settings.service_start_timeout_s, "mlflow")
+    wait_ready(
+        process,
+        lambda: _health_ok(settings),
+        settings.service_start_timeout_s,
+        endpoint(settings),
+    )
     return process
 
 

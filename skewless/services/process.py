@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from skewless.settings import Settings
+
 logger = logging.getLogger(__name__)
 
 
@@ -115,19 +117,72 @@ def wait_for(probe: Callable[[], bool], timeout_s: float, interval_s: float = 0.
         time.sleep(interval_s)
 
 
+ServerCheck = Callable[[], bool]
+"""Asks a server once whether it answers; may raise on any failure to get a valid answer."""
+
+NOT_READY = "it answered, but not as a ready server"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A server as error messages name it: what, where, and the setting that moves it."""
+
+    name: str
+    address: str
+    port_setting: str
+
+
+def probe(check: ServerCheck, what: str) -> str | None:
+    """None if `check` finds the server ready, else why not.
+
+    Any failure to get a valid answer (connection refused or reset, a TCP self-connect that
+    reads back its own request, a bad status line, a timeout, protocol garbage) means "not ready
+    yet", never an error: the caller decides at its deadline.
+    """
+    try:
+        if check():
+            return None
+    except Exception as exc:  # every failure of a probe is an answer: not ready
+        reason = f"{type(exc).__name__}: {exc}"
+        logger.debug("%s not ready: %s", what, reason)
+        return reason
+    return NOT_READY
+
+
+def answers(check: ServerCheck, what: str) -> bool:
+    """True if `check` finds the server ready; False on any failure, which is logged at debug."""
+    return probe(check, what) is None
+
+
 def wait_ready(
-    process: ManagedProcess, probe: Callable[[], bool], timeout_s: float, what: str
+    process: ManagedProcess, check: ServerCheck, timeout_s: float, endpoint: Endpoint
 ) -> None:
-    """Wait until `probe` answers, failing early if the process died; raise with its log."""
+    """Poll `check` until it answers or the deadline passes, failing early if the process died.
+
+    Raises `ServiceError` naming the server, its address, the last reason it was not ready and
+    the settings to change, with the last lines of its log.
+    """
+    last: list[str | None] = ["no probe ran"]
 
     def ready_or_dead() -> bool:
-        return probe() or process.pid() is None
+        last[0] = probe(check, endpoint.name)
+        return last[0] is None or process.pid() is None
 
     wait_for(ready_or_dead, timeout_s, interval_s=0.2)
-    if probe():
+    if last[0] is None:
         return
-    state = "exited" if process.pid() is None else f"did not answer within {timeout_s:.0f} s"
-    raise ServiceError(f"{what} {state}; last lines of {process.log_file}:\n{process.log_tail()}")
+    if process.pid() is None:
+        state = f"exited before answering at {endpoint.address}"
+    else:
+        deadline_setting = Settings.env_name("service_start_timeout_s")
+        state = (
+            f"did not answer at {endpoint.address} within {timeout_s:.0f} s ({deadline_setting});"
+            f" last probe: {last[0]}; if another program uses that port, set "
+            f"{endpoint.port_setting}"
+        )
+    raise ServiceError(
+        f"{endpoint.name} {state}; last lines of {process.log_file}:\n{process.log_tail()}"
+    )
 
 
 def _alive(pid: int) -> bool:

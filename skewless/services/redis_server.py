@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from skewless.services.apt import ensure_package
-from skewless.services.process import ManagedProcess, ServiceError, wait_ready
+from skewless.services.process import Endpoint, ManagedProcess, ServiceError, answers, wait_ready
 from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -27,12 +29,36 @@ def client(settings: Settings) -> redis.Redis:
     return redis.Redis(host=settings.redis_host, port=settings.redis_port, password=password)
 
 
-def is_ready(settings: Settings) -> bool:
-    """True if the server answers PING."""
+PROBE_TIMEOUT_S = 2.0
+
+
+def endpoint(settings: Settings) -> Endpoint:
+    """The server as error messages name it."""
+    return Endpoint(
+        NAME, f"{settings.redis_host}:{settings.redis_port}", Settings.env_name("redis_port")
+    )
+
+
+def _pong(settings: Settings) -> bool:
+    """True if the server answers PING with PONG; raises on anything that is not an answer."""
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    probe_client = redis.Redis(
+        host=settings.redis_host,
+        port=settings.redis_port,
+        password=password,
+        socket_timeout=PROBE_TIMEOUT_S,
+        socket_connect_timeout=PROBE_TIMEOUT_S,
+        retry=Retry(NoBackoff(), retries=0),  # the caller polls; one probe is one attempt
+    )
     try:
-        return bool(client(settings).ping())
-    except redis.RedisError:
-        return False
+        return bool(probe_client.ping())
+    finally:
+        probe_client.close()
+
+
+def is_ready(settings: Settings) -> bool:
+    """True if the server answers PING; any failure means not ready."""
+    return answers(lambda: _pong(settings), NAME)
 
 
 def start(settings: Settings) -> ManagedProcess:
@@ -63,7 +89,9 @@ def start(settings: Settings) -> ManagedProcess:
     if settings.redis_password:
         argv += ["--requirepass", settings.redis_password.get_secret_value()]
     process.start(argv)
-    wait_ready(process, lambda: is_ready(settings), settings.service_start_timeout_s, "redis")
+    wait_ready(
+        process, lambda: _pong(settings), settings.service_start_timeout_s, endpoint(settings)
+    )
     return process
 
 

@@ -24,11 +24,7 @@ import pytest
 from feast.protos.feast.core.Registry_pb2 import Registry as RegistryProto
 from google.protobuf.json_format import MessageToDict
 
-from skewless.feature_store import (
-    load_declarations,
-    record_materialization,
-    registry_location,
-)
+from skewless.feature_store import load_declarations, record_materialization
 from skewless.services.process import ManagedProcess, wait_for
 from skewless.settings import ENV_PREFIX, Settings, load_settings
 from skewless.transaction_features import TRANSACTION_FEATURES
@@ -182,7 +178,7 @@ def test_feast_cli_and_skewless_apply_share_one_registry(feast_project: FeastPro
         runtime_dir=project.root / ".runtime",
         redis_port=project.redis_port,
     )
-    assert Path(registry_location(settings)) == project.registry
+    assert Path(settings.feast_registry_location) == project.registry
     until = datetime(2026, 6, 1, tzinfo=UTC)
     session_env = dict(os.environ)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -12,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from monitoring.inputs import reference_statistics
+from serving.champion import load_version
 from skewless import feature_store
 from skewless.data import write_transactions
 from skewless.online_store import OnlineView
@@ -49,6 +52,22 @@ def _settings(base: Settings, root: Path) -> Settings:
         redis_port=base.redis_port,
         kafka_port=base.kafka_port,
     )
+
+
+TEMP_PREFIXES = ("skewless-train-", "skewless-model-", "skewless-reference-")
+
+
+@pytest.fixture
+def private_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary folder of this test alone (others' runs share /tmp), made the default."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def _our_temp_folders(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir() if path.name.startswith(TEMP_PREFIXES))
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +180,7 @@ def test_materialize_writes_latest_features_into_redis(
 
 
 def test_gate_keeps_champion_against_worse_model_and_rollback(
-    trained: tuple[Settings, TrainSummary, Path],
+    trained: tuple[Settings, TrainSummary, Path], private_tempdir: Path
 ) -> None:
     settings, first, data = trained
     worse = TrainOptions(
@@ -170,6 +189,7 @@ def test_gate_keeps_champion_against_worse_model_and_rollback(
         materialize=False,
     )
     second = run_training(settings, worse)
+    assert _our_temp_folders(private_tempdir) == []  # the run's working folder is gone
     client = tracking.configure(settings)
     assert second.alias == "challenger"
     assert registry.champion_version(client, settings.model_name) == first.version
@@ -180,10 +200,30 @@ def test_gate_keeps_champion_against_worse_model_and_rollback(
     assert registry.champion_version(client, settings.model_name) == second.version
     assert registry.rollback(client, settings.model_name) == first.version
     assert registry.champion_version(client, settings.model_name) == first.version
-    assert registry.history(client, settings.model_name) == [first.version]
+    moves = [
+        (m.action, m.from_version, m.to_version)
+        for m in registry.history(client, settings.model_name)
+    ]
+    assert moves[0] == ("gate", None, first.version)  # the first training's promotion
+    assert moves[-2:] == [
+        ("promote", first.version, second.version),
+        ("rollback", second.version, first.version),
+    ]
     with pytest.raises(registry.RegistryError):
         registry.rollback(client, settings.model_name)
     rows = registry.list_versions(client, settings.model_name)
     assert [row.version for row in rows] == [second.version, first.version]
     assert "champion" in rows[1].aliases
     assert "challenger" in rows[0].aliases
+
+
+def test_model_and_reference_downloads_leave_no_temporary_folder(
+    trained: tuple[Settings, TrainSummary, Path], private_tempdir: Path
+) -> None:
+    settings, summary, _ = trained
+    model = load_version(settings, summary.version)
+    statistics = reference_statistics(settings, summary.version)
+    assert _our_temp_folders(private_tempdir) == []
+    # What was read from the removed folders is still usable.
+    assert model.score(np.zeros((2, len(model.feature_names)), dtype=np.float32)).shape[0] == 2
+    assert "score" in statistics

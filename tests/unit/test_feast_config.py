@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from feast.repo_config import load_repo_config
 
-from skewless.feature_store import redis_connection_string, registry_location, repo_config
+from skewless.feature_store import redis_connection_string, repo_config
 from skewless.settings import ENV_PREFIX, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def test_the_yaml_names_the_default_registry_and_redis() -> None:
     as_feast_reads_it = load_repo_config(REPO, REPO / "feature_store.yaml")
     registry = Path(as_feast_reads_it.registry.path)
     assert not registry.is_absolute()  # Feast resolves it against the repository
-    assert (REPO / registry).resolve() == Path(registry_location(settings))
+    assert (REPO / registry).resolve() == Path(settings.feast_registry_location)
     assert as_feast_reads_it.online_store.connection_string == redis_connection_string(settings)
     assert "${" not in (REPO / "feature_store.yaml").read_text()
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from skewless.cli import app
 from skewless.services.java import java_major_version
-from skewless.settings import SettingsError, load_settings, project_root
+from skewless.settings import SettingsError, load_settings, mask_url_password, project_root
 
 
 def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,6 +54,57 @@ def test_every_setting_is_listed() -> None:
     settings = load_settings()
     names = {line.split("=", 1)[0] for line in settings.as_env_lines()}
     assert names == {f"SKEWLESS_{name.upper()}" for name in type(settings).model_fields}
+
+
+def test_effective_lines_show_derived_defaults(tmp_path: Path) -> None:
+    settings = load_settings(runtime_dir=tmp_path / "rt", data_dir=tmp_path / "data")
+    effective = settings.effective_env_lines()
+    assert f"SKEWLESS_MLFLOW_TRACKING_URI=sqlite:///{tmp_path}/rt/mlflow/mlflow.db" in effective
+    assert f"SKEWLESS_FEAST_REGISTRY={tmp_path}/data/feast/registry.db" in effective
+    # The raw lines keep unset settings empty: Feast's environment relies on it.
+    assert "SKEWLESS_MLFLOW_TRACKING_URI=" in settings.as_env_lines()
+    assert "SKEWLESS_FEAST_REGISTRY=" in settings.as_env_lines()
+    assert [line.split("=", 1)[0] for line in effective] == [
+        line.split("=", 1)[0] for line in settings.as_env_lines()
+    ]
+
+
+def test_effective_lines_keep_given_values_and_mask_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SKEWLESS_REDIS_PASSWORD", "hunter2")
+    monkeypatch.setenv("SKEWLESS_MLFLOW_TRACKING_URI", "http://ops:s3cret@127.0.0.1:5000")
+    monkeypatch.setenv("SKEWLESS_FEAST_REGISTRY", "postgresql://feast:pw@db/registry")
+    effective = load_settings().effective_env_lines()
+    assert "SKEWLESS_REDIS_PASSWORD=**********" in effective
+    assert "SKEWLESS_MLFLOW_TRACKING_URI=http://ops:**********@127.0.0.1:5000" in effective
+    assert "SKEWLESS_FEAST_REGISTRY=postgresql://feast:**********@db/registry" in effective
+    assert not any("hunter2" in line or "s3cret" in line for line in effective)
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("sqlite:////tmp/x/mlflow.db", "sqlite:////tmp/x/mlflow.db"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("http://user@host/x", "http://user@host/x"),
+        ("redis://:pw@host:6379", "redis://:**********@host:6379"),
+    ],
+)
+def test_mask_url_password(text: str, masked: str) -> None:
+    assert mask_url_password(text) == masked
+
+
+def test_config_show_prints_effective_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SKEWLESS_RUNTIME_DIR", str(tmp_path / "rt"))
+    monkeypatch.setenv("SKEWLESS_DATA_DIR", str(tmp_path / "data"))
+    result = CliRunner().invoke(app, ["config", "show"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert f"SKEWLESS_MLFLOW_TRACKING_URI=sqlite:///{tmp_path}/rt/mlflow/mlflow.db" in lines
+    assert f"SKEWLESS_FEAST_REGISTRY={tmp_path}/data/feast/registry.db" in lines
 
 
 @pytest.mark.parametrize(
