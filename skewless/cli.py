@@ -52,6 +52,20 @@ def output_console(file: IO[str] | None = None, stderr: bool = False) -> Console
 
 console = output_console()
 
+
+def log_handler(stream: IO[str] | None = None) -> logging.Handler:
+    """Rich log lines on a terminal; plain, unpadded lines in a pipe or a log file."""
+    stderr = Console(file=stream, stderr=stream is None)
+    if stderr.is_terminal:
+        handler: logging.Handler = RichHandler(console=stderr, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        return handler
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+    )
+    return handler
+
 MOMENT_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]
 """How a UTC moment is written on the command line."""
 
@@ -68,11 +82,7 @@ def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
     """skewless: one feature declaration for training and serving, skew measured."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=output_console(stderr=True), show_path=False)],
-    )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[log_handler()])
     # Feast flags its Spark store and on-demand views as experimental on every use.
     warnings.filterwarnings("ignore", message=".*experimental feature", category=RuntimeWarning)
     for noisy in ("kafka", "urllib3", "py4j", "feast"):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
+import logging
 
-from skewless.cli import demo_table, output_console
+from skewless.cli import demo_table, log_handler, output_console
 from skewless.demo import DemoResult
 from skewless.settings import load_settings
 
@@ -36,3 +37,14 @@ def test_log_lines_are_not_wrapped_when_output_is_not_a_terminal() -> None:
     out = io.StringIO()
     output_console(file=out).print(f"report: {LONG_PATH}")
     assert out.getvalue() == f"report: {LONG_PATH}\n"
+
+
+def test_log_lines_are_plain_and_unpadded_when_output_is_not_a_terminal() -> None:
+    out = io.StringIO()
+    logger = logging.getLogger("skewless.test.output")
+    logger.propagate = False
+    logger.addHandler(log_handler(out))
+    logger.warning("report: %s", LONG_PATH)
+    line = out.getvalue()
+    assert line.endswith(f"WARNING report: {LONG_PATH}\n")
+    assert "  \n" not in line and line.count("\n") == 1
