@@ -206,10 +206,22 @@ def run_monitor(
     return result
 
 
+SKEW_NEXT_STEP = (
+    "do not trust these scores: compare the worker's state with the backfill for the features "
+    "named (`skewless monitor skew`) before the next release"
+)
+DRIFT_NEXT_STEP = (
+    "check the upstream feed of the features named; if the shift is real, retrain and let "
+    "the gate decide (`make train`)"
+)
+
+
 def _verdict(result: MonitorResult) -> str:
+    """One line: OK, or what alerts and what to do next."""
     problems = result.skew_breaches + [f"drift alert {line}" for line in result.drift_alerts]
     if not problems:
         checked = "skew or drift" if result.skew is not None else "drift"
         served = f"{result.served:,} served events (model v{result.model_version})"
         return f"OK: no {checked} alert over {served}"
-    return "ALERT: " + "; ".join(problems)
+    step = SKEW_NEXT_STEP if result.skew_breaches else DRIFT_NEXT_STEP
+    return f"ALERT: {'; '.join(problems)}. Next: {step}."

@@ -43,12 +43,21 @@ th { background: #eef1f4; } td:first-child, th:first-child { text-align: left; }
 tr.ok td:first-child { border-left: 4px solid #2f9e44; }
 tr.warn { background: #fff4d6; } tr.warn td:first-child { border-left: 4px solid #f08c00; }
 tr.alert { background: #ffe3e3; } tr.alert td:first-child { border-left: 4px solid #c92a2a; }
-.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr));
-         gap: 10px; }
-.plots img { width: 100%; background: #fff; border-radius: 6px; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(540px, 1fr));
+         gap: 12px; }
+.plots img, img.live { width: 100%; background: #fff; border-radius: 6px; }
 .empty { color: #616e7c; font-style: italic; }
 """
 MAX_DETAILS_CHARS = 400
+LOG_SCALED = frozenset({"score"})
+"""Plotted with a log-scaled share: the score's fraud tail holds well under 1% of the rows."""
+LIVE_METRICS = {
+    "auc_roc": ("AUC ROC", "#4c6ef5"),
+    "average_precision": ("average precision", "#f76707"),
+    "card_precision_at_100": ("card precision@100", "#2f9e44"),
+}
+"""Live quality columns plotted per serving day, with their `test_` figure as a dashed line."""
+COLORS = {"training": "#4c6ef5", "serving": "#f76707"}
 DEFAULT_SKEW_THRESHOLDS = SkewThresholds()
 
 
@@ -87,6 +96,7 @@ def render_report(
         "<h2>Dead letters</h2>",
         _table(["reason", "events"], [[r, f"{n:,}"] for r, n in sorted(dead_letters.items())]),
         "<h2>Live model quality per serving day</h2>",
+        _live_plot(live_quality),
         _live_table(live_quality),
         "<h2>Distributions: training (reference bins) vs serving</h2>",
         f'<div class="plots">{"".join(plots)}</div>',
@@ -239,27 +249,88 @@ def _live_table(live_quality: pd.DataFrame | None) -> str:
     return _table([str(column) for column in live_quality.columns], rows)
 
 
-def _plot(stats: FeatureStatistics, served: pd.Series) -> str:
-    """Reference vs served bin shares of one feature as an embedded PNG <img>."""
+def _bars(stats: FeatureStatistics, served: pd.Series) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Bin labels, training shares and serving shares of one feature, as people read them.
+
+    Outer bins empty on both sides are left out; a 0/1 feature gets two bars, `0` and `1`.
+    """
     edges = np.asarray(stats.inner_edges, dtype=np.float64)
-    counts, _ = served_bin_counts(edges, float_values(served))
+    values = float_values(served)
+    counts, _ = served_bin_counts(edges, values)
     served_shares = counts / counts.sum() if counts.sum() else np.zeros(len(counts))
+    training = np.asarray(stats.histogram, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    flag = (
+        stats.minimum >= 0
+        and stats.maximum <= 1
+        and len(edges) in (1, 2)
+        and edges[0] == 0
+        and bool(np.isin(finite, (0.0, 1.0)).all())
+    )
+    if flag:  # bins (-inf, 0], (0, 1] or (0, inf), and an empty (1, inf) when there are two edges
+        return ["0", "1"], training[:2], served_shares[:2]
     labels = [f"≤{edges[0]:.3g}"] if len(edges) else ["all"]
-    labels += [f"{low:.3g}-{high:.3g}" for low, high in itertools.pairwise(edges)]
+    labels += [f"{low:.3g} – {high:.3g}" for low, high in itertools.pairwise(edges)]
     labels += [f">{edges[-1]:.3g}"] if len(edges) else []
-    figure = Figure(figsize=(5.2, 3.0), dpi=90)
-    axes = figure.add_subplot()
-    position = np.arange(len(labels))
-    axes.bar(position - 0.2, stats.histogram, width=0.4, label="training", color="#4c6ef5")
-    axes.bar(position + 0.2, served_shares, width=0.4, label="serving", color="#f76707")
-    axes.set_xticks(position, labels, rotation=45, ha="right", fontsize=7)
-    axes.set(title=stats.name, ylabel="share of non-null values")
-    axes.legend(fontsize=8)
-    figure.tight_layout()
+    used = np.flatnonzero((training > 0) | (served_shares > 0))
+    if used.size:
+        keep = slice(int(used[0]), int(used[-1]) + 1)
+        return labels[keep], training[keep], served_shares[keep]
+    return labels, training, served_shares
+
+
+def _png(figure: Figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _plot(stats: FeatureStatistics, served: pd.Series) -> str:
+    """Reference vs served bin shares of one feature as an embedded PNG <img>."""
+    labels, training, serving = _bars(stats, served)
+    figure = Figure(figsize=(5.6, 3.5), dpi=100)
+    axes = figure.add_subplot()
+    position = np.arange(len(labels))
+    axes.bar(position - 0.2, training, width=0.4, label="training", color=COLORS["training"])
+    axes.bar(position + 0.2, serving, width=0.4, label="serving", color=COLORS["serving"])
+    rotate = 30 if len(labels) > 4 else 0
+    axes.set_xticks(position, labels, rotation=rotate, ha="right" if rotate else "center")
+    axes.tick_params(labelsize=9)
+    axes.set_title(stats.name, loc="left", fontsize=11)
+    if stats.name in LOG_SCALED:
+        axes.set_yscale("log")
+        axes.set_ylabel("share of values (log)", fontsize=9)
+    else:
+        axes.set_ylabel("share of non-null values", fontsize=9)
+    # Above the plot, right of the title: never over a bar.
+    axes.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, frameon=False, fontsize=9)
+    figure.tight_layout()
     return (
         f'<img data-feature="{_e(stats.name)}" alt="{_e(stats.name)}: training vs serving" '
-        f'src="data:image/png;base64,{encoded}">'
+        f'src="data:image/png;base64,{_png(figure)}">'
     )
+
+
+def _live_plot(live_quality: pd.DataFrame | None) -> str:
+    """Live quality per serving day, each metric against its test figure (dashed)."""
+    if live_quality is None or live_quality.empty:
+        return ""
+    figure = Figure(figsize=(11.0, 3.4), dpi=100)
+    axes = figure.add_subplot()
+    days = [str(day) for day in live_quality["day"]]
+    for column, (label, color) in LIVE_METRICS.items():
+        if column not in live_quality:
+            continue
+        values = pd.to_numeric(live_quality[column], errors="coerce")
+        axes.plot(days, values, marker="o", color=color, label=label)
+        test = f"test_{column}"
+        if test in live_quality and live_quality[test].notna().any():
+            axes.axhline(float(live_quality[test].dropna().iloc[0]), color=color, ls="--", lw=1)
+    axes.set_ylim(0, 1)
+    axes.tick_params(labelsize=9)
+    axes.set_ylabel("score (dashed: test window)", fontsize=9)
+    axes.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, frameon=False, fontsize=9)
+    figure.autofmt_xdate(rotation=30)
+    figure.tight_layout()
+    source = f"data:image/png;base64,{_png(figure)}"
+    return f'<img class="live" alt="live quality per day" src="{source}">'

@@ -8,6 +8,7 @@ logged with the model, reused by every check.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,15 +41,22 @@ class FeatureStatistics:
         return np.bincount(index, minlength=len(self.inner_edges) + 1).astype(np.float64)
 
 
+TAIL_QUANTILES = (0.95, 0.99, 0.999)
+"""Extra upper edges of a feature whose tail matters (the score: the frauds live there)."""
+
+
 def feature_statistics(
-    name: str, values: np.ndarray, bins: int = DEFAULT_BINS
+    name: str, values: np.ndarray, bins: int = DEFAULT_BINS, tail: bool = False
 ) -> FeatureStatistics:
-    """Reference statistics of one feature's training values."""
+    """Reference statistics of one feature's training values; `tail` adds upper-tail bins."""
     values = np.asarray(values, dtype=np.float64)
     present = values[~np.isnan(values)]
     if present.size == 0:
         return FeatureStatistics(name, len(values), 1.0, 0.0, 0.0, 0.0, 0.0, [], [1.0])
-    quantiles = np.quantile(present, np.linspace(0, 1, bins + 1)[1:-1])
+    levels = np.linspace(0, 1, bins + 1)[1:-1]
+    if tail:
+        levels = np.concatenate([levels, TAIL_QUANTILES])
+    quantiles = np.quantile(present, np.sort(levels))
     edges = [float(edge) for edge in np.unique(quantiles)]
     stats = FeatureStatistics(
         name=name,
@@ -66,11 +74,16 @@ def feature_statistics(
 
 
 def reference_statistics(
-    frame: pd.DataFrame, features: list[str], bins: int = DEFAULT_BINS
+    frame: pd.DataFrame,
+    features: list[str],
+    bins: int = DEFAULT_BINS,
+    tail_features: Collection[str] = (),
 ) -> dict[str, FeatureStatistics]:
-    """Statistics of every feature column of `frame`."""
+    """Statistics of every feature column of `frame`; `tail_features` get upper-tail bins."""
     return {
-        name: feature_statistics(name, frame[name].to_numpy(dtype=np.float64), bins)
+        name: feature_statistics(
+            name, frame[name].to_numpy(dtype=np.float64), bins, tail=name in tail_features
+        )
         for name in features
     }
 

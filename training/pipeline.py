@@ -159,7 +159,7 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
             seen = train_frame.assign(
                 score=scorer.score(train_frame[features].to_numpy(dtype="float32"))
             )
-            stats = reference_statistics(seen, [*features, "score"])
+            stats = reference_statistics(seen, [*features, "score"], tail_features=["score"])
             mlflow.log_artifact(str(save_statistics(stats, workdir / "reference_statistics.json")))
         with _stage(summary, "gate"):
             decision = tracking.apply_gate(
