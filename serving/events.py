@@ -15,11 +15,14 @@ Timestamps are written as ISO-8601 UTC with microseconds and a trailing `Z`
 reads, with a UTC offset or none (naive means UTC); another offset is rejected.
 
 Parsing is strict, because a wrong type here would become a wrong feature downstream:
-amounts must be JSON numbers (not strings, not booleans), finite and non-negative; ids must be
+amounts must be JSON numbers (not strings, not booleans), finite and non-negative (an integer
+too large for a float64 is `amount_too_large`; the upper bound itself is a setting, applied by
+`serving.validation`); ids must be
 JSON integers in the int64 range (booleans are rejected; a float is accepted only if it has no
 fractional part, e.g. `42.0`). Unknown fields are ignored, and so is a `tx_fraud` field in a
 transaction. A rejected event raises `InvalidEvent` whose reason starts with a stable,
 machine-readable code (`missing_field: tx_amount`); the codes are the `REASON_*` constants.
+A record without a value (a tombstone, `None`) is rejected as `tombstone`.
 
 The worker parses whole micro-batches with `parse_transactions` and `parse_labels`, which give
 columns. They decode with orjson and check types column by column; an event in the canonical
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -53,6 +57,17 @@ REASON_BAD_TIMESTAMP = "bad_timestamp"
 REASON_NEGATIVE_AMOUNT = "negative_amount"
 REASON_NON_FINITE_AMOUNT = "non_finite_amount"
 REASON_BAD_LABEL = "bad_label"
+REASON_TOMBSTONE = "tombstone"
+REASON_AMOUNT_TOO_LARGE = "amount_too_large"
+
+DEAD_LETTER_MAX_ORIGINAL_BYTES = 64 * 1024
+"""A dead-letter record keeps at most this many bytes of the original value (the first ones).
+
+With base64 (4/3) and the optional text (at most 6 characters a byte when JSON-escaped) the
+record stays under 512 KiB, well inside the broker's 1 MiB `message.max.bytes`. A cut original
+is still identified by its length and sha256, which every dead-letter record carries."""
+DEAD_LETTER_MAX_KEY_BYTES = 1024
+"""Source keys longer than this are not reused as the dead-letter record's key."""
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -161,7 +176,9 @@ def label_key(label: Label) -> bytes:
     return str(label.terminal_id).encode("ascii")
 
 
-def _load_object(raw: bytes) -> dict[str, Any]:
+def _load_object(raw: bytes | None) -> dict[str, Any]:
+    if raw is None:
+        raise InvalidEvent(f"{REASON_TOMBSTONE}: the record has no value")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -201,7 +218,12 @@ def _amount(value: object) -> float:
     if type(value) is float:
         amount = value
     elif type(value) is int:
-        amount = float(value)
+        try:
+            amount = float(value)
+        except OverflowError:  # e.g. an integer of 400 digits
+            raise InvalidEvent(
+                f"{REASON_AMOUNT_TOO_LARGE}: an integer of {len(str(abs(value)))} digits"
+            ) from None
     else:
         raise InvalidEvent(f"{REASON_WRONG_TYPE}: tx_amount must be a number")
     if not math.isfinite(amount):
@@ -239,7 +261,7 @@ _LABEL_FIELDS = (
 )
 
 
-def parse_transaction(raw: bytes) -> Transaction:
+def parse_transaction(raw: bytes | None) -> Transaction:
     """Parse a transaction record's value, or raise `InvalidEvent` saying why not."""
     event = _load_object(raw)
     try:
@@ -259,7 +281,7 @@ def parse_transaction(raw: bytes) -> Transaction:
     )
 
 
-def parse_label(raw: bytes) -> Label:
+def parse_label(raw: bytes | None) -> Label:
     """Parse a label record's value, or raise `InvalidEvent` saying why not."""
     event = _load_object(raw)
     try:
@@ -284,7 +306,7 @@ def parse_label(raw: bytes) -> Label:
 
 
 def dead_letter(
-    raw: bytes,
+    raw: bytes | None,
     reason: str,
     topic: str,
     partition: int,
@@ -294,9 +316,14 @@ def dead_letter(
 ) -> bytes:
     """The dead-letter record of a rejected event: the original bytes, where from and why.
 
-    `original_b64` always holds the exact bytes; `original_text` is added when they are
-    valid UTF-8, for people reading the topic. `failed_at` defaults to now (UTC).
+    `original_b64` holds the exact bytes, or their first `DEAD_LETTER_MAX_ORIGINAL_BYTES` when
+    the original is longer (`original_truncated` is then true); `original_length` and
+    `original_sha256` always describe the whole original. `original_text` is added when the
+    kept bytes are the whole original and valid UTF-8, for people reading the topic. A
+    tombstone (`raw` is None) has `original_b64` null and length 0. `failed_at` defaults to now.
     """
+    original = raw or b""
+    kept = original[:DEAD_LETTER_MAX_ORIGINAL_BYTES]
     record: dict[str, Any] = {
         "reason": reason,
         "reason_code": reason.split(":", 1)[0],
@@ -304,12 +331,22 @@ def dead_letter(
         "source_partition": partition,
         "source_offset": offset,
         "failed_at": format_timestamp(failed_at or datetime.now(UTC)),
-        "original_b64": base64.b64encode(raw).decode("ascii"),
+        "original_b64": None if raw is None else base64.b64encode(kept).decode("ascii"),
+        "original_length": len(original),
+        "original_sha256": hashlib.sha256(original).hexdigest(),
+        "original_truncated": len(kept) < len(original),
     }
-    text = _utf8_or_none(raw)
-    if text is not None:
+    text = _utf8_or_none(original) if len(kept) == len(original) else None
+    if text is not None and raw is not None:
         record["original_text"] = text
     return _ENCODER.encode(record).encode()
+
+
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The key of a dead-letter record: the source record's key, unless it is oversized."""
+    if key is not None and len(key) > DEAD_LETTER_MAX_KEY_BYTES:
+        return None
+    return key
 
 
 def _utf8_or_none(raw: bytes) -> str | None:
@@ -319,12 +356,22 @@ def _utf8_or_none(raw: bytes) -> str | None:
         return None
 
 
-def dead_letter_original(record: bytes) -> bytes:
-    """The original bytes of a dead-letter record (for replaying it once fixed)."""
+def dead_letter_original(record: bytes) -> bytes | None:
+    """The original bytes of a dead-letter record (for replaying it once fixed).
+
+    None for a tombstone; a cut original raises `InvalidEvent` (it cannot be replayed).
+    """
     try:
-        return base64.b64decode(json.loads(record)["original_b64"], validate=True)
-    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        body = json.loads(record)
+        truncated = bool(body.get("original_truncated"))
+        encoded = body["original_b64"]
+        original = None if encoded is None else base64.b64decode(encoded, validate=True)
+    except (AttributeError, KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise InvalidEvent(f"{REASON_NOT_JSON}: not a dead-letter record ({exc})") from None
+    if truncated:
+        length = body.get("original_length")
+        raise InvalidEvent(f"{REASON_OUT_OF_RANGE}: the original ({length} bytes) was cut")
+    return original
 
 
 @dataclass(frozen=True)
@@ -343,6 +390,24 @@ class ParsedBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def without(self, drop: np.ndarray, reasons: Sequence[str]) -> ParsedBatch:
+        """This batch with the accepted events where `drop` is true moved to `rejected`.
+
+        `drop` has one flag per accepted event; `reasons` one reason per dropped event, in order.
+        """
+        dropped = self.rows[drop].tolist()
+        if not dropped:
+            return self
+        keep = ~drop
+        rejected = self.rejected + [
+            (int(row), InvalidEvent(reason)) for row, reason in zip(dropped, reasons, strict=True)
+        ]
+        return ParsedBatch(
+            self.rows[keep],
+            {name: column[keep] for name, column in self.columns.items()},
+            sorted(rejected, key=lambda item: item[0]),
+        )
+
 
 _INT = "int"
 _TIME = "time"
@@ -351,28 +416,17 @@ _FLAG = "flag"
 _CANONICAL_TIME_DTYPE = np.dtype("U26")  # "2026-05-01T12:00:00.000123" without the "Z"
 
 
-def parse_transactions(values: Sequence[bytes]) -> ParsedBatch:
+def parse_transactions(values: Sequence[bytes | None]) -> ParsedBatch:
     """Parse a batch of transaction values (see the module doc)."""
     return _parse_batch(values, _TRANSACTION_KINDS, _transaction_row)
 
 
-def parse_labels(values: Sequence[bytes]) -> ParsedBatch:
+def parse_labels(values: Sequence[bytes | None]) -> ParsedBatch:
     """Parse a batch of label values (see the module doc)."""
     batch = _parse_batch(values, _LABEL_KINDS, _label_row)
     early = batch.columns["label_time"] < batch.columns["tx_datetime"]
-    if not early.any():
-        return batch
-    rejected = list(batch.rejected)
-    for row in batch.rows[early]:
-        rejected.append(
-            (int(row), InvalidEvent(f"{REASON_BAD_LABEL}: label_time is before tx_datetime"))
-        )
-    keep = ~early
-    return ParsedBatch(
-        batch.rows[keep],
-        {name: column[keep] for name, column in batch.columns.items()},
-        sorted(rejected, key=lambda item: item[0]),
-    )
+    reason = f"{REASON_BAD_LABEL}: label_time is before tx_datetime"
+    return batch.without(early, [reason] * int(early.sum()))
 
 
 _TRANSACTION_KINDS = {
@@ -392,7 +446,7 @@ _LABEL_KINDS = {
 }
 
 
-def _transaction_row(raw: bytes) -> tuple[object, ...]:
+def _transaction_row(raw: bytes | None) -> tuple[object, ...]:
     tx = parse_transaction(raw)
     return (
         tx.transaction_id,
@@ -403,7 +457,7 @@ def _transaction_row(raw: bytes) -> tuple[object, ...]:
     )
 
 
-def _label_row(raw: bytes) -> tuple[object, ...]:
+def _label_row(raw: bytes | None) -> tuple[object, ...]:
     label = parse_label(raw)
     return (
         label.transaction_id,
@@ -416,9 +470,9 @@ def _label_row(raw: bytes) -> tuple[object, ...]:
 
 
 def _parse_batch(
-    values: Sequence[bytes],
+    values: Sequence[bytes | None],
     kinds: dict[str, str],
-    strict_row: Callable[[bytes], tuple[object, ...]],
+    strict_row: Callable[[bytes | None], tuple[object, ...]],
 ) -> ParsedBatch:
     """Fast path for the batch, the strict per-event parser for whatever it is unsure of."""
     pick = itemgetter(*kinds)
@@ -426,6 +480,9 @@ def _parse_batch(
     fast: list[tuple[Any, ...]] = []
     unsure: list[int] = []
     for index, raw in enumerate(values):
+        if raw is None:  # a tombstone: the strict parser says why not
+            unsure.append(index)
+            continue
         try:
             fast.append(pick(orjson.loads(raw)))
             fast_rows.append(index)

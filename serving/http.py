@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from serving.events import format_timestamp, parse_transactions
 from serving.metrics import ScoringMetrics
 from serving.scoring import ScoringCore
+from serving.validation import EventLimits, StreamClock, validate_transactions
 from serving.worker import score_bodies
 
 logger = logging.getLogger(__name__)
@@ -35,25 +37,38 @@ class ScoringHttpServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, address: tuple[str, int], core: ScoringCore, metrics: ScoringMetrics, threshold: float
+        self,
+        address: tuple[str, int],
+        core: ScoringCore,
+        metrics: ScoringMetrics,
+        threshold: float,
+        limits: EventLimits,
     ) -> None:
         super().__init__(address, _Handler)
         self.core = core
         self.metrics = metrics
         self.threshold = threshold
+        self.clock = StreamClock(limits)  # the HTTP door is one source of events
         self.lock = threading.Lock()  # one batch through the core at a time, as in the worker
 
     def score(self, items: list[Any]) -> tuple[int, dict[str, Any] | list[dict[str, Any]]]:
-        """Status and body for a list of JSON transactions."""
+        """Status and body for a list of JSON transactions.
+
+        The same parsing and range rules as the worker's (`serving.validation`; a request
+        arrives when it is read); one rejected item rejects the request, nothing is scored.
+        """
         parsed = parse_transactions([json.dumps(item).encode() for item in items])
-        if parsed.rejected:
+        arrived = [round(time.time() * 1_000_000)] * len(items)
+        with self.lock:  # one batch at a time through the clock and the core, as in the worker
+            parsed = validate_transactions(parsed, arrived, [0] * len(items), self.clock)
+            batch = None if parsed.rejected else self.core.score(parsed.columns)
+            if batch is not None:
+                self.core.write_online(batch)
+        if batch is None:
             for _, exc in parsed.rejected:
                 self.metrics.dead_letters.labels(reason=exc.code).inc()
             errors = [{"index": index, "reason": exc.reason} for index, exc in parsed.rejected]
             return HTTPStatus.UNPROCESSABLE_ENTITY, {"errors": errors}
-        with self.lock:
-            batch = self.core.score(parsed.columns)
-            self.core.write_online(batch)
         self.metrics.events_in.inc(len(batch))
         self.metrics.events_scored.inc(len(batch))
         scores = score_bodies(batch, self.threshold, format_timestamp(datetime.now(UTC)))
@@ -84,7 +99,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             payload = json.loads(self.rfile.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, too deep, huge int
             self._send(HTTPStatus.BAD_REQUEST, {"error": f"not JSON: {exc}"})
             return
         single = isinstance(payload, dict)

@@ -35,8 +35,10 @@ KEY_PREFIX = "skewless:state"
 LAYOUT = "m2"
 """Part of every key: a member layout change gets new keys instead of misreading old ones."""
 _ORDER_BIAS = np.uint64(1 << 63)
-_ENTITY_SHIFT = 1 << 44
-"""Room for event times within one batch's key space: 2^44 us is about 203 days."""
+_MAX_KEY = (1 << 63) - 1
+"""Keys of `StreamAggregation.compute` (entity slot * time span + time offset) stay below it."""
+_SCAN_LONG_SEGMENT = 64
+"""`segment_cumsum` scans segments up to this long by doubling, longer ones one by one."""
 
 
 Columns = Mapping[str, np.ndarray]
@@ -117,41 +119,79 @@ class StreamAggregation:
         `entity_ids` are the batch's entities in ascending order; `members` holds their packed
         members one entity after the other, `member_counts[i]` of them for `entity_ids[i]`.
         Vectorised over the batch: members of all entities are laid out in one array sorted
-        by (entity, time, order), and each window bound is one `searchsorted`.
+        by (entity, time, order) under one int64 key, `entity slot * shift + time offset`, and
+        each window bound is one `searchsorted`. The shift is the batch's time span, so any span
+        fits; when the entities times the span would overflow int64 (events decades apart),
+        the entities are computed in groups small enough for the key (results are the same:
+        each entity's features depend on its own members only).
         """
         decl = self.declaration
-        n_events = len(event_times)
-        result = np.zeros((n_events, len(decl.feature_names)))
-        if n_events == 0:
+        result = np.zeros((len(event_times), len(decl.feature_names)))
+        if len(event_times) == 0:
             return result
         stacked = np.frombuffer(members, dtype=self.dtype)
-        owner = np.repeat(np.arange(len(entity_ids)), member_counts)
         member_times = stacked["time"]
-        member_orders = (stacked["order"].astype(np.uint64) ^ _ORDER_BIAS).view(np.int64)
         base = int(event_times.min()) - self.horizon_micros - 1
+        top = int(event_times.max())
         if len(stacked):
             base = min(base, int(member_times.min()) - 1)
-        span = max(int(event_times.max()), int(member_times.max()) if len(stacked) else 0)
-        if span - base >= _ENTITY_SHIFT:
-            raise ValueError("a batch spans more event time than the state can index; split it")
-        keys = owner * _ENTITY_SHIFT + (member_times - base)
+            top = max(top, int(member_times.max()))
+        shift = top - base + 1
+        per_group = max(1, min(len(entity_ids), _MAX_KEY // shift - 1))
+        member_ends = np.cumsum(member_counts)
+        member_starts = member_ends - member_counts
+        event_slot = np.searchsorted(entity_ids, event_entities)
+        for first in range(0, len(entity_ids), per_group):
+            last = min(first + per_group, len(entity_ids))
+            mine = (event_slot >= first) & (event_slot < last)
+            if not mine.any():
+                continue
+            low, high = int(member_starts[first]), int(member_ends[last - 1])
+            result[mine] = self._compute_group(
+                event_slot[mine] - first,
+                event_times[mine],
+                event_orders[mine],
+                stacked[low:high],
+                np.asarray(member_counts[first:last]),
+                base,
+                shift,
+            )
+        return result
+
+    def _compute_group(
+        self,
+        event_slot: np.ndarray,
+        event_times: np.ndarray,
+        event_orders: np.ndarray,
+        stacked: np.ndarray,
+        member_counts: np.ndarray,
+        base: int,
+        shift: int,
+    ) -> np.ndarray:
+        """`compute` for entities whose keys fit int64: `slot * shift + time - base`."""
+        decl = self.declaration
+        result = np.zeros((len(event_times), len(decl.feature_names)))
+        owner = np.repeat(np.arange(len(member_counts)), member_counts)
+        member_times = stacked["time"]
+        member_orders = (stacked["order"].astype(np.uint64) ^ _ORDER_BIAS).view(np.int64)
+        keys = owner * shift + (member_times - base)
         if len(keys) > 1 and (np.diff(keys) < 0).any():  # not as Redis promises: sort here
             order = np.lexsort((member_orders, member_times, owner))
             stacked, owner, keys = stacked[order], owner[order], keys[order]
             member_orders = member_orders[order]
-        event_slot = np.searchsorted(entity_ids, event_entities)
-        event_base = event_slot * _ENTITY_SHIFT - base
+        event_keys = event_slot * shift + (event_times - base)
         delay = decl.delay_days * MICROS_PER_DAY
         if decl.delay_days == 0:
-            upper = _after_own_member(keys, member_orders, event_base + event_times, event_orders)
+            upper = _after_own_member(keys, member_orders, event_keys, event_orders)
         else:
-            upper = np.searchsorted(keys, event_base + event_times - delay, side="right")
-        prefix_sums = {
-            name: np.concatenate([[0.0], np.cumsum(stacked[name])]) for name in decl.value_columns
-        }
+            upper = np.searchsorted(keys, event_keys - delay, side="right")
+        # Running sums restart at each entity, so one entity's values (however large) never
+        # touch another's sums: a window's sum is inclusive[last] - exclusive[first].
+        starts = np.flatnonzero(np.diff(owner, prepend=-1))
+        running = {name: segment_cumsum(stacked[name], starts) for name in decl.value_columns}
         column = 0
         for days in decl.windows_days:
-            lower_key = event_base + event_times - delay - days * MICROS_PER_DAY
+            lower_key = event_keys - delay - days * MICROS_PER_DAY
             lower = np.searchsorted(keys, lower_key, side="right")
             lower = np.minimum(lower, upper)
             count = upper - lower
@@ -160,13 +200,45 @@ class StreamAggregation:
                     result[:, column] = count
                 else:
                     assert output.column is not None
-                    sums = prefix_sums[output.column][upper] - prefix_sums[output.column][lower]
-                    with np.errstate(invalid="ignore", divide="ignore"):
-                        result[:, column] = np.where(
-                            count > 0, sums / np.maximum(count, 1), output.empty_value
-                        )
+                    result[:, column] = output.empty_value
+                    has = np.flatnonzero(count > 0)
+                    if len(has):
+                        values = stacked[output.column]
+                        inclusive = running[output.column]
+                        first, last = lower[has], upper[has] - 1
+                        sums = inclusive[last] - (inclusive[first] - values[first])
+                        result[has, column] = sums / count[has]
                 column += 1
         return result
+
+
+def segment_cumsum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Running sums of `values` that restart at each of the segment `starts` (ascending, 0 first).
+
+    Each element sums only its own segment's values up to it, so a huge value in one segment
+    cannot cost another segment any precision. Segments up to `_SCAN_LONG_SEGMENT` long are
+    scanned together by doubling (at most log2 of that many numpy passes over them); longer
+    ones are summed one by one with `np.cumsum`.
+    """
+    sums = np.array(values, dtype=np.float64)
+    if len(sums) == 0:
+        return sums
+    ends = np.append(starts[1:], len(sums))
+    lengths = ends - starts
+    short = np.repeat(lengths <= _SCAN_LONG_SEGMENT, lengths)
+    scanned = sums[short]
+    owner = np.repeat(np.arange(len(starts)), lengths)[short]
+    step = 1
+    longest_short = int(lengths[lengths <= _SCAN_LONG_SEGMENT].max(initial=0))
+    while step < longest_short:
+        same = owner[step:] == owner[:-step]
+        scanned[step:] = scanned[step:] + np.where(same, scanned[:-step], 0.0)
+        step *= 2
+    sums[short] = scanned
+    long = lengths > _SCAN_LONG_SEGMENT
+    for start, end in zip(starts[long].tolist(), ends[long].tolist(), strict=True):
+        sums[start:end] = np.cumsum(values[start:end])
+    return sums
 
 
 def _after_own_member(

@@ -1,11 +1,13 @@
 """`skewless serve`: the Kafka scoring worker (transactions in, fraud scores out).
 
 One loop per micro-batch: poll transactions (at most `batch_max_events`, waiting at most
-`batch_max_wait_ms`), bring the label state up to the labels topic's end, parse (malformed
-events go to the dead-letter topic with the reason), score through the shared core, produce
-scores and the feature log, wait until Kafka acknowledged all of it, then commit the batch's
-offsets. A crash therefore re-scores at most the uncommitted batch; scores are keyed by
-`transaction_id`, so a consumer deduplicating by key sees every transaction once.
+`batch_max_wait_ms`), bring the label state up to the labels topic's end, parse and
+range-check (`serving.validation`: malformed events, amounts out of bounds, events too late or
+too far ahead go to the dead-letter topic with the reason; the rest of the batch goes on),
+score through the shared core, produce scores and the feature log, wait until Kafka
+acknowledged all of it, then commit the batch's offsets. A crash therefore re-scores at most
+the uncommitted batch; scores are keyed by `transaction_id`, so a consumer deduplicating by key
+sees every transaction once.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from serving.batch_producer import BatchProducer
 from serving.events import (
     ParsedBatch,
     dead_letter,
+    dead_letter_key,
     format_timestamp,
     iso_times,
     parse_labels,
@@ -39,6 +42,7 @@ from serving.events import (
 from serving.fetcher import PartitionFetcher
 from serving.metrics import ScoringMetrics
 from serving.scoring import ScoredBatch, ScoringCore, build_core
+from serving.validation import EventLimits, StreamClock, arrival_micros, validate_transactions
 from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -182,6 +186,7 @@ class Worker:
             {tp: self.labels.position(tp) for tp in self.label_partitions},  # committed, else 0
         )
         self._labels_committed = time.monotonic()
+        self.clock = StreamClock(EventLimits.from_settings(settings))
         self.producer = BatchProducer(settings.kafka_bootstrap, client_id="skewless-worker")
         self._sampler = np.random.default_rng(0)
         self._drift: RollingDrift | None = None
@@ -218,7 +223,7 @@ class Worker:
         while True:
             fetched = self.label_fetcher.fetch()
             if fetched.values:
-                parsed = parse_labels([value or b"" for value in fetched.values])
+                parsed = parse_labels(fetched.values)
                 for index, exc in parsed.rejected:
                     tp, offset = fetched.offsets[index]
                     logger.warning("skipping malformed label at %s@%d: %s", tp, offset, exc)
@@ -270,7 +275,13 @@ class Worker:
         return stats
 
     def _process(self, records: list[ConsumerRecord], stats: WorkerStats) -> None:
-        parsed = parse_transactions([record.value for record in records])
+        stamps = np.fromiter((r.timestamp for r in records), np.int64, len(records))
+        parsed = validate_transactions(
+            parse_transactions([record.value for record in records]),
+            arrival_micros(stamps, int(time.time() * 1000)),
+            np.fromiter((r.partition for r in records), np.int64, len(records)),
+            self.clock,
+        )
         for index, exc in parsed.rejected:
             record = records[index]
             self.producer.send(
@@ -278,7 +289,7 @@ class Worker:
                 dead_letter(
                     record.value, exc.reason, record.topic, record.partition, record.offset
                 ),
-                key=record.key,
+                key=dead_letter_key(record.key),
             )
             self.metrics.dead_letters.labels(reason=exc.code).inc()
             stats.dead_letters += 1

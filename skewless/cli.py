@@ -340,11 +340,16 @@ def serve_http_command(ctx: typer.Context) -> None:
     from serving.http import ScoringHttpServer
     from serving.metrics import ScoringMetrics
     from serving.scoring import build_core
+    from serving.validation import EventLimits
 
     settings = _settings(ctx)
     core = build_core(settings)
     server = ScoringHttpServer(
-        ("127.0.0.1", settings.http_port), core, ScoringMetrics(), settings.score_threshold
+        ("127.0.0.1", settings.http_port),
+        core,
+        ScoringMetrics(),
+        settings.score_threshold,
+        EventLimits.from_settings(settings),
     )
     typer.echo(f"serve-http: POST http://127.0.0.1:{settings.http_port}/score")
     try:

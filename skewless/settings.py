@@ -107,6 +107,26 @@ class Settings(BaseSettings):
     stream_state_prefix: str = Field(
         "skewless:state", description="Redis key prefix of the streaming window state"
     )
+    max_tx_amount: float = Field(
+        1e9,
+        gt=0,
+        le=1e12,
+        description="largest tx_amount accepted; larger ones go to the dead-letter topic",
+    )
+    state_allowed_lateness_s: float = Field(
+        7 * 86_400.0,
+        ge=0,
+        le=1e10,
+        description="an event older than its partition's stream time by more than this "
+        "goes to the dead-letter topic (too_late)",
+    )
+    allowed_clock_skew_s: float = Field(
+        3_600.0,
+        ge=0,
+        le=1e10,
+        description="an event dated later than this after it entered Kafka (or reached the "
+        "HTTP door) goes to the dead-letter topic (too_far_ahead)",
+    )
 
     # Monitoring thresholds.
     skew_tolerance_relative: float = Field(

@@ -26,6 +26,7 @@ from serving.http import ScoringHttpServer
 from serving.metrics import ScoringMetrics
 from serving.replay import replay
 from serving.scoring import build_core
+from serving.validation import EventLimits
 from serving.worker import build_worker
 from skewless.feature_store import feast_environment, offline_table_path
 from skewless.services.process import wait_for
@@ -211,7 +212,10 @@ def test_http_and_stream_give_the_same_score(trained_platform: TrainedPlatform) 
     }
 
     port = free_port()
-    server = ScoringHttpServer(("127.0.0.1", port), build_core(settings), ScoringMetrics(), 0.5)
+    limits = EventLimits.from_settings(settings)
+    server = ScoringHttpServer(
+        ("127.0.0.1", port), build_core(settings), ScoringMetrics(), 0.5, limits
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         body = json.dumps([_event(row) for _, row in events.iterrows()]).encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -11,10 +12,13 @@ import numpy as np
 import pytest
 
 from serving.events import (
+    DEAD_LETTER_MAX_KEY_BYTES,
+    DEAD_LETTER_MAX_ORIGINAL_BYTES,
     InvalidEvent,
     Label,
     Transaction,
     dead_letter,
+    dead_letter_key,
     dead_letter_original,
     encode_label,
     encode_transaction,
@@ -250,6 +254,9 @@ def test_dead_letter_keeps_the_original_bytes_and_says_where_from() -> None:
         "source_offset": 42,
         "failed_at": "2026-05-02T08:30:00.000000Z",
         "original_b64": base64.b64encode(raw).decode(),
+        "original_length": len(raw),
+        "original_sha256": hashlib.sha256(raw).hexdigest(),
+        "original_truncated": False,
         "original_text": raw.decode(),
     }
     assert dead_letter_original(record) == raw
@@ -262,6 +269,73 @@ def test_dead_letter_of_binary_garbage_has_no_text() -> None:
     assert base64.b64decode(body["original_b64"]) == raw
     failed_at = datetime.fromisoformat(body["failed_at"])
     assert abs(datetime.now(UTC) - failed_at) < timedelta(minutes=1)
+
+
+BROKER_MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+def test_a_tombstone_is_rejected_not_raised() -> None:
+    with pytest.raises(InvalidEvent, match=r"^tombstone: "):
+        parse_transaction(None)
+    with pytest.raises(InvalidEvent, match=r"^tombstone: "):
+        parse_label(None)
+    batch = parse_transactions([None, encode_transaction(TX), None])
+    assert batch.rows.tolist() == [1]
+    assert [(index, exc.code) for index, exc in batch.rejected] == [
+        (0, "tombstone"),
+        (2, "tombstone"),
+    ]
+    assert [exc.code for _, exc in parse_labels([None]).rejected] == ["tombstone"]
+
+
+def test_an_amount_of_400_digits_is_too_large_not_an_overflow() -> None:
+    raw = encode_transaction(TX).replace(b"57.25", b"9" * 400)
+    assert _reason(raw) == "amount_too_large: an integer of 400 digits"
+    batch = parse_transactions([encode_transaction(TX), raw])
+    assert batch.rows.tolist() == [0]
+    assert [exc.reason for _, exc in batch.rejected] == [
+        "amount_too_large: an integer of 400 digits"
+    ]
+
+
+def test_the_dead_letter_of_a_tombstone_says_so() -> None:
+    record = dead_letter(None, "tombstone: the record has no value", "transactions", 0, 3)
+    body = json.loads(record)
+    assert body["original_b64"] is None
+    assert body["original_length"] == 0
+    assert "original_text" not in body
+    assert dead_letter_original(record) is None
+
+
+@pytest.mark.parametrize("filler", [b"\x01", b"\xff", b"a"])  # worst JSON escaping, not UTF-8
+def test_the_dead_letter_of_a_900_kb_value_fits_the_broker_and_identifies_it(filler: bytes) -> None:
+    raw = filler * (900 * 1024)
+    record = dead_letter(raw, "not_json: Expecting value at char 0", "transactions", 1, 9)
+    assert len(record) < BROKER_MAX_MESSAGE_BYTES // 2
+    body = json.loads(record)
+    assert body["original_truncated"] is True
+    assert body["original_length"] == len(raw)
+    assert body["original_sha256"] == hashlib.sha256(raw).hexdigest()
+    kept = base64.b64decode(body["original_b64"])
+    assert kept == raw[:DEAD_LETTER_MAX_ORIGINAL_BYTES]
+    assert "original_text" not in body
+    with pytest.raises(InvalidEvent, match="was cut"):
+        dead_letter_original(record)
+
+
+def test_the_largest_uncut_original_with_text_still_fits() -> None:
+    raw = b"\x01" * DEAD_LETTER_MAX_ORIGINAL_BYTES  # valid UTF-8, 6 characters each in JSON
+    record = dead_letter(raw, "not_json: Expecting value at char 0", "transactions", 1, 9)
+    assert len(record) < BROKER_MAX_MESSAGE_BYTES // 2
+    assert json.loads(record)["original_text"] == raw.decode()
+    assert dead_letter_original(record) == raw
+
+
+def test_oversized_keys_are_not_reused_for_dead_letters() -> None:
+    assert dead_letter_key(b"4321") == b"4321"
+    assert dead_letter_key(None) is None
+    assert dead_letter_key(b"k" * DEAD_LETTER_MAX_KEY_BYTES) == b"k" * DEAD_LETTER_MAX_KEY_BYTES
+    assert dead_letter_key(b"k" * (DEAD_LETTER_MAX_KEY_BYTES + 1)) is None
 
 
 def _odd_transactions() -> list[bytes]:

@@ -51,7 +51,7 @@ def test_a_partial_batch_at_the_end_is_left_for_the_next_fetch() -> None:
     assert fetched.values == [b"1", b"2"]
 
 
-@pytest.mark.parametrize("compression", [1, 4])  # gzip, zstd
+@pytest.mark.parametrize("compression", [1, 2, 3, 4])  # gzip, snappy, lz4, zstd
 def test_compressed_batches(compression: int) -> None:
     values = [b"label %d" % i for i in range(50)]
     fetched = Fetched()

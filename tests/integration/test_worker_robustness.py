@@ -1,0 +1,329 @@
+"""Records that used to stop the worker for good: each is now a dead letter, the stream goes on.
+
+Every test puts its crafted records among ordinary transactions of the trained platform on a
+private topic, runs a real worker against the session's Kafka and Redis (with a private state
+prefix), and checks the dead-letter topic, the scores and the committed offsets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from serving.events import Label, encode_label
+from serving.http import ScoringHttpServer
+from serving.metrics import ScoringMetrics
+from serving.scoring import build_core
+from serving.validation import EventLimits
+from serving.worker import build_worker
+from skewless.services.process import wait_for
+from skewless.settings import Settings
+from tests.conftest import TrainedPlatform, free_port, private_settings
+from tests.integration.test_worker import _event, _read_all, _window
+
+pytestmark = pytest.mark.integration
+
+BROKER_MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A crafted record and the reason code its dead letter must carry."""
+
+    value: bytes | None
+    code: str
+
+
+def _good(platform: TrainedPlatform, count: int) -> pd.DataFrame:
+    return _window(platform, 1).head(count)
+
+
+def _with_time(row: pd.Series, moment: datetime, **changes: Any) -> bytes:
+    body = {**_event(row), "tx_datetime": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), **changes}
+    return json.dumps(body).encode()
+
+
+def _settings(platform: TrainedPlatform) -> Settings:
+    return private_settings(platform, stream_state_prefix=f"test:{uuid.uuid4().hex}")
+
+
+def _produce(
+    settings: Settings,
+    values: Sequence[bytes | None],
+    *,
+    topic: str | None = None,
+    compression: str | None = None,
+) -> None:
+    """Send `values` in order to one partition (one key), so that a worker reads them together."""
+    producer = KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        compression_type=compression,
+        max_request_size=2 * BROKER_MAX_MESSAGE_BYTES,
+    )
+    try:
+        for value in values:
+            producer.send(topic or settings.topic_transactions, value, key=b"1")
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def _committed(settings: Settings) -> int:
+    """Offsets the worker's group committed on the transactions topic, over its partitions."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.consumer_group
+    )
+    try:
+        partitions = consumer.partitions_for_topic(settings.topic_transactions) or set()
+        tps = [TopicPartition(settings.topic_transactions, p) for p in partitions]
+        return sum(consumer.committed(tp) or 0 for tp in tps)
+    finally:
+        consumer.close()
+
+
+def _dead_letters(settings: Settings, expected: int) -> list[dict[str, Any]]:
+    return [body for _, body in _read_all(settings, settings.topic_dead_letter, expected)]
+
+
+def _scored_ids(settings: Settings, expected: int) -> list[int]:
+    scores = _read_all(settings, settings.topic_scores, expected)
+    return [body["transaction_id"] for _, body in scores]
+
+
+def _run_batch(platform: TrainedPlatform, bad: Bad) -> tuple[Settings, pd.DataFrame]:
+    """Six ordinary events with `bad` in the middle, through one bounded worker run."""
+    settings = _settings(platform)
+    good = _good(platform, 6)
+    values: list[bytes | None] = [json.dumps(_event(row)).encode() for _, row in good.iterrows()]
+    values.insert(3, bad.value)
+    _produce(settings, values)
+    stats = build_worker(settings).run(max_events=len(values), idle_exit_s=10)
+    assert (stats.scored, stats.dead_letters) == (len(good), 1)
+    return settings, good
+
+
+def _tombstone(row: pd.Series) -> Bad:
+    return Bad(None, "tombstone")
+
+
+def _amount_of_400_digits(row: pd.Series) -> Bad:
+    body = {**_event(row), "tx_amount": int("9" * 400)}
+    return Bad(json.dumps(body).encode(), "amount_too_large")
+
+
+def _garbage_of_900_kb(row: pd.Series) -> Bad:
+    return Bad(bytes(range(256)) * (900 * 4), "not_utf8")
+
+
+def _dated_2099(row: pd.Series) -> Bad:
+    return Bad(_with_time(row, datetime(2099, 1, 1, tzinfo=UTC)), "too_far_ahead")
+
+
+def _dated_1969(row: pd.Series) -> Bad:
+    return Bad(_with_time(row, datetime(1969, 12, 31, 23, tzinfo=UTC)), "too_late")
+
+
+def _absurd_finite_amount(row: pd.Series) -> Bad:
+    return Bad(json.dumps({**_event(row), "tx_amount": 1e308}).encode(), "amount_too_large")
+
+
+CRASHES: dict[str, Callable[[pd.Series], Bad]] = {
+    "tombstone": _tombstone,
+    "amount_of_400_digits": _amount_of_400_digits,
+    "garbage_of_900_kb": _garbage_of_900_kb,
+    "dated_2099": _dated_2099,
+    "dated_1969": _dated_1969,
+    "amount_1e308": _absurd_finite_amount,
+}
+
+
+@pytest.mark.parametrize("crash", list(CRASHES))
+def test_a_record_that_stopped_the_worker_is_a_dead_letter_and_the_batch_is_committed(
+    trained_platform: TrainedPlatform, crash: str
+) -> None:
+    bad = CRASHES[crash](_good(trained_platform, 1).iloc[0])
+    settings, good = _run_batch(trained_platform, bad)
+    [letter] = _dead_letters(settings, 1)
+    assert letter["reason_code"] == bad.code, letter["reason"]
+    assert letter["source_offset"] == 3
+    original = bad.value or b""
+    assert letter["original_length"] == len(original)
+    assert sorted(_scored_ids(settings, len(good))) == sorted(good["transaction_id"])
+    assert _committed(settings) == len(good) + 1
+
+
+def test_a_900_kb_dead_letter_is_cut_and_still_identifies_its_original(
+    trained_platform: TrainedPlatform,
+) -> None:
+    garbage = bytes(range(256)) * (900 * 4)
+    settings, _ = _run_batch(trained_platform, Bad(garbage, "not_utf8"))
+    consumer = KafkaConsumer(
+        settings.topic_dead_letter,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    try:
+        [record] = list(consumer)
+    finally:
+        consumer.close()
+    assert len(record.value) < BROKER_MAX_MESSAGE_BYTES
+    body = json.loads(record.value)
+    assert body["original_truncated"] is True
+    assert body["original_sha256"] == hashlib.sha256(garbage).hexdigest()
+
+
+def test_an_absurd_amount_leaves_the_other_customers_scores_as_without_it(
+    trained_platform: TrainedPlatform,
+) -> None:
+    good = _good(trained_platform, 6)
+    poisoned, _ = _run_batch(trained_platform, _absurd_finite_amount(good.iloc[0]))
+    clean = _settings(trained_platform)
+    _produce(clean, [json.dumps(_event(row)).encode() for _, row in good.iterrows()])
+    build_worker(clean).run(max_events=len(good), idle_exit_s=10)
+
+    def scores(settings: Settings) -> dict[int, float]:
+        bodies = _read_all(settings, settings.topic_scores, len(good))
+        return {body["transaction_id"]: body["score"] for _, body in bodies}
+
+    with_poison, without = scores(poisoned), scores(clean)
+    assert set(with_poison) == set(good["transaction_id"])
+    assert with_poison == without
+    assert all(score is not None for score in with_poison.values())
+
+
+def test_an_april_event_among_october_ones_is_too_late(trained_platform: TrainedPlatform) -> None:
+    settings = _settings(trained_platform)
+    rows = [row for _, row in _good(trained_platform, 6).iterrows()]
+    october = datetime(2026, 10, 1, tzinfo=UTC)
+    values: list[bytes | None] = [
+        _with_time(row, october + timedelta(minutes=index)) for index, row in enumerate(rows)
+    ]
+    values.insert(2, _with_time(rows[0], datetime(2026, 4, 1, tzinfo=UTC), transaction_id=1))
+    _produce(settings, values)
+    stats = build_worker(settings).run(max_events=len(values), idle_exit_s=10)
+    assert (stats.scored, stats.dead_letters) == (len(rows), 1)
+    [letter] = _dead_letters(settings, 1)
+    assert letter["reason_code"] == "too_late"
+    assert letter["source_offset"] == 2
+
+
+def test_a_batch_with_events_of_2099_and_1970_scores_the_others_and_keeps_running(
+    trained_platform: TrainedPlatform,
+) -> None:
+    """Issue 10's done-when: both dead-lettered with their reason, the others scored, and the
+    worker, still the same one, goes on scoring the next batch."""
+    settings = _settings(trained_platform)
+    rows = [row for _, row in _window(trained_platform, 1).head(12).iterrows()]
+    first = [json.dumps(_event(row)).encode() for row in rows[:8]]
+    first.insert(2, _with_time(rows[0], datetime(2099, 1, 1, tzinfo=UTC), transaction_id=-1))
+    first.insert(6, _with_time(rows[1], datetime(1970, 1, 1, tzinfo=UTC), transaction_id=-2))
+    _produce(settings, first)
+    worker = build_worker(settings)
+    thread = threading.Thread(target=worker.run, kwargs={"idle_exit_s": None}, daemon=True)
+    thread.start()
+    try:
+        letters = _dead_letters(settings, 2)
+        assert Counter(letter["reason_code"] for letter in letters) == {
+            "too_far_ahead": 1,
+            "too_late": 1,
+        }
+        assert {letter["source_offset"] for letter in letters} == {2, 6}
+        first_ids = [int(row["transaction_id"]) for row in rows[:8]]
+        assert sorted(_scored_ids(settings, 8)) == sorted(first_ids)
+        assert wait_for(lambda: _committed(settings) == len(first), 30)
+        assert thread.is_alive()
+        _produce(settings, [json.dumps(_event(row)).encode() for row in rows[8:]])
+        assert wait_for(lambda: len(_scored_ids(settings, 12)) >= 12, 60)
+        assert sorted(_scored_ids(settings, 12)) == sorted(int(r["transaction_id"]) for r in rows)
+        assert thread.is_alive()
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_compressed_transactions_and_labels_are_read(
+    trained_platform: TrainedPlatform, codec: str
+) -> None:
+    settings = _settings(trained_platform)
+    good = _good(trained_platform, 20)
+    labels = [
+        encode_label(
+            Label(
+                int(row["transaction_id"]),
+                int(row["customer_id"]),
+                int(row["terminal_id"]),
+                row["tx_datetime"].to_pydatetime(),
+                int(row["tx_fraud"]),
+                row["tx_datetime"].to_pydatetime() + timedelta(days=7),
+            )
+        )
+        for _, row in good.iterrows()
+    ]
+    _produce(settings, list(labels), topic=settings.topic_labels, compression=codec)
+    values = [json.dumps(_event(row)).encode() for _, row in good.iterrows()]
+    _produce(settings, list(values), compression=codec)
+    stats = build_worker(settings).run(max_events=len(values), idle_exit_s=10)
+    assert (stats.scored, stats.dead_letters, stats.labels) == (len(good), 0, len(labels))
+    assert sorted(_scored_ids(settings, len(good))) == sorted(good["transaction_id"])
+
+
+def test_the_http_door_answers_422_with_the_reason_for_the_same_records(
+    trained_platform: TrainedPlatform,
+) -> None:
+    settings = _settings(trained_platform)
+    row = _good(trained_platform, 1).iloc[0]
+    server = ScoringHttpServer(
+        ("127.0.0.1", free_port()),
+        build_core(settings),
+        ScoringMetrics(),
+        settings.score_threshold,
+        EventLimits.from_settings(settings),
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/score"
+
+    def post(body: bytes) -> tuple[int, Any]:
+        request = urllib.request.Request(url, data=body, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    cases = {
+        json.dumps({**_event(row), "tx_amount": 1e308}).encode(): "amount_too_large",
+        json.dumps({**_event(row), "tx_amount": int("9" * 400)}).encode(): "amount_too_large",
+        _with_time(row, datetime(2099, 1, 1, tzinfo=UTC)): "too_far_ahead",
+    }
+    try:
+        for body, code in cases.items():
+            status, answer = post(body)
+            assert status == 422, answer
+            [error] = answer["errors"]
+            assert error["reason"].startswith(code + ": ")
+        status, answer = post(b"[" * 100_000)
+        assert status == 400
+        assert answer["error"].startswith("not JSON")
+        status, answer = post(json.dumps(_event(row)).encode())
+        assert status == 200
+        assert 0.0 <= answer["score"] <= 1.0
+    finally:
+        server.shutdown()
+        server.server_close()
