@@ -181,12 +181,12 @@ def run_monitor(
     live = live_quality(
         served, inputs.labels(settings), inputs.logged_test_metrics(settings, version)
     )
-    verdict = _verdict(result)
+    headline = verdict(result)
     now = datetime.now(UTC)
     folder = settings.data_dir / REPORTS
     name = f"monitor-{now:%Y%m%dT%H%M%S}"
     common: dict[str, Any] = {
-        "verdict": verdict,
+        "verdict": headline,
         "verdict_ok": result.ok,
         "drift": result.drift,
         "skew": result.skew,
@@ -216,7 +216,7 @@ DRIFT_NEXT_STEP = (
 )
 
 
-def _verdict(result: MonitorResult) -> str:
+def verdict(result: MonitorResult) -> str:
     """One line: OK, or what alerts and what to do next."""
     problems = result.skew_breaches + [f"drift alert {line}" for line in result.drift_alerts]
     if not problems:

@@ -249,7 +249,9 @@ def _live_table(live_quality: pd.DataFrame | None) -> str:
     return _table([str(column) for column in live_quality.columns], rows)
 
 
-def _bars(stats: FeatureStatistics, served: pd.Series) -> tuple[list[str], np.ndarray, np.ndarray]:
+def distribution_bars(
+    stats: FeatureStatistics, served: pd.Series
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Bin labels, training shares and serving shares of one feature, as people read them.
 
     Outer bins empty on both sides are left out; a 0/1 feature gets two bars, `0` and `1`.
@@ -287,7 +289,7 @@ def _png(figure: Figure) -> str:
 
 def _plot(stats: FeatureStatistics, served: pd.Series) -> str:
     """Reference vs served bin shares of one feature as an embedded PNG <img>."""
-    labels, training, serving = _bars(stats, served)
+    labels, training, serving = distribution_bars(stats, served)
     figure = Figure(figsize=(5.6, 3.5), dpi=100)
     axes = figure.add_subplot()
     position = np.arange(len(labels))

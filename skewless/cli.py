@@ -66,6 +66,7 @@ def log_handler(stream: IO[str] | None = None) -> logging.Handler:
     )
     return handler
 
+
 MOMENT_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]
 """How a UTC moment is written on the command line."""
 

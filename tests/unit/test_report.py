@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.drift import drift_report
-from monitoring.report import render_report, summary_json
+from monitoring.drift import FeatureDrift, drift_report
+from monitoring.monitor import MonitorResult, verdict
+from monitoring.report import distribution_bars, render_report, summary_json
 from monitoring.skew import skew_report
 from monitoring.statistics import reference_statistics
 
@@ -145,3 +146,52 @@ def test_summary_json_is_strict_json(tmp_path: Path) -> None:
     assert summary["live_quality"][1]["auc_roc"] is None
     assert summary["dead_letters"] == {"invalid_json": 3, "missing_field": 1}
     assert summary["generated_at"] == "2026-11-02T08:30:00+00:00"
+
+
+def test_a_flag_feature_is_two_bars_and_empty_outer_bins_are_left_out() -> None:
+    rng = np.random.default_rng(3)
+    flags = pd.DataFrame({"during_night": rng.binomial(1, 0.3, 4_000).astype(float)})
+    stats = reference_statistics(flags, ["during_night"])["during_night"]
+    labels, training, serving = distribution_bars(stats, flags["during_night"].head(500))
+    assert labels == ["0", "1"]
+    assert training.sum() == pytest.approx(1.0) and serving.sum() == pytest.approx(1.0)
+    amounts = pd.DataFrame({"amount": rng.gamma(2, 25, 4_000)})
+    stats = reference_statistics(amounts, ["amount"])["amount"]
+    labels, _, _ = distribution_bars(stats, amounts["amount"])
+    assert labels[0].startswith("≤") and labels[-1].startswith(">") and len(labels) == 10
+    below = amounts["amount"][amounts["amount"] <= stats.inner_edges[2]]  # served: low bins only
+    labels, training, serving = distribution_bars(stats, below)
+    assert len(labels) == 10  # training still fills every bin: nothing is left out
+    assert serving[3:].sum() == 0
+
+
+def test_the_score_keeps_its_fraud_tail_in_the_reference_and_the_plot() -> None:
+    rng = np.random.default_rng(4)
+    scores = pd.DataFrame(
+        {"score": np.concatenate([rng.beta(1, 300, 9_900), rng.uniform(0.5, 1, 100)])}
+    )
+    plain = reference_statistics(scores, ["score"])["score"]
+    tailed = reference_statistics(scores, ["score"], tail_features=["score"])["score"]
+    assert plain.inner_edges[-1] < 0.02  # deciles: every fraud in one bar with 10% of the rows
+    assert tailed.inner_edges[-1] > 0.5  # the 99.9% quantile sits among the frauds
+    assert sum(tailed.histogram[-3:]) == pytest.approx(0.05, abs=0.002)
+    labels, training, _ = distribution_bars(tailed, scores["score"])
+    assert len(labels) == len(tailed.inner_edges) + 1 and training[-1] == pytest.approx(0.001)
+
+
+def test_the_live_quality_plot_is_drawn_next_to_the_table(tmp_path: Path) -> None:
+    parser = parse(render_report(tmp_path / "report.html", **inputs(drifted=False)))
+    live = [attrs for tag, attrs in parser.tags if tag == "img" and attrs.get("class") == "live"]
+    assert len(live) == 1 and str(live[0]["src"]).startswith("data:image/png;base64,")
+
+
+def test_a_red_headline_says_what_to_do_next() -> None:
+    drifted = FeatureDrift("amount", 0.4, 0.2, 0.3, 0.0, 0.0, 1000, "alert")
+    result = MonitorResult(served=1000, model_version="3", drift=[drifted])
+    headline = verdict(result)
+    assert headline.startswith("ALERT: drift alert amount: PSI 0.400")
+    assert "Next: check the upstream feed" in headline and "\n" not in headline
+    result.skew_breaches = ["amount: 2.0% rows disagree"]
+    assert "Next: do not trust these scores" in verdict(result)
+    result.skew_breaches, result.drift = [], []
+    assert verdict(result).startswith("OK: no drift alert over 1,000 served events")
