@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated
@@ -15,6 +14,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Column, Table
 
+from skewless import logs
 from skewless.services.process import ServiceError
 from skewless.settings import Settings, SettingsError, load_settings
 
@@ -83,16 +83,13 @@ def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
     """skewless: one feature declaration for training and serving, skew measured."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[log_handler()])
-    # Feast flags its Spark store and on-demand views as experimental on every use.
-    warnings.filterwarnings("ignore", message=".*experimental feature", category=RuntimeWarning)
-    for noisy in ("kafka", "urllib3", "py4j", "feast"):
-        logging.getLogger(noisy).setLevel(logging.ERROR if noisy != "feast" else logging.WARNING)
     try:
-        ctx.obj = load_settings()
+        settings = load_settings()
     except SettingsError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+    logs.configure(log_handler(), settings.runtime_dir, verbose)
+    ctx.obj = settings
 
 
 @config_app.command("show")

@@ -230,8 +230,8 @@ def train(
                 best_state, best_epoch = copy.deepcopy(module.state_dict()), epoch
                 best_ap = report.val_average_precision
             elif epoch - best_epoch >= params.patience:
-                logger.info("early stop after epoch %d; best epoch %d", epoch, best_epoch)
                 break
+        logger.info("%d epochs, best %d (validation AP %.4f)", len(history), best_epoch, best_ap)
         module.load_state_dict(best_state)
         module.eval()
     return TrainedModel(module, preprocessor, params, best_epoch, tuple(history))
@@ -320,7 +320,7 @@ def _validate(
         val_auc_roc=auc_roc(labels, scores),
         seconds=time.perf_counter() - started,
     )
-    logger.info(
+    logger.debug(  # the pipeline shows a progress bar; every epoch is in MLflow
         "epoch %d: train loss %.5f, val loss %.5f, val AP %.4f, val AUC %.4f (%.1f s)",
         *(epoch, train_loss, val_loss, report.val_average_precision, report.val_auc_roc),
         report.seconds,

@@ -8,6 +8,7 @@ one configuration.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -17,6 +18,8 @@ from skewless.settings import Settings
 logger = logging.getLogger(__name__)
 
 APP_NAME = "skewless"
+DRIVER_LOG_CONFIG = Path(__file__).parent / "assets" / "spark-log4j2.properties"
+"""log4j2 configuration of the driver JVM: errors only."""
 
 
 def spark_session(settings: Settings) -> SparkSession:
@@ -31,6 +34,9 @@ def spark_session(settings: Settings) -> SparkSession:
         return active
     export_environment(settings)
     conf = spark_conf(settings)
+    log_option = f"-Dlog4j2.configurationFile={DRIVER_LOG_CONFIG.as_uri()}"
+    java_options = conf.get("spark.driver.extraJavaOptions", "")
+    conf["spark.driver.extraJavaOptions"] = f"{java_options} {log_option}".strip()
     builder = SparkSession.builder.appName(APP_NAME)
     for key, value in conf.items():
         builder = builder.config(key, str(value))
