@@ -20,14 +20,14 @@ $(UV):
 	python3 -m venv $(BOOTSTRAP)
 	$(BOOTSTRAP)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-setup: $(UV) ## install everything: Python env from uv.lock, Java check, Redis, Chromium, Kafka jars (idempotent)
+setup: $(UV) ## install everything: Python env from uv.lock, Java check, Redis, Prometheus, Chromium, Kafka jars (idempotent)
 	$(UV) sync --frozen
 	$(SKEWLESS) services install
 
 config: ## print the effective settings (NAME=value)
 	@$(SKEWLESS) config show
 
-services-up: setup ## start Kafka, Redis and MLflow on loopback and create the topics
+services-up: setup ## start Kafka, Redis, MLflow and Prometheus on loopback and create the topics
 	$(SKEWLESS) services up
 
 services-status: ## show each server's pid and health
@@ -84,7 +84,7 @@ lint: ## ruff check, ruff format --check and mypy
 unit: ## unit tests only (no servers)
 	$(RUN) pytest tests/unit
 
-integration: ## integration tests against real Kafka, Redis, Spark and MLflow
+integration: ## integration tests against real Kafka, Redis, Spark, MLflow and Prometheus
 	$(RUN) pytest tests/integration
 
 test: setup lint ## install, lint, then run unit and integration tests

@@ -6,6 +6,7 @@ import math
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -106,7 +107,9 @@ class ScoringMetrics:
             registry=r,
         )  # fmt: skip
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        """Expose /metrics on host:port (0: do nothing)."""
-        if port:
-            start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1") -> WSGIServer | None:
+        """Expose /metrics on host:port in a thread (0: do nothing); the server, to shut down."""
+        if not port:
+            return None
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return server

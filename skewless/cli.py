@@ -26,7 +26,9 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
 )
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the effective settings.")
-services_app = typer.Typer(no_args_is_help=True, help="Local Kafka, Redis and MLflow servers.")
+services_app = typer.Typer(
+    no_args_is_help=True, help="Local Kafka, Redis, MLflow and Prometheus servers."
+)
 app.add_typer(config_app, name="config")
 data_app = typer.Typer(no_args_is_help=True, help="Import and inspect transaction data.")
 monitor_app = typer.Typer(no_args_is_help=True, help="Skew, drift, data quality, live quality.")
@@ -101,7 +103,7 @@ def config_show(ctx: typer.Context) -> None:
 
 @services_app.command("install")
 def services_install(ctx: typer.Context) -> None:
-    """Install what the servers need: Java check, Redis package, Kafka jars."""
+    """Install what the servers need: Java check, Redis and Prometheus packages, Kafka jars."""
     from skewless import services
 
     services.install(_settings(ctx))
@@ -112,12 +114,13 @@ def services_install(ctx: typer.Context) -> None:
 def services_up(
     ctx: typer.Context,
     mlflow: Annotated[bool, typer.Option(help="also start the MLflow server")] = True,
+    prometheus: Annotated[bool, typer.Option(help="also start Prometheus")] = True,
 ) -> None:
-    """Start Kafka, Redis and MLflow on loopback (idempotent) and create the topics."""
+    """Start Kafka, Redis, MLflow and Prometheus on loopback (idempotent), create the topics."""
     from skewless import services
 
     settings = _settings(ctx)
-    services.up(settings, with_mlflow=mlflow)
+    services.up(settings, with_mlflow=mlflow, with_prometheus=prometheus)
     _print_status(settings)
 
 

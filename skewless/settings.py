@@ -128,6 +128,16 @@ class Settings(BaseSettings):
         "HTTP door) goes to the dead-letter topic (too_far_ahead)",
     )
 
+    # Prometheus, scraping the worker and the HTTP enricher.
+    prometheus_port: int = Field(9190, ge=1, le=65535, description="Prometheus server port")
+    prometheus_scrape_interval_s: float = Field(
+        5.0, gt=0, le=60, description="how often Prometheus scrapes and evaluates the rules"
+    )
+    prometheus_rules: Path = Field(
+        Path("monitoring") / "prometheus" / "rules.yml",
+        description="recording and alerting rules Prometheus loads",
+    )
+
     # Monitoring thresholds.
     skew_tolerance_relative: float = Field(
         1e-9, ge=0, description="online and offline values further apart than this differ"
@@ -146,10 +156,10 @@ class Settings(BaseSettings):
         180.0, gt=0, description="deadline for a server to answer"
     )
 
-    @field_validator("runtime_dir", "data_dir", "cache_dir", "feature_repo")
+    @field_validator("runtime_dir", "data_dir", "cache_dir", "feature_repo", "prometheus_rules")
     @classmethod
     def _absolute(cls, path: Path) -> Path:
-        """Folders are made absolute once, against the project root, so a later change of
+        """Paths are made absolute once, against the project root, so a later change of
         directory cannot move them."""
         return (project_root() / path.expanduser()).resolve()
 

@@ -1,4 +1,4 @@
-"""Local servers of the platform (Kafka, Redis, MLflow), started and stopped as one.
+"""Local servers of the platform (Kafka, Redis, MLflow, Prometheus), started and stopped as one.
 
 The server modules (and the Kafka and Redis clients they import) are imported by the functions
 that use them, so that importing `skewless.services.process` stays cheap for commands that never
@@ -29,21 +29,22 @@ class ServiceStatus:
 
 
 def install(settings: Settings) -> None:
-    """Install what the platform needs (Java check, Redis, Kafka jars, a headless browser
-    to check the monitoring report); idempotent."""
-    from skewless.services import kafka, redis_server
+    """Install what the platform needs (Java check, Redis, Kafka jars, Prometheus, a headless
+    browser to check the monitoring report); idempotent."""
+    from skewless.services import kafka, prometheus_server, redis_server
     from skewless.services.apt import ensure_package
     from skewless.services.java import check_java
 
     check_java()
     redis_server.ensure_installed()
     kafka.ensure_installed(settings)
+    prometheus_server.ensure_installed()
     ensure_package("chromium", "chromium")
 
 
-def up(settings: Settings, with_mlflow: bool = True) -> None:
+def up(settings: Settings, with_mlflow: bool = True, with_prometheus: bool = True) -> None:
     """Start every server that is not running yet and wait until each answers."""
-    from skewless.services import kafka, mlflow_server, redis_server
+    from skewless.services import kafka, mlflow_server, prometheus_server, redis_server
     from skewless.services.java import check_java
 
     check_java()
@@ -51,14 +52,17 @@ def up(settings: Settings, with_mlflow: bool = True) -> None:
     kafka.start(settings)
     if with_mlflow:
         mlflow_server.start(settings)
+    if with_prometheus:
+        prometheus_server.start(settings)
 
 
 def down(settings: Settings) -> list[str]:
     """Stop every server we started; returns the names of those that were running."""
-    from skewless.services import kafka, mlflow_server, redis_server
+    from skewless.services import kafka, mlflow_server, prometheus_server, redis_server
 
     stopped = []
     for name, stop in (
+        ("prometheus", prometheus_server.stop),
         ("mlflow", mlflow_server.stop),
         ("kafka", kafka.stop),
         ("redis", redis_server.stop),
@@ -70,7 +74,7 @@ def down(settings: Settings) -> list[str]:
 
 def status(settings: Settings) -> list[ServiceStatus]:
     """Pid and health of each server."""
-    from skewless.services import kafka, mlflow_server, redis_server
+    from skewless.services import kafka, mlflow_server, prometheus_server, redis_server
 
     checks = (
         (kafka.NAME, settings.kafka_bootstrap, kafka.is_ready),
@@ -80,6 +84,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
             redis_server.is_ready,
         ),
         (mlflow_server.NAME, mlflow_server.url(settings), mlflow_server.is_ready),
+        (prometheus_server.NAME, prometheus_server.url(settings), prometheus_server.is_ready),
     )
     return [
         ServiceStatus(

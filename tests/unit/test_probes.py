@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from skewless.services import kafka, mlflow_server, redis_server
+from skewless.services import kafka, mlflow_server, prometheus_server, redis_server
 from skewless.services.process import (
     NOT_READY,
     Endpoint,
@@ -89,11 +89,13 @@ PROBES: dict[str, tuple[Callable[[Settings], bool], Callable[[Settings], Endpoin
     "mlflow": (mlflow_server._health_ok, mlflow_server.endpoint, "mlflow_port"),
     "redis": (redis_server._pong, redis_server.endpoint, "redis_port"),
     "kafka": (kafka._has_live_broker, kafka.endpoint, "kafka_port"),
+    "prometheus": (prometheus_server._ready, prometheus_server.endpoint, "prometheus_port"),
 }
 IS_READY = {
     "mlflow": mlflow_server.is_ready,
     "redis": redis_server.is_ready,
     "kafka": kafka.is_ready,
+    "prometheus": prometheus_server.is_ready,
 }
 
 
@@ -109,6 +111,7 @@ def _pointing_at(port: int, tmp_path: Path) -> Settings:
         mlflow_port=port,
         redis_port=port,
         kafka_port=port,
+        prometheus_port=port,
         service_start_timeout_s=1.5,
     )
 

@@ -1,0 +1,118 @@
+"""The real Prometheus of `skewless services up` scraping a real worker and HTTP enricher."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from kafka import KafkaProducer
+
+from serving.http import ScoringHttpServer
+from serving.metrics import ScoringMetrics
+from serving.scoring import build_core
+from serving.worker import build_worker
+from skewless import services
+from skewless.services import prometheus_server
+from skewless.services.process import wait_for
+from skewless.settings import Settings
+from tests.conftest import TrainedPlatform, free_port, private_settings
+
+pytestmark = pytest.mark.integration
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "monitoring" / "grafana" / "skewless.json"
+SCRAPED_WITHIN_S = 60.0
+
+
+def _value(settings: Settings, promql: str) -> float | None:
+    """The single value of an instant query, None while it has no result."""
+    result = prometheus_server.query(settings, promql)
+    return float(result[0]["value"][1]) if len(result) == 1 else None
+
+
+def _events(platform: TrainedPlatform, count: int) -> list[dict[str, Any]]:
+    start = datetime(2026, 5, 25, tzinfo=UTC)
+    tx = platform.transactions
+    window = tx[(tx["tx_datetime"] >= start) & (tx["tx_datetime"] < start + timedelta(days=1))]
+    return [_event(row) for _, row in window.head(count).iterrows()]
+
+
+def _event(row: pd.Series) -> dict[str, Any]:
+    return {
+        "transaction_id": int(row["transaction_id"]),
+        "tx_datetime": row["tx_datetime"].strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "customer_id": int(row["customer_id"]),
+        "terminal_id": int(row["terminal_id"]),
+        "tx_amount": float(row["tx_amount"]),
+    }
+
+
+def test_prometheus_scrapes_the_worker_and_the_enricher(trained_platform: TrainedPlatform) -> None:
+    settings = private_settings(
+        trained_platform,
+        metrics_port=free_port(),
+        http_port=free_port(),
+        prometheus_port=free_port(),
+        prometheus_scrape_interval_s=1,
+    )
+    events = _events(trained_platform, 120)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    for event in events:
+        producer.send(settings.topic_transactions, json.dumps(event).encode())
+    producer.flush()
+    producer.close()
+
+    metrics = ScoringMetrics()
+    worker = build_worker(settings, metrics)
+    metrics_server = metrics.serve(settings.metrics_port)
+    assert metrics_server is not None
+    enricher = ScoringHttpServer(
+        ("127.0.0.1", settings.http_port), build_core(settings), ScoringMetrics(), 0.5
+    )
+    threading.Thread(target=enricher.serve_forever, daemon=True).start()
+    try:
+        prometheus_server.start(settings)
+        status = {row.name: row for row in services.status(settings)}
+        assert status["prometheus"].healthy
+        assert status["prometheus"].pid is not None
+
+        stats = worker.run(max_events=len(events), idle_exit_s=20)
+        assert stats.scored == len(events)
+
+        scored = 'skewless_events_scored_total{job="skewless-worker"}'
+        assert wait_for(lambda: _value(settings, scored) == len(events), SCRAPED_WITHIN_S), (
+            f"{scored} = {_value(settings, scored)}, want {len(events)}"
+        )
+        champion = worker.core.model.version
+        version = f'skewless_model_version{{job="skewless-worker", model="{settings.model_name}"}}'
+        assert _value(settings, version) == float(champion)
+        assert _value(settings, 'up{job="skewless-worker"}') == 1.0
+        assert _value(settings, 'up{job="skewless-http"}') == 1.0
+        # The repository's recording rules run on the scraped series.
+        recorded = 'job:skewless_events_scored:rate1m{job="skewless-worker"}'
+        assert wait_for(lambda: _value(settings, recorded) is not None, SCRAPED_WITHIN_S)
+
+        # Every query of the Grafana dashboard is valid PromQL for this Prometheus.
+        panels = json.loads(DASHBOARD.read_text())["panels"]
+        for query in [target["expr"] for panel in panels for target in panel["targets"]]:
+            prometheus_server.query(settings, query)
+
+        # The alerts page of Debian's build of the UI lists the repository's alerts.
+        alerts_page = f"{prometheus_server.url(settings)}/classic/alerts"
+        with urllib.request.urlopen(alerts_page, timeout=10) as response:
+            page = response.read().decode()
+        assert "SkewlessWorkerDown" in page
+        assert "SkewlessFeatureDriftPSI" in page
+    finally:
+        prometheus_server.stop(settings)
+        enricher.shutdown()
+        enricher.server_close()
+        enricher.core.watcher.stop()
+        metrics_server.shutdown()
+        metrics_server.server_close()
+    assert not prometheus_server.is_ready(settings)
