@@ -16,6 +16,7 @@ from kafka import KafkaProducer
 from serving.http import ScoringHttpServer
 from serving.metrics import ScoringMetrics
 from serving.scoring import build_core
+from serving.validation import EventLimits
 from serving.worker import build_worker
 from skewless import services
 from skewless.services import prometheus_server
@@ -72,7 +73,11 @@ def test_prometheus_scrapes_the_worker_and_the_enricher(trained_platform: Traine
     metrics_server = metrics.serve(settings.metrics_port)
     assert metrics_server is not None
     enricher = ScoringHttpServer(
-        ("127.0.0.1", settings.http_port), build_core(settings), ScoringMetrics(), 0.5
+        ("127.0.0.1", settings.http_port),
+        build_core(settings),
+        ScoringMetrics(),
+        0.5,
+        EventLimits.from_settings(settings),
     )
     threading.Thread(target=enricher.serve_forever, daemon=True).start()
     try:
