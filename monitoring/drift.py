@@ -1,7 +1,7 @@
 """Drift of served feature distributions against the training reference: PSI, JS distance, KS.
 
 Every figure is computed over the reference's own bins (training quantiles with open outer
-bins, see `monitoring.statistics`), so checking served data costs one `searchsorted` and one
+bins, see `skewless.statistics`), so checking served data costs one `searchsorted` and one
 `bincount` per feature and never needs the raw training set. Nulls are left out of the
 distributions and reported as null rates beside them.
 """
@@ -19,7 +19,7 @@ import pandas as pd
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp
 
-from monitoring.statistics import FeatureStatistics
+from skewless.statistics import FeatureStatistics
 
 logger = logging.getLogger(__name__)
 

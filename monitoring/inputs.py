@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 from kafka import KafkaConsumer, TopicPartition
 
-from monitoring.statistics import FeatureStatistics, load_statistics
 from skewless import feature_store
 from skewless.settings import Settings
+from skewless.statistics import FeatureStatistics, load_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ def reference_statistics(settings: Settings, version: str) -> dict[str, FeatureS
 
 def logged_test_metrics(settings: Settings, version: str) -> dict[str, float]:
     """The test-window metrics logged with `version`."""
+    from skewless.registry import METRICS
     from training import tracking
-    from training.registry import METRICS
 
     client = tracking.configure(settings)
     run = client.get_run(str(client.get_model_version(settings.model_name, version).run_id))

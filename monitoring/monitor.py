@@ -23,8 +23,8 @@ from monitoring.drift import DriftThresholds, FeatureDrift, drift_report
 from monitoring.feature_log import read_log
 from monitoring.report import render_report, summary_json
 from monitoring.skew import FeatureSkew, SkewThresholds, SkewTolerance, breaches, skew_report
-from monitoring.statistics import FeatureStatistics
 from skewless.settings import Settings
+from skewless.statistics import FeatureStatistics
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from skewless.registry import CHAMPION
 from skewless.settings import Settings
 from training import tracking
 from training.model import OnnxScorer
-from training.registry import CHAMPION
 
 logger = logging.getLogger(__name__)
 

@@ -462,7 +462,7 @@ def monitor_report(
 @model_app.command("list")
 def model_list(ctx: typer.Context) -> None:
     """Versions with their aliases and test metrics."""
-    from training import registry
+    from skewless import registry
 
     settings = _settings(ctx)
     table = Table("version", "aliases", *registry.METRICS, "run")
@@ -479,7 +479,7 @@ def model_list(ctx: typer.Context) -> None:
 @model_app.command("history")
 def model_history(ctx: typer.Context) -> None:
     """Every move of the champion: who, when, from which version to which."""
-    from training import registry
+    from skewless import registry
 
     settings = _settings(ctx)
     table = Table("#", "action", "from", "to", "by", "at (UTC)")
@@ -495,7 +495,7 @@ def model_promote(
     ctx: typer.Context, version: Annotated[str, typer.Argument(help="version to make champion")]
 ) -> None:
     """Make VERSION the champion (appended to the champion history)."""
-    from training import registry
+    from skewless import registry
 
     settings = _settings(ctx)
     try:
@@ -509,7 +509,7 @@ def model_promote(
 @model_app.command("rollback")
 def model_rollback(ctx: typer.Context) -> None:
     """Move the champion back to the previous champion (appended to the champion history)."""
-    from training import registry
+    from skewless import registry
 
     settings = _settings(ctx)
     try:

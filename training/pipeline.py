@@ -24,13 +24,13 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from rich.progress import Progress, TaskID
 
-from monitoring.statistics import reference_statistics, save_statistics
-from serving.state import StreamState
 from skewless import feature_store
 from skewless.data import DataError, read_transactions
 from skewless.quality import validate_transactions
 from skewless.services import redis_server
 from skewless.settings import Settings
+from skewless.statistics import reference_statistics, save_statistics
+from skewless.stream_state import StreamState
 from training import dataset, protocol, tracking
 from training.backfill import run_backfill
 from training.evaluate import evaluate, plot_precision_recall, plot_roc

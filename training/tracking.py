@@ -22,11 +22,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
-from skewless.services.mlflow_server import OFFLINE_ENV
-from skewless.settings import Settings
-from training.evaluate import average_precision
-from training.model import OnnxScorer, TrainedModel, export_onnx
-from training.registry import (
+from skewless.registry import (
     CHALLENGER,
     GATE,
     GATE_METRIC,
@@ -34,6 +30,10 @@ from training.registry import (
     passes_gate,
     promote,
 )
+from skewless.services.mlflow_server import OFFLINE_ENV
+from skewless.settings import Settings
+from training.evaluate import average_precision
+from training.model import OnnxScorer, TrainedModel, export_onnx
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore

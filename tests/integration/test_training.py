@@ -15,14 +15,14 @@ import pytest
 
 from monitoring.inputs import reference_statistics
 from serving.champion import load_version
-from skewless import feature_store
+from skewless import feature_store, registry
 from skewless.data import write_transactions
 from skewless.online_store import OnlineView
 from skewless.services import redis_server
 from skewless.settings import Settings, load_settings
 from skewless.simulator import SimulationParams, simulate
 from tests.conftest import TrainedPlatform
-from training import dataset, registry, tracking
+from training import dataset, tracking
 from training.backfill import run_backfill
 from training.model import TrainingParams
 from training.pipeline import (

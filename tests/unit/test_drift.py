@@ -16,7 +16,7 @@ from monitoring.drift import (
     psi,
     served_bin_counts,
 )
-from monitoring.statistics import feature_statistics, reference_statistics
+from skewless.statistics import feature_statistics, reference_statistics
 
 N = 100_000
 

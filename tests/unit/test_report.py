@@ -16,7 +16,7 @@ import pytest
 from monitoring.drift import drift_report
 from monitoring.report import render_report, summary_json
 from monitoring.skew import skew_report
-from monitoring.statistics import reference_statistics
+from skewless.statistics import reference_statistics
 
 FEATURES = ["tx_amount", "customer_nb_tx_7d", "terminal_risk_30d"]
 VOID = {"meta", "img", "br", "hr", "link", "input"}
