@@ -1,49 +1,26 @@
-"""What the checks read: the training reference of a model version, the offline recomputation
-of served events, the delayed labels and the dead letters."""
+"""What the checks read: the offline recomputation of served events, the delayed labels and
+the dead letters (the training reference of a version is `skewless.model_runtime`'s)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 from kafka import KafkaConsumer, TopicPartition
 
-from skewless import feature_store
+from skewless import feature_store, registry
 from skewless.settings import Settings
-from skewless.statistics import FeatureStatistics, load_statistics
 
 logger = logging.getLogger(__name__)
-
-REFERENCE_ARTIFACT = "reference_statistics.json"
-
-
-def reference_statistics(settings: Settings, version: str) -> dict[str, FeatureStatistics]:
-    """The training statistics logged with `version` of the configured model."""
-    import mlflow
-
-    from training import tracking
-
-    client = tracking.configure(settings)
-    run_id = client.get_model_version(settings.model_name, version).run_id
-    with tempfile.TemporaryDirectory(prefix="skewless-reference-") as folder:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=folder
-        )
-        return load_statistics(Path(path))
 
 
 def logged_test_metrics(settings: Settings, version: str) -> dict[str, float]:
     """The test-window metrics logged with `version`."""
-    from skewless.registry import METRICS
-    from training import tracking
-
-    client = tracking.configure(settings)
+    client = registry.client(settings)
     run = client.get_run(str(client.get_model_version(settings.model_name, version).run_id))
-    return {name: run.data.metrics[name] for name in METRICS if name in run.data.metrics}
+    return {name: run.data.metrics[name] for name in registry.METRICS if name in run.data.metrics}
 
 
 def offline_features(settings: Settings, served: pd.DataFrame) -> pd.DataFrame:

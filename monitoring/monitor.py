@@ -23,6 +23,7 @@ from monitoring.drift import DriftThresholds, FeatureDrift, drift_report
 from monitoring.feature_log import read_log
 from monitoring.report import render_report, summary_json
 from monitoring.skew import FeatureSkew, SkewThresholds, SkewTolerance, breaches, skew_report
+from skewless import model_runtime
 from skewless.settings import Settings
 from skewless.statistics import FeatureStatistics
 
@@ -160,7 +161,7 @@ def run_monitor(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     served, version = served_window(settings, window)
-    reference = inputs.reference_statistics(settings, version)
+    reference = model_runtime.reference_statistics(settings, version)
     timings["read"] = time.perf_counter() - started
     result = MonitorResult(served=len(served), model_version=version, seconds=timings)
 

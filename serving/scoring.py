@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from serving.champion import ChampionWatcher, LoadedModel
+from serving.champion import ChampionWatcher
 from skewless import redis_batch
+from skewless.model_runtime import LoadedModel
 from skewless.online_store import OnlineView
 from skewless.redis_batch import Command
 from skewless.settings import Settings

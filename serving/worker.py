@@ -25,8 +25,6 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 
-from monitoring.drift import RollingDrift
-from monitoring.inputs import reference_statistics
 from serving.batch_producer import BatchProducer
 from serving.events import (
     ParsedBatch,
@@ -39,6 +37,8 @@ from serving.events import (
 from serving.fetcher import PartitionFetcher
 from serving.metrics import ScoringMetrics
 from serving.scoring import ScoredBatch, ScoringCore, build_core
+from skewless.model_runtime import reference_statistics
+from skewless.psi import RollingDrift
 from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ from rich.progress import Progress, TaskID
 
 from skewless import feature_store
 from skewless.data import DataError, read_transactions
+from skewless.model_runtime import ONNX_FILE, REFERENCE_ARTIFACT, OnnxScorer
 from skewless.quality import validate_transactions
 from skewless.services import redis_server
 from skewless.settings import Settings
@@ -35,7 +36,7 @@ from training import dataset, protocol, tracking
 from training.backfill import run_backfill
 from training.evaluate import evaluate, plot_precision_recall, plot_roc
 from training.materialize import materialize
-from training.model import EpochReport, OnnxScorer, TrainedModel, TrainingParams, train
+from training.model import EpochReport, TrainedModel, TrainingParams, train
 from training.spark import spark_session
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
         with _stage(summary, "evaluate"):
             test_matrix = test_frame[features].to_numpy(dtype="float32")
             version = tracking.log_model(model, settings, fit_frame, workdir)
-            scorer = OnnxScorer(workdir / tracking.ONNX_FILE)
+            scorer = OnnxScorer(workdir / ONNX_FILE)
             scored = test_frame.assign(score=scorer.score(test_matrix))
             summary.metrics = evaluate(scored)
             mlflow.log_metrics(summary.metrics)
@@ -160,7 +161,7 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
                 score=scorer.score(train_frame[features].to_numpy(dtype="float32"))
             )
             stats = reference_statistics(seen, [*features, "score"])
-            mlflow.log_artifact(str(save_statistics(stats, workdir / "reference_statistics.json")))
+            mlflow.log_artifact(str(save_statistics(stats, workdir / REFERENCE_ARTIFACT)))
         with _stage(summary, "gate"):
             decision = tracking.apply_gate(
                 client,

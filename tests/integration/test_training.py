@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.inputs import reference_statistics
 from serving.champion import load_version
 from skewless import feature_store, registry
 from skewless.data import write_transactions
+from skewless.model_runtime import download_model, reference_statistics
 from skewless.online_store import OnlineView
 from skewless.services import redis_server
 from skewless.settings import Settings, load_settings
@@ -150,7 +150,7 @@ def test_train_registers_a_version_with_everything_logged(
     assert {"inner_edges", "histogram", "null_rate", "mean", "std"} <= set(statistics["amount"])
     assert "score" in statistics
 
-    model_dir = tracking.download_model(settings.model_name, summary.version, artifacts / "m")
+    model_dir = download_model(settings, summary.version, artifacts / "m")
     assert (model_dir / "extra_files" / "model.onnx").exists()
     spec = json.loads((model_dir / "extra_files" / "model_spec.json").read_text())
     assert spec["feature_service"] == "fraud_model_v1"
