@@ -20,7 +20,7 @@ from skewless.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from monitoring.monitor import Window
-    from skewless.demo import DemoResult
+    from skewless_cli.demo import DemoResult
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
@@ -349,7 +349,7 @@ def serve_http_command(ctx: typer.Context) -> None:
 @app.command("demo")
 def demo_command(ctx: typer.Context) -> None:
     """The whole loop once: train, materialize, replay the last week, serve it."""
-    from skewless.demo import run_demo
+    from skewless_cli.demo import run_demo
 
     settings = _settings(ctx)
     result = run_demo(settings)
