@@ -26,17 +26,17 @@ def logged_test_metrics(settings: Settings, version: str) -> dict[str, float]:
 def offline_features(settings: Settings, served: pd.DataFrame) -> pd.DataFrame:
     """The same features recomputed offline (Feast point-in-time join on Spark) for the served
     (entity, event time) pairs, indexed by transaction_id."""
-    from training import dataset
-    from training.spark import spark_session
+    from skewless import offline_store
+    from skewless.spark import spark_session
 
     spark = spark_session(settings)
     entities = served[["transaction_id", "customer_id", "terminal_id", "tx_datetime"]].copy()
     entities["tx_amount"] = served["amount"].astype("float64")
-    entities[dataset.EVENT_TIMESTAMP] = entities["tx_datetime"]
+    entities[offline_store.EVENT_TIMESTAMP] = entities["tx_datetime"]
     frame = spark.createDataFrame(entities)
     store = feature_store.open_store(settings)
     service = store.get_feature_service(settings.feature_service)
-    offline = dataset.historical_features(store, service, frame)
+    offline = offline_store.historical_features(store, service, frame)
     return offline.set_index("transaction_id")
 
 

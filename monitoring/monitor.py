@@ -101,7 +101,7 @@ def live_quality(
     served: pd.DataFrame, labels: pd.DataFrame, test_metrics: dict[str, float]
 ) -> pd.DataFrame | None:
     """AUC ROC, average precision and card precision@100 per serving day, once labelled."""
-    from training.evaluate import auc_roc, average_precision, card_precision_at_k
+    from skewless.fraud_metrics import auc_roc, average_precision, card_precision_at_k
 
     joined = served.merge(labels[["transaction_id", "tx_fraud"]], on="transaction_id")
     if joined.empty:

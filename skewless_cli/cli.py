@@ -284,8 +284,8 @@ def materialize_command(
     from datetime import UTC
 
     from skewless.data import resolve_data
+    from skewless.spark import spark_session
     from training.pipeline import materialize_with_progress
-    from training.spark import spark_session
 
     settings = _settings(ctx)
     moment = until.replace(tzinfo=UTC) if until else None

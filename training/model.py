@@ -25,8 +25,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from skewless.fraud_metrics import auc_roc, average_precision
 from skewless.model_runtime import ONNX_INPUT, ONNX_OUTPUT, FloatArray, Preprocessor
-from training.evaluate import auc_roc, average_precision
 
 logger = logging.getLogger(__name__)
 

@@ -24,20 +24,20 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from rich.progress import Progress, TaskID
 
-from skewless import feature_store
+from skewless import feature_store, offline_store
 from skewless.data import DataError, read_transactions
 from skewless.model_runtime import ONNX_FILE, REFERENCE_ARTIFACT, OnnxScorer
 from skewless.quality import validate_transactions
 from skewless.services import redis_server
 from skewless.settings import Settings
+from skewless.spark import spark_session
 from skewless.statistics import reference_statistics, save_statistics
 from skewless.stream_state import StreamState
-from training import dataset, protocol, tracking
+from training import protocol, tracking
 from training.backfill import run_backfill
 from training.evaluate import evaluate, plot_precision_recall, plot_roc
 from training.materialize import materialize
 from training.model import EpochReport, TrainedModel, TrainingParams, train
-from training.spark import spark_session
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -128,14 +128,16 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
         feature_store.apply(settings)
         store = feature_store.open_store(settings)
         service = store.get_feature_service(settings.feature_service)
-        features = dataset.feature_names(service)
+        features = offline_store.feature_names(service)
     with _stage(summary, "training_set"):
-        entities = dataset.entity_frame(spark, options.data, windows.train_start, windows.test_end)
+        entities = offline_store.entity_frame(
+            spark, options.data, windows.train_start, windows.test_end
+        )
         in_delay = (F.col("tx_datetime") >= F.lit(windows.train_end)) & (
             F.col("tx_datetime") < F.lit(windows.test_start)
         )
         entities = entities.where(~in_delay)  # the delay week is neither trained nor tested on
-        frame = dataset.historical_features(store, service, entities)
+        frame = offline_store.historical_features(store, service, entities)
         train_frame = frame[frame["tx_datetime"] < windows.train_end]
         test_frame = frame[frame["tx_datetime"] >= windows.test_start].reset_index(drop=True)
         fit_frame, val_frame = _split_train_validation(train_frame)

@@ -22,6 +22,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
+from skewless.fraud_metrics import average_precision
 from skewless.model_runtime import ONNX_FILE, SPEC_FILE, OnnxScorer, load_scorer
 from skewless.registry import (
     CHALLENGER,
@@ -33,7 +34,6 @@ from skewless.registry import (
 )
 from skewless.services.mlflow_server import OFFLINE_ENV
 from skewless.settings import Settings
-from training.evaluate import average_precision
 from training.model import TrainedModel, export_onnx
 
 if TYPE_CHECKING:

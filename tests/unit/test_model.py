@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
+from skewless.fraud_metrics import auc_roc, average_precision
 from skewless.model_runtime import OnnxScorer, Preprocessor
-from training.evaluate import auc_roc, average_precision
 from training.model import (
     EpochReport,
     FraudNet,
