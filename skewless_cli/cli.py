@@ -228,7 +228,10 @@ def train_command(
         datetime | None, typer.Option(formats=["%Y-%m-%d"], help="first training day (UTC)")
     ] = None,
     train_days: Annotated[int, typer.Option(help="training window in days")] = 7,
-    delay_days: Annotated[int, typer.Option(help="label delay between train and test")] = 7,
+    delay_days: Annotated[
+        int | None,
+        typer.Option(help="days between train and test (default: the declarations' label delay)"),
+    ] = None,
     test_days: Annotated[int, typer.Option(help="test window in days")] = 7,
     epochs: Annotated[int, typer.Option(help="maximum epochs (early stopping ends sooner)")] = 100,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,

@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 from rich.progress import Progress, TaskID
 
 from skewless import feature_store, offline_store
+from skewless.aggregation import label_delay_days
 from skewless.data import DataError, read_transactions
 from skewless.model_runtime import ONNX_FILE, REFERENCE_ARTIFACT, OnnxScorer
 from skewless.quality import validate_transactions
@@ -55,7 +56,8 @@ class TrainOptions:
     data: Path
     train_start: date | None = None
     train_days: int = 7
-    delay_days: int = 7
+    delay_days: int | None = None
+    """Days between the training and the test window; None: the declarations' label delay."""
     test_days: int = 7
     params: TrainingParams = field(default_factory=TrainingParams)
     materialize: bool = True
@@ -110,13 +112,17 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
             raise DataError(f"{options.data} fails the data-quality suite: {report.describe()}")
         declarations = feature_store.load_declarations(settings)
         history = max(d.horizon.days for d in declarations)
+        delay_days = options.delay_days
+        if delay_days is None:
+            delay_days = label_delay_days(declarations)
+            options = replace(options, delay_days=delay_days)  # logged with the run
         windows = protocol.split(
             raw["tx_datetime"].min().to_pydatetime(),
             raw["tx_datetime"].max().to_pydatetime(),
-            options.train_start,
-            options.train_days,
-            options.delay_days,
-            options.test_days,
+            delay_days=delay_days,
+            train_start=options.train_start,
+            train_days=options.train_days,
+            test_days=options.test_days,
             history_days=history,
         )
         summary.windows = windows.as_params()
@@ -277,8 +283,8 @@ def materialize_with_progress(
     raw = read_transactions(data)
     moment = until or (raw["tx_datetime"].max() + pd.Timedelta(microseconds=1)).to_pydatetime()
     declarations = feature_store.load_declarations(settings)
-    delay = max(d.delay_days for d in declarations)
     state = StreamState(redis_server.client(settings), declarations, settings.stream_state_prefix)
+    delay = label_delay_days(declarations)
     written["stream_state_events"] = state.initialize(raw, moment, label_delay_days=delay)
     feature_store.record_materialization(settings, declarations, moment)
     return written
