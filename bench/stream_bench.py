@@ -37,12 +37,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from serving.champion import load_version
 from serving.replay import label_delay, replay
-from serving.state import StreamState
 from skewless import feature_store
 from skewless.data import read_transactions, resolve_data
 from skewless.services import kafka, redis_server
 from skewless.services.process import wait_for
 from skewless.settings import Settings, load_settings
+from skewless.stream_state import StreamState
 
 LOADS: tuple[float | None, ...] = (1_000, 5_000, 20_000, None)
 SECONDS_PER_LOAD = 8

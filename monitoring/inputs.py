@@ -1,65 +1,42 @@
-"""What the checks read: the training reference of a model version, the offline recomputation
-of served events, the delayed labels and the dead letters."""
+"""What the checks read: the offline recomputation of served events, the delayed labels and
+the dead letters (the training reference of a version is `skewless.model_runtime`'s)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 from kafka import KafkaConsumer, TopicPartition
 
-from monitoring.statistics import FeatureStatistics, load_statistics
-from skewless import feature_store
+from skewless import feature_store, registry
 from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_ARTIFACT = "reference_statistics.json"
-
-
-def reference_statistics(settings: Settings, version: str) -> dict[str, FeatureStatistics]:
-    """The training statistics logged with `version` of the configured model."""
-    import mlflow
-
-    from training import tracking
-
-    client = tracking.configure(settings)
-    run_id = client.get_model_version(settings.model_name, version).run_id
-    with tempfile.TemporaryDirectory(prefix="skewless-reference-") as folder:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=folder
-        )
-        return load_statistics(Path(path))
-
 
 def logged_test_metrics(settings: Settings, version: str) -> dict[str, float]:
     """The test-window metrics logged with `version`."""
-    from training import tracking
-    from training.registry import METRICS
-
-    client = tracking.configure(settings)
+    client = registry.client(settings)
     run = client.get_run(str(client.get_model_version(settings.model_name, version).run_id))
-    return {name: run.data.metrics[name] for name in METRICS if name in run.data.metrics}
+    return {name: run.data.metrics[name] for name in registry.METRICS if name in run.data.metrics}
 
 
 def offline_features(settings: Settings, served: pd.DataFrame) -> pd.DataFrame:
     """The same features recomputed offline (Feast point-in-time join on Spark) for the served
     (entity, event time) pairs, indexed by transaction_id."""
-    from training import dataset
-    from training.spark import spark_session
+    from skewless import offline_store
+    from skewless.spark import spark_session
 
     spark = spark_session(settings)
     entities = served[["transaction_id", "customer_id", "terminal_id", "tx_datetime"]].copy()
     entities["tx_amount"] = served["amount"].astype("float64")
-    entities[dataset.EVENT_TIMESTAMP] = entities["tx_datetime"]
+    entities[offline_store.EVENT_TIMESTAMP] = entities["tx_datetime"]
     frame = spark.createDataFrame(entities)
     store = feature_store.open_store(settings)
     service = store.get_feature_service(settings.feature_service)
-    offline = dataset.historical_features(store, service, frame)
+    offline = offline_store.historical_features(store, service, frame)
     return offline.set_index("transaction_id")
 
 

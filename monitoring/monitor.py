@@ -23,8 +23,9 @@ from monitoring.drift import DriftThresholds, FeatureDrift, drift_report
 from monitoring.feature_log import read_log
 from monitoring.report import render_report, summary_json
 from monitoring.skew import FeatureSkew, SkewThresholds, SkewTolerance, breaches, skew_report
-from monitoring.statistics import FeatureStatistics
+from skewless import model_runtime
 from skewless.settings import Settings
+from skewless.statistics import FeatureStatistics
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def live_quality(
     served: pd.DataFrame, labels: pd.DataFrame, test_metrics: dict[str, float]
 ) -> pd.DataFrame | None:
     """AUC ROC, average precision and card precision@100 per serving day, once labelled."""
-    from training.evaluate import auc_roc, average_precision, card_precision_at_k
+    from skewless.fraud_metrics import auc_roc, average_precision, card_precision_at_k
 
     joined = served.merge(labels[["transaction_id", "tx_fraud"]], on="transaction_id")
     if joined.empty:
@@ -160,7 +161,7 @@ def run_monitor(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     served, version = served_window(settings, window)
-    reference = inputs.reference_statistics(settings, version)
+    reference = model_runtime.reference_statistics(settings, version)
     timings["read"] = time.perf_counter() - started
     result = MonitorResult(served=len(served), model_version=version, seconds=timings)
 

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from monitoring.drift import FeatureDrift, float_values, served_bin_counts
 from monitoring.skew import FeatureSkew, SkewThresholds, breaches
-from monitoring.statistics import FeatureStatistics
+from skewless.statistics import FeatureStatistics
 
 logger = logging.getLogger(__name__)
 

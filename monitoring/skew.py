@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from monitoring.drift import FloatArray, float_values, js_distance, served_bin_counts
-from monitoring.statistics import DEFAULT_BINS, FeatureStatistics
+from skewless.statistics import DEFAULT_BINS, FeatureStatistics
 
 logger = logging.getLogger(__name__)
 

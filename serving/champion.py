@@ -8,21 +8,14 @@ complete model. If the registry becomes unreachable later, the loaded model stay
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import numpy as np
-
+from skewless import registry
+from skewless.model_runtime import LoadedModel, ModelSpecError, load_model
+from skewless.registry import CHAMPION
 from skewless.settings import Settings
-from training import tracking
-from training.model import OnnxScorer
-from training.registry import CHAMPION
 
 logger = logging.getLogger(__name__)
 
@@ -31,52 +24,21 @@ class NoChampionError(RuntimeError):
     """The registry has no champion version to serve."""
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    """One registered version, ready to score raw feature matrices."""
-
-    name: str
-    version: str
-    feature_service: str
-    feature_names: tuple[str, ...]
-    scorer: OnnxScorer
-
-    def score(self, matrix: np.ndarray) -> np.ndarray:
-        return self.scorer.score(matrix)
-
-    def warm_up(self) -> None:
-        """Run the graph once per common batch shape so the first real batch is not slow."""
-        for rows in (1, 64, 512):
-            self.score(np.zeros((rows, len(self.feature_names)), dtype=np.float32))
-
-
 def load_version(settings: Settings, version: str | None = None) -> LoadedModel:
     """Load `version` (default: the champion) of the configured model from the registry."""
-    import mlflow
+    from mlflow.exceptions import MlflowException
 
-    client = tracking.configure(settings)
+    client = registry.client(settings)
     name = settings.model_name
     if version is None:
         try:
             version = str(client.get_model_version_by_alias(name, CHAMPION).version)
-        except mlflow.exceptions.MlflowException as exc:
+        except MlflowException as exc:
             raise NoChampionError(f"{name} has no {CHAMPION} alias: run `make train`") from exc
-    # The scorer reads the ONNX file into memory, so the download is removed once it is built.
-    with tempfile.TemporaryDirectory(prefix=f"skewless-model-{version}-") as target:
-        extra = tracking.download_model(name, version, Path(target)) / "extra_files"
-        spec: dict[str, Any] = json.loads((extra / tracking.SPEC_FILE).read_text())
-        if spec["feature_service"] != settings.feature_service:
-            raise NoChampionError(
-                f"{name} version {version} needs feature service {spec['feature_service']}, "
-                f"serving is configured for {settings.feature_service}"
-            )
-        model = LoadedModel(
-            name=name,
-            version=version,
-            feature_service=spec["feature_service"],
-            feature_names=tuple(spec["feature_names"]),
-            scorer=OnnxScorer(extra / tracking.ONNX_FILE),
-        )
+    try:
+        model = load_model(settings, version)
+    except ModelSpecError as exc:
+        raise NoChampionError(str(exc)) from exc
     model.warm_up()
     logger.info("loaded %s version %s (%d features)", name, version, len(model.feature_names))
     return model
@@ -121,7 +83,7 @@ class ChampionWatcher:
 
     def check_once(self) -> bool:
         """Look at the alias once; swap if it moved. True if a new model is in use."""
-        client = tracking.configure(self.settings)
+        client = registry.client(self.settings)
         version = str(client.get_model_version_by_alias(self.settings.model_name, CHAMPION).version)
         if version == self.current.version:
             return False

@@ -53,7 +53,7 @@ from serving.events import (
     label_key,
     transaction_key,
 )
-from skewless.aggregation import WindowAggregation
+from skewless.aggregation import WindowAggregation, label_delay_days
 from skewless.data import DataError, read_transactions
 from skewless.feature_store import load_declarations
 from skewless.services import kafka
@@ -65,7 +65,6 @@ logger = logging.getLogger(__name__)
 SEQUENCE_HEADER = "replay-seq"
 """Header holding a record's position in the replay's send order (decimal ASCII)."""
 
-DEFAULT_LABEL_DELAY = timedelta(days=7)
 PROGRESS_EVERY = 100_000
 CHUNK = 20_000
 """Events converted from numpy to Python objects at a time (bounds memory on big files)."""
@@ -125,11 +124,11 @@ class ReplayPlan:
 
 
 def label_delay(declarations: Iterable[WindowAggregation]) -> timedelta:
-    """The label delay of the declarations: that of the delayed ones, else the default (7 days)."""
-    delays = {declaration.delay_days for declaration in declarations if declaration.delay_days > 0}
-    if len(delays) > 1:
-        raise ReplayError(f"declarations disagree on the label delay: {sorted(delays)} days")
-    return timedelta(days=delays.pop()) if delays else DEFAULT_LABEL_DELAY
+    """The label delay the declarations state (`skewless.aggregation.label_delay_days`)."""
+    try:
+        return timedelta(days=label_delay_days(declarations))
+    except ValueError as exc:
+        raise ReplayError(str(exc)) from exc
 
 
 def _micros(moment: datetime | None, default: int) -> int:

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from serving.champion import ChampionWatcher, LoadedModel
-from serving.state import Columns, StreamState, as_columns
+from serving.champion import ChampionWatcher
 from skewless import redis_batch
+from skewless.model_runtime import LoadedModel
 from skewless.online_store import OnlineView
 from skewless.redis_batch import Command
 from skewless.settings import Settings
+from skewless.stream_state import Columns, StreamState, as_columns
 from skewless.transaction_features import transaction_feature_arrays
 
 logger = logging.getLogger(__name__)

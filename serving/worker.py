@@ -27,8 +27,6 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 
-from monitoring.drift import RollingDrift
-from monitoring.inputs import reference_statistics
 from serving.batch_producer import BatchProducer
 from serving.events import (
     ParsedBatch,
@@ -43,6 +41,8 @@ from serving.fetcher import PartitionFetcher
 from serving.metrics import ScoringMetrics
 from serving.scoring import ScoredBatch, ScoringCore, build_core
 from serving.validation import EventLimits, StreamClock, arrival_micros, validate_transactions
+from skewless.model_runtime import reference_statistics
+from skewless.psi import RollingDrift
 from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)

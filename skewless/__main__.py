@@ -1,5 +1,9 @@
-"""`python -m skewless`: the same command line as the `skewless` script."""
+"""`python -m skewless`: the same command line as the `skewless` script.
 
-from skewless.cli import main
+An entry point only, run and never imported: the one place the core package names the
+command-line package above it.
+"""
+
+from skewless_cli.cli import main
 
 main()

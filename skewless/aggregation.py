@@ -22,6 +22,7 @@ Semantics, shared by the Spark backfill, the streaming updater and the pure refe
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -114,3 +115,16 @@ class WindowAggregation:
     def count_features(self) -> tuple[str, ...]:
         """The features that are counts (integers); the others are means."""
         return tuple(name for name, output in self.features if output.function is Function.COUNT)
+
+
+def label_delay_days(declarations: Iterable[WindowAggregation]) -> int:
+    """The label delay the declarations state: the delay of those that read labels.
+
+    A window delayed by `d` days covers only events whose labels are known at the event, so
+    `d` is when a label becomes known. Declarations that disagree are refused (a stream
+    publishes each label once); with no delayed declaration no feature waits for labels: 0.
+    """
+    delays = {declaration.delay_days for declaration in declarations if declaration.delay_days > 0}
+    if len(delays) > 1:
+        raise ValueError(f"declarations disagree on the label delay: {sorted(delays)} days")
+    return delays.pop() if delays else 0

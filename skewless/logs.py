@@ -12,7 +12,9 @@ import logging
 import os
 from pathlib import Path
 
-OUR_PACKAGES = frozenset({"skewless", "training", "serving", "monitoring", "__main__"})
+OUR_PACKAGES = frozenset(
+    {"skewless", "skewless_cli", "training", "serving", "monitoring", "__main__"}
+)
 """Top-level packages whose records are shown on the console."""
 
 LOG_FILE = Path("logs") / "skewless.log"

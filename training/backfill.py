@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from skewless.aggregation import Function, Output, WindowAggregation
 from skewless.feature_store import load_declarations, offline_table_path, offline_table_schema
 from skewless.settings import Settings
-from training.spark import spark_session
+from skewless.spark import spark_session
 
 logger = logging.getLogger(__name__)
 

@@ -14,77 +14,23 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import onnx
-import onnxruntime as ort
 import pandas as pd
 import torch
 from torch import nn
 
-from training.evaluate import auc_roc, average_precision
+from skewless.fraud_metrics import auc_roc, average_precision
+from skewless.model_runtime import ONNX_INPUT, ONNX_OUTPUT, FloatArray, Preprocessor
 
 logger = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float32]
-ONNX_INPUT, ONNX_OUTPUT, ONNX_OPSET = "features", "score", 18
-STD_FLOOR = 1e-9
-"""A feature whose training standard deviation is below this is only centred (scale 1)."""
-
-
-@dataclass(frozen=True)
-class Preprocessor:
-    """Per-feature fill value (training median) and standardisation, in model input order."""
-
-    feature_names: tuple[str, ...]
-    fill_values: tuple[float, ...]
-    means: tuple[float, ...]
-    stds: tuple[float, ...]
-
-    def __post_init__(self) -> None:
-        sizes = {len(self.fill_values), len(self.means), len(self.stds)}
-        if sizes != {len(self.feature_names)} or not self.feature_names:
-            raise ValueError("a preprocessor needs one fill value, mean and std per feature")
-        if min(self.stds) <= 0 or not np.isfinite(self.fill_values + self.means + self.stds).all():
-            raise ValueError("stds must be positive; fill values, means and stds finite")
-
-    @classmethod
-    def fit(cls, features: pd.DataFrame) -> Preprocessor:
-        """Medians, then mean and std of the median-filled training columns (all-NaN -> 0)."""
-        values = features.astype(np.float64)
-        medians = values.median().fillna(0.0)
-        filled = values.fillna(medians)
-        return cls(
-            feature_names=tuple(str(name) for name in features.columns),
-            fill_values=tuple(medians.tolist()),
-            means=tuple(filled.mean().tolist()),
-            stds=tuple(std if std >= STD_FLOOR else 1.0 for std in filled.std(ddof=0).tolist()),
-        )
-
-    def matrix(self, features: pd.DataFrame) -> FloatArray:
-        """The raw float32 model input: `features`' columns picked in the preprocessor's order."""
-        missing = [name for name in self.feature_names if name not in features.columns]
-        if missing:
-            raise KeyError(f"features missing from the frame: {missing}")
-        return features.loc[:, list(self.feature_names)].to_numpy(dtype=np.float32)
-
-    def to_dict(self) -> dict[str, list[Any]]:
-        """JSON-serialisable form."""
-        return {key: list(values) for key, values in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, list[Any]]) -> Preprocessor:
-        """Inverse of `to_dict` (validated like a fitted preprocessor)."""
-        numbers = {key: tuple(float(v) for v in data[key]) for key in ("fill_values", "means")}
-        return cls(
-            feature_names=tuple(str(name) for name in data["feature_names"]),
-            stds=tuple(float(value) for value in data["stds"]),
-            **numbers,
-        )
+ONNX_OPSET = 18
 
 
 class FraudNet(nn.Module):
@@ -274,27 +220,6 @@ def export_onnx(model: TrainedModel, path: Path) -> Path:
     onnx.save(proto, str(path))
     logger.info("exported the ONNX model to %s", path)
     return path
-
-
-class OnnxScorer:
-    """Scores raw float32 feature matrices with an exported model (one thread, sequential)."""
-
-    def __init__(self, path: Path) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        metadata = self._session.get_modelmeta().custom_metadata_map
-        self.preprocessor = Preprocessor.from_dict(json.loads(metadata["preprocessor"]))
-        self.feature_names = self.preprocessor.feature_names
-
-    def score(self, matrix: npt.ArrayLike) -> FloatArray:
-        """Fraud probability per row of a `(batch, n_features)` matrix in `feature_names` order."""
-        array = np.ascontiguousarray(matrix, dtype=np.float32)
-        if array.ndim != 2 or array.shape[1] != len(self.feature_names):
-            raise ValueError(f"expected a (batch, {len(self.feature_names)}) matrix: {array.shape}")
-        scores: FloatArray = self._session.run([ONNX_OUTPUT], {ONNX_INPUT: array})[0]
-        return scores
 
 
 def _validate(

@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,19 +24,21 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from rich.progress import Progress, TaskID
 
-from monitoring.statistics import reference_statistics, save_statistics
-from serving.state import StreamState
-from skewless import feature_store
+from skewless import feature_store, offline_store
+from skewless.aggregation import label_delay_days
 from skewless.data import DataError, read_transactions
+from skewless.model_runtime import ONNX_FILE, REFERENCE_ARTIFACT, OnnxScorer
 from skewless.quality import validate_transactions
 from skewless.services import redis_server
 from skewless.settings import Settings
-from training import dataset, protocol, tracking
+from skewless.spark import spark_session
+from skewless.statistics import reference_statistics, save_statistics
+from skewless.stream_state import StreamState
+from training import protocol, tracking
 from training.backfill import run_backfill
 from training.evaluate import evaluate, plot_precision_recall, plot_roc
 from training.materialize import materialize
-from training.model import EpochReport, OnnxScorer, TrainedModel, TrainingParams, train
-from training.spark import spark_session
+from training.model import EpochReport, TrainedModel, TrainingParams, train
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -54,7 +56,8 @@ class TrainOptions:
     data: Path
     train_start: date | None = None
     train_days: int = 7
-    delay_days: int = 7
+    delay_days: int | None = None
+    """Days between the training and the test window; None: the declarations' label delay."""
     test_days: int = 7
     params: TrainingParams = field(default_factory=TrainingParams)
     materialize: bool = True
@@ -109,13 +112,17 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
             raise DataError(f"{options.data} fails the data-quality suite: {report.describe()}")
         declarations = feature_store.load_declarations(settings)
         history = max(d.horizon.days for d in declarations)
+        delay_days = options.delay_days
+        if delay_days is None:
+            delay_days = label_delay_days(declarations)
+            options = replace(options, delay_days=delay_days)  # logged with the run
         windows = protocol.split(
             raw["tx_datetime"].min().to_pydatetime(),
             raw["tx_datetime"].max().to_pydatetime(),
-            options.train_start,
-            options.train_days,
-            options.delay_days,
-            options.test_days,
+            delay_days=delay_days,
+            train_start=options.train_start,
+            train_days=options.train_days,
+            test_days=options.test_days,
             history_days=history,
         )
         summary.windows = windows.as_params()
@@ -127,14 +134,16 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
         feature_store.apply(settings)
         store = feature_store.open_store(settings)
         service = store.get_feature_service(settings.feature_service)
-        features = dataset.feature_names(service)
+        features = offline_store.feature_names(service)
     with _stage(summary, "training_set"):
-        entities = dataset.entity_frame(spark, options.data, windows.train_start, windows.test_end)
+        entities = offline_store.entity_frame(
+            spark, options.data, windows.train_start, windows.test_end
+        )
         in_delay = (F.col("tx_datetime") >= F.lit(windows.train_end)) & (
             F.col("tx_datetime") < F.lit(windows.test_start)
         )
         entities = entities.where(~in_delay)  # the delay week is neither trained nor tested on
-        frame = dataset.historical_features(store, service, entities)
+        frame = offline_store.historical_features(store, service, entities)
         train_frame = frame[frame["tx_datetime"] < windows.train_end]
         test_frame = frame[frame["tx_datetime"] >= windows.test_start].reset_index(drop=True)
         fit_frame, val_frame = _split_train_validation(train_frame)
@@ -149,7 +158,7 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
         with _stage(summary, "evaluate"):
             test_matrix = test_frame[features].to_numpy(dtype="float32")
             version = tracking.log_model(model, settings, fit_frame, workdir)
-            scorer = OnnxScorer(workdir / tracking.ONNX_FILE)
+            scorer = OnnxScorer(workdir / ONNX_FILE)
             scored = test_frame.assign(score=scorer.score(test_matrix))
             summary.metrics = evaluate(scored)
             mlflow.log_metrics(summary.metrics)
@@ -160,7 +169,7 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
                 score=scorer.score(train_frame[features].to_numpy(dtype="float32"))
             )
             stats = reference_statistics(seen, [*features, "score"], tail_features=["score"])
-            mlflow.log_artifact(str(save_statistics(stats, workdir / "reference_statistics.json")))
+            mlflow.log_artifact(str(save_statistics(stats, workdir / REFERENCE_ARTIFACT)))
         with _stage(summary, "gate"):
             decision = tracking.apply_gate(
                 client,
@@ -274,8 +283,8 @@ def materialize_with_progress(
     raw = read_transactions(data)
     moment = until or (raw["tx_datetime"].max() + pd.Timedelta(microseconds=1)).to_pydatetime()
     declarations = feature_store.load_declarations(settings)
-    delay = max(d.delay_days for d in declarations)
     state = StreamState(redis_server.client(settings), declarations, settings.stream_state_prefix)
+    delay = label_delay_days(declarations)
     written["stream_state_events"] = state.initialize(raw, moment, label_delay_days=delay)
     feature_store.record_materialization(settings, declarations, moment)
     return written

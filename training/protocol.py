@@ -52,13 +52,16 @@ def last_complete_day_end(data_end: datetime) -> datetime:
 def split(
     data_start: datetime,
     data_end: datetime,
+    delay_days: int,
     train_start: date | None = None,
     train_days: int = 7,
-    delay_days: int = 7,
     test_days: int = 7,
     history_days: int = 0,
 ) -> TimeSplit:
     """The protocol's windows within the data [data_start, data_end].
+
+    `delay_days` is the label delay between the training and the test window: the one the
+    feature declarations state (`skewless.aggregation.label_delay_days`) unless overridden.
 
     `history_days` is how much data must precede the training window for its features to be
     complete (the widest window plus the delay); a split that starts earlier is refused.

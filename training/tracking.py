@@ -2,7 +2,7 @@
 
 A model version carries everything serving needs in its artifact: `extra_files/model.onnx`
 (the same weights, preprocessing inside) and `extra_files/model_spec.json` (feature service,
-feature order, preprocessing numbers). Serving loads those, never the pyfunc.
+feature order, preprocessing numbers). `skewless.model_runtime` loads those, never the pyfunc.
 """
 
 from __future__ import annotations
@@ -22,11 +22,9 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
-from skewless.services.mlflow_server import OFFLINE_ENV
-from skewless.settings import Settings
-from training.evaluate import average_precision
-from training.model import OnnxScorer, TrainedModel, export_onnx
-from training.registry import (
+from skewless.fraud_metrics import average_precision
+from skewless.model_runtime import ONNX_FILE, SPEC_FILE, OnnxScorer, load_scorer
+from skewless.registry import (
     CHALLENGER,
     GATE,
     GATE_METRIC,
@@ -34,6 +32,9 @@ from training.registry import (
     passes_gate,
     promote,
 )
+from skewless.services.mlflow_server import OFFLINE_ENV
+from skewless.settings import Settings
+from training.model import TrainedModel, export_onnx
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -42,8 +43,6 @@ logger = logging.getLogger(__name__)
 
 EXPERIMENT = "fraud-detection"
 MODEL_ARTIFACT = "model"
-ONNX_FILE = "model.onnx"
-SPEC_FILE = "model_spec.json"
 
 
 @dataclass(frozen=True)
@@ -147,18 +146,6 @@ def _version(package: str) -> str:
     return version(package)
 
 
-def download_model(name: str, version: str, workdir: Path) -> Path:
-    """The local folder of a registered version's model (its `extra_files/` inside)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    uri = f"models:/{name}/{version}"
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(workdir)))
-
-
-def load_scorer(name: str, version: str, workdir: Path) -> OnnxScorer:
-    """The ONNX scorer of a registered version, from its artifacts."""
-    return OnnxScorer(download_model(name, version, workdir) / "extra_files" / ONNX_FILE)
-
-
 def apply_gate(
     client: MlflowClient,
     settings: Settings,
@@ -174,7 +161,7 @@ def apply_gate(
     current = champion_version(client, name)
     champion_score = None
     if current is not None:
-        scorer = load_scorer(name, current, workdir / f"champion-{current}")
+        scorer = load_scorer(settings, current, workdir / f"champion-{current}")
         champion_score = average_precision(test_labels, scorer.score(test_features))
     promoted = passes_gate(challenger_score, champion_score)
     if promoted:

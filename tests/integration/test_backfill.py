@@ -25,8 +25,8 @@ from skewless.feature_store import (
 from skewless.reference import window_aggregates
 from skewless.settings import Settings, load_settings
 from skewless.simulator import SimulationParams, simulate
+from skewless.spark import spark_session
 from training.backfill import PARTITION_COLUMN, run_backfill, window_features
-from training.spark import spark_session
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,9 @@ from serving.replay import replay
 from serving.worker import build_worker
 from skewless.data import write_transactions
 from skewless.settings import Settings
+from skewless.spark import spark_session
 from tests.conftest import TrainedPlatform, private_settings
 from training.pipeline import materialize_with_progress
-from training.spark import spark_session
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from mlflow import MlflowClient
 
+from skewless import registry
 from skewless.settings import Settings, load_settings
-from training import registry
 
 pytestmark = pytest.mark.integration
 
@@ -143,8 +143,7 @@ def _heavy(imported: set[str]) -> set[str]:
     return {
         name
         for name in imported
-        if name.split(".")[0] in HEAVY_PACKAGES
-        or (name.startswith("training.") and name != "training.registry")
+        if name.split(".")[0] in HEAVY_PACKAGES or name.split(".")[0] == "training"
     }
 
 

@@ -23,11 +23,11 @@ from typer.testing import CliRunner
 
 from serving.events import Label, Transaction, parse_label, parse_transaction
 from serving.replay import SEQUENCE_HEADER, ReplayError, plan_replay, replay
-from skewless.cli import app
 from skewless.data import write_transactions
 from skewless.services import kafka
 from skewless.settings import Settings, load_settings
 from skewless.simulator import SimulationParams, simulate
+from skewless_cli.cli import app
 
 pytestmark = pytest.mark.integration
 

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.state import StreamState
 from skewless.feature_store import load_declarations
 from skewless.reference import feature_frame
 from skewless.services import redis_server
 from skewless.settings import Settings
 from skewless.simulator import SimulationParams, simulate
+from skewless.stream_state import StreamState
 
 pytestmark = pytest.mark.integration
 

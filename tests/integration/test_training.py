@@ -13,16 +13,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.inputs import reference_statistics
 from serving.champion import load_version
-from skewless import feature_store
+from skewless import feature_store, offline_store, registry
 from skewless.data import write_transactions
+from skewless.model_runtime import download_model, reference_statistics
 from skewless.online_store import OnlineView
 from skewless.services import redis_server
 from skewless.settings import Settings, load_settings
 from skewless.simulator import SimulationParams, simulate
+from skewless.spark import spark_session
 from tests.conftest import TrainedPlatform
-from training import dataset, registry, tracking
+from training import tracking
 from training.backfill import run_backfill
 from training.model import TrainingParams
 from training.pipeline import (
@@ -31,7 +32,6 @@ from training.pipeline import (
     materialize_with_progress,
     run_training,
 )
-from training.spark import spark_session
 
 pytestmark = pytest.mark.integration
 
@@ -103,10 +103,10 @@ def test_point_in_time_features_ignore_what_was_not_known(
         store = feature_store.open_store(settings)
         service = store.get_feature_service(settings.feature_service)
         start = cutoff.to_pydatetime() - timedelta(days=5)
-        entities = dataset.entity_frame(spark, data, start, cutoff.to_pydatetime())
+        entities = offline_store.entity_frame(spark, data, start, cutoff.to_pydatetime())
         entities = entities.where(entities.tx_datetime <= cutoff.to_pydatetime())
-        features = dataset.historical_features(store, service, entities)
-        results.append(features.set_index("transaction_id")[dataset.feature_names(service)])
+        features = offline_store.historical_features(store, service, entities)
+        results.append(features.set_index("transaction_id")[offline_store.feature_names(service)])
     original, after = results
     assert len(original) > 500
     pd.testing.assert_frame_equal(original, after.loc[original.index])
@@ -150,7 +150,7 @@ def test_train_registers_a_version_with_everything_logged(
     assert {"inner_edges", "histogram", "null_rate", "mean", "std"} <= set(statistics["amount"])
     assert "score" in statistics
 
-    model_dir = tracking.download_model(settings.model_name, summary.version, artifacts / "m")
+    model_dir = download_model(settings, summary.version, artifacts / "m")
     assert (model_dir / "extra_files" / "model.onnx").exists()
     spec = json.loads((model_dir / "extra_files" / "model_spec.json").read_text())
     assert spec["feature_service"] == "fraud_model_v1"

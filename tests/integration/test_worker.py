@@ -28,13 +28,14 @@ from serving.replay import replay
 from serving.scoring import build_core
 from serving.validation import EventLimits
 from serving.worker import build_worker
+from skewless import registry
 from skewless.feature_store import feast_environment, offline_table_path
 from skewless.services.process import wait_for
 from skewless.settings import Settings
+from skewless.spark import spark_session
 from tests.conftest import TrainedPlatform, free_port, private_settings
-from training import registry, tracking
+from training import tracking
 from training.pipeline import materialize_with_progress
-from training.spark import spark_session
 
 pytestmark = pytest.mark.integration
 

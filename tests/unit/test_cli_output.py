@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 import logging
 
-from skewless.cli import demo_table, log_handler, output_console
-from skewless.demo import DemoResult
 from skewless.settings import load_settings
+from skewless_cli.cli import demo_table, log_handler, output_console
+from skewless_cli.demo import DemoResult
 
 LONG_PATH = "/srv/skewless/" + "/".join(f"folder-{i:02d}" for i in range(12)) + "/report.html"
 

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from skewless.cli import app
 from skewless.data import DataError, dataset_path, import_transactions, read_transactions
 from skewless.settings import Settings, load_settings
 from skewless.simulator import SimulationParams, simulate
+from skewless_cli.cli import app
 
 
 @pytest.fixture(scope="module")

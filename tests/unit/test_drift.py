@@ -8,15 +8,13 @@ import pytest
 
 from monitoring.drift import (
     DriftThresholds,
-    RollingDrift,
     drift_report,
     js_distance,
     ks_statistic_binned,
     ks_statistic_exact,
-    psi,
-    served_bin_counts,
 )
-from monitoring.statistics import feature_statistics, reference_statistics
+from skewless.psi import RollingDrift, psi, served_bin_counts
+from skewless.statistics import feature_statistics, reference_statistics
 
 N = 100_000
 

@@ -8,16 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.evaluate import (
-    METRIC_KEYS,
+from skewless.fraud_metrics import (
     auc_roc,
     average_precision,
     card_precision_at_k,
     card_precision_per_day,
-    evaluate,
-    plot_precision_recall,
-    plot_roc,
 )
+from training.evaluate import METRIC_KEYS, evaluate, plot_precision_recall, plot_roc
 
 A, B, C, D, E = 1, 2, 3, 4, 5
 

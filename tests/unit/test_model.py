@@ -12,12 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from training.evaluate import auc_roc, average_precision
+from skewless.fraud_metrics import auc_roc, average_precision
+from skewless.model_runtime import OnnxScorer, Preprocessor
 from training.model import (
     EpochReport,
     FraudNet,
-    OnnxScorer,
-    Preprocessor,
     TrainedModel,
     TrainingParams,
     export_onnx,

@@ -8,12 +8,14 @@ import pytest
 
 from training.protocol import last_complete_day_end, split
 
+DELAY_DAYS = 7
+
 START = datetime(2026, 4, 1, 0, 3, tzinfo=UTC)
 END = datetime(2026, 9, 30, 23, 58, tzinfo=UTC)
 
 
 def test_defaults_take_the_latest_complete_windows() -> None:
-    windows = split(START, END)
+    windows = split(START, END, DELAY_DAYS)
     assert windows.test_end == datetime(2026, 10, 1, tzinfo=UTC)
     assert windows.test_start == datetime(2026, 9, 24, tzinfo=UTC)
     assert windows.train_end == datetime(2026, 9, 17, tzinfo=UTC)
@@ -28,7 +30,7 @@ def test_partial_last_day_is_left_out() -> None:
 
 
 def test_explicit_start_and_lengths() -> None:
-    windows = split(START, END, train_start=date(2026, 6, 1), train_days=14, delay_days=3)
+    windows = split(START, END, delay_days=3, train_start=date(2026, 6, 1), train_days=14)
     assert windows.train_start == datetime(2026, 6, 1, tzinfo=UTC)
     assert windows.train_end == datetime(2026, 6, 15, tzinfo=UTC)
     assert windows.test_start == datetime(2026, 6, 18, tzinfo=UTC)
@@ -37,6 +39,6 @@ def test_explicit_start_and_lengths() -> None:
 
 def test_refuses_windows_without_feature_history_or_past_the_data() -> None:
     with pytest.raises(ValueError, match="history"):
-        split(START, END, train_start=date(2026, 4, 10), history_days=37)
+        split(START, END, DELAY_DAYS, train_start=date(2026, 4, 10), history_days=37)
     with pytest.raises(ValueError, match="after the data"):
-        split(START, END, train_start=date(2026, 9, 20))
+        split(START, END, DELAY_DAYS, train_start=date(2026, 9, 20))

@@ -17,7 +17,7 @@ from monitoring.drift import FeatureDrift, drift_report
 from monitoring.monitor import MonitorResult, verdict
 from monitoring.report import distribution_bars, render_report, summary_json
 from monitoring.skew import skew_report
-from monitoring.statistics import reference_statistics
+from skewless.statistics import reference_statistics
 
 FEATURES = ["tx_amount", "customer_nb_tx_7d", "terminal_risk_30d"]
 VOID = {"meta", "img", "br", "hr", "link", "input"}

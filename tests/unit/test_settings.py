@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from skewless.cli import app
 from skewless.services.java import java_major_version
 from skewless.settings import SettingsError, load_settings, mask_url_password, project_root
+from skewless_cli.cli import app
 
 
 def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

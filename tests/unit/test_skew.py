@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from monitoring.skew import SkewThresholds, SkewTolerance, breaches, skew_report
-from monitoring.statistics import reference_statistics
+from skewless.statistics import reference_statistics
 
 NAN = np.nan
 

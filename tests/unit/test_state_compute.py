@@ -9,8 +9,8 @@ import pytest
 
 from feature_repo.aggregations import CUSTOMER_SPENDING, TERMINAL_RISK
 from serving.events import epoch_micros
-from serving.state import MICROS_PER_DAY, StreamAggregation, segment_cumsum
 from skewless.aggregation import WindowAggregation
+from skewless.stream_state import MICROS_PER_DAY, StreamAggregation, segment_cumsum
 
 NOW = epoch_micros(datetime(2026, 10, 1, tzinfo=UTC))
 

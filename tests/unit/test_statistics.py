@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.statistics import (
+from skewless.statistics import (
     feature_statistics,
     load_statistics,
     reference_statistics,

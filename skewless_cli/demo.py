@@ -41,8 +41,8 @@ def run_demo(settings: Settings) -> DemoResult:
     from monitoring.monitor import Window, run_monitor
     from serving.replay import replay
     from serving.worker import build_worker
+    from skewless.spark import spark_session
     from training.pipeline import TrainOptions, materialize_with_progress, run_training
-    from training.spark import spark_session
 
     data = resolve_data(settings, None)
     summary = run_training(settings, TrainOptions(data=data))

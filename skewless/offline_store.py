@@ -1,4 +1,6 @@
-"""The training set: Feast's point-in-time join of the feature service onto transactions.
+"""The offline store's read path: Feast's point-in-time join of a feature service on Spark.
+
+Training builds its training set with it; monitoring recomputes served features with it.
 
 The entity frame is a Spark DataFrame of the transactions in a time range (one row per
 transaction, its own time as `event_timestamp`, its amount and time as request data for the

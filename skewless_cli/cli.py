@@ -20,7 +20,7 @@ from skewless.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from monitoring.monitor import Window
-    from skewless.demo import DemoResult
+    from skewless_cli.demo import DemoResult
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
@@ -239,7 +239,10 @@ def train_command(
         datetime | None, typer.Option(formats=["%Y-%m-%d"], help="first training day (UTC)")
     ] = None,
     train_days: Annotated[int, typer.Option(help="training window in days")] = 7,
-    delay_days: Annotated[int, typer.Option(help="label delay between train and test")] = 7,
+    delay_days: Annotated[
+        int | None,
+        typer.Option(help="days between train and test (default: the declarations' label delay)"),
+    ] = None,
     test_days: Annotated[int, typer.Option(help="test window in days")] = 7,
     epochs: Annotated[int, typer.Option(help="maximum epochs (early stopping ends sooner)")] = 100,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
@@ -295,8 +298,8 @@ def materialize_command(
     from datetime import UTC
 
     from skewless.data import resolve_data
+    from skewless.spark import spark_session
     from training.pipeline import materialize_with_progress
-    from training.spark import spark_session
 
     settings = _settings(ctx)
     moment = until.replace(tzinfo=UTC) if until else None
@@ -365,7 +368,7 @@ def serve_http_command(ctx: typer.Context) -> None:
 @app.command("demo")
 def demo_command(ctx: typer.Context) -> None:
     """The whole loop once: train, materialize, replay the last week, serve it."""
-    from skewless.demo import run_demo
+    from skewless_cli.demo import run_demo
 
     settings = _settings(ctx)
     result = run_demo(settings)
@@ -478,7 +481,7 @@ def monitor_report(
 @model_app.command("list")
 def model_list(ctx: typer.Context) -> None:
     """Versions with their aliases and test metrics."""
-    from training import registry
+    from skewless import registry
 
     settings = _settings(ctx)
     table = Table("version", "aliases", *registry.METRICS, "run")
@@ -495,7 +498,7 @@ def model_list(ctx: typer.Context) -> None:
 @model_app.command("history")
 def model_history(ctx: typer.Context) -> None:
     """Every move of the champion: who, when, from which version to which."""
-    from training import registry
+    from skewless import registry
 
     settings = _settings(ctx)
     table = Table("#", "action", "from", "to", "by", "at (UTC)")
@@ -511,7 +514,7 @@ def model_promote(
     ctx: typer.Context, version: Annotated[str, typer.Argument(help="version to make champion")]
 ) -> None:
     """Make VERSION the champion (appended to the champion history)."""
-    from training import registry
+    from skewless import registry
 
     settings = _settings(ctx)
     try:
@@ -525,7 +528,7 @@ def model_promote(
 @model_app.command("rollback")
 def model_rollback(ctx: typer.Context) -> None:
     """Move the champion back to the previous champion (appended to the champion history)."""
-    from training import registry
+    from skewless import registry
 
     settings = _settings(ctx)
     try:
