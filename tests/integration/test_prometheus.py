@@ -91,13 +91,16 @@ def test_prometheus_scrapes_the_worker_and_the_enricher(trained_platform: Traine
 
         scored = 'skewless_events_scored_total{job="skewless-worker"}'
         assert wait_for(lambda: _value(settings, scored) == len(events), SCRAPED_WITHIN_S), (
-            f"{scored} = {_value(settings, scored)}, want {len(events)}"
+            f"{scored} = {prometheus_server.query(settings, scored)}, want {len(events)}"
         )
         champion = worker.core.model.version
         version = f'skewless_model_version{{job="skewless-worker", model="{settings.model_name}"}}'
         assert _value(settings, version) == float(champion)
-        assert _value(settings, 'up{job="skewless-worker"}') == 1.0
-        assert _value(settings, 'up{job="skewless-http"}') == 1.0
+        for job in ("skewless-worker", "skewless-http"):  # each target has its own first scrape
+            up = f'up{{job="{job}"}}'
+            assert wait_for(lambda: _value(settings, up) == 1.0, SCRAPED_WITHIN_S), (  # noqa: B023
+                prometheus_server.query(settings, "up")
+            )
         # The repository's recording rules run on the scraped series.
         recorded = 'job:skewless_events_scored:rate1m{job="skewless-worker"}'
         assert wait_for(lambda: _value(settings, recorded) is not None, SCRAPED_WITHIN_S)
