@@ -87,7 +87,8 @@ def plan_table(
     """The days of `declaration`'s table to recompute for raw days with `fingerprints`.
 
     `written_days` are the day partitions the table holds now: a recorded day whose partition
-    is missing counts as changed. Without a record for the same declaration, everything.
+    is missing counts as changed. Without a record for the same declaration, or without any
+    partition (a new or emptied table), everything.
     """
     current = set(fingerprints)
     if previous is None:
@@ -95,11 +96,13 @@ def plan_table(
     if previous.declaration != declaration_fingerprint(declaration):
         reason = "declaration changed"
         return TablePlan(declaration.name, True, frozenset(current), frozenset(), reason)
+    if not written_days:
+        return TablePlan(declaration.name, True, frozenset(current), frozenset(), "no table")
     changed = changed_days(previous.days, fingerprints)
     changed |= {day for day in previous.days if day in current and day not in written_days}
     days = dependent_days(changed, declaration) & current
     removed = (set(previous.days) | written_days) - current
-    reason = f"{len(changed)} changed days" if changed else "unchanged"
+    reason = f"changed days: {len(changed)}" if changed else "unchanged"
     return TablePlan(declaration.name, False, frozenset(days), frozenset(removed), reason)
 
 

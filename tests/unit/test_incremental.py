@@ -85,21 +85,28 @@ def test_plan_recomputes_a_recorded_day_whose_partition_is_missing() -> None:
     assert plan_table(DELAYED, record, _fingerprints(days), written_days=days).unchanged
 
 
+TEN_DAYS = _days(0, 9)
+
+
 @pytest.mark.parametrize(
-    ("record", "reason"),
+    ("record", "written", "reason"),
     [
-        (None, "no record"),
-        (TableRecord(declaration_fingerprint(replace(DELAYED, delay_days=4)), {}), "declaration"),
+        (None, TEN_DAYS, "no record"),
+        (
+            TableRecord(declaration_fingerprint(replace(DELAYED, delay_days=4)), {}),
+            TEN_DAYS,
+            "declaration changed",
+        ),
+        (TableRecord(declaration_fingerprint(DELAYED), _fingerprints(TEN_DAYS)), set(), "no table"),
     ],
 )
-def test_plan_is_full_without_a_record_of_the_same_declaration(
-    record: TableRecord | None, reason: str
+def test_plan_is_full_without_a_record_of_the_same_declaration_or_a_table(
+    record: TableRecord | None, written: set[date], reason: str
 ) -> None:
-    days = _days(0, 9)
-    plan = plan_table(DELAYED, record, _fingerprints(days), written_days=days)
+    plan = plan_table(DELAYED, record, _fingerprints(TEN_DAYS), written_days=written)
     assert plan.full
-    assert plan.days == days
-    assert reason in plan.reason
+    assert plan.days == TEN_DAYS
+    assert plan.reason == reason
 
 
 def test_record_round_trips_and_ignores_another_format(tmp_path: Path) -> None:
