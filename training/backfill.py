@@ -185,12 +185,16 @@ def backfill(settings: Settings, data_path: Path, incremental: bool = False) -> 
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     transactions = spark.read.parquet(str(data_path))
     previous = read_record(record_path(settings)) if incremental else {}
+    declarations = load_declarations(settings)
+    started = time.perf_counter()
+    all_fingerprints = day_fingerprints(transactions, declarations)
+    logger.info("raw data fingerprinted per day in %.1f s", time.perf_counter() - started)
     records: dict[str, TableRecord] = {}
     results = []
-    for declaration in load_declarations(settings):
+    for declaration in declarations:
         started = time.perf_counter()
         target = offline_table_path(settings, declaration.name)
-        fingerprints = day_fingerprints(transactions, declaration)
+        fingerprints = all_fingerprints[declaration.name]
         plan = plan_table(
             declaration, previous.get(declaration.name), fingerprints, partition_days(target)
         )
@@ -244,27 +248,44 @@ def _utc_date(timestamp: Column) -> Column:
     return F.date_from_unix_date((midnight / _MICROS_PER_DAY).cast("int"))
 
 
-def day_fingerprints(transactions: DataFrame, declaration: WindowAggregation) -> dict[date, str]:
-    """Per UTC day of the events: `rows:hash-sum` over the columns `declaration` reads.
+def day_fingerprints(
+    transactions: DataFrame, declarations: tuple[WindowAggregation, ...]
+) -> dict[str, dict[date, str]]:
+    """Per declaration and UTC day of its events: `rows:hash-sum` over the columns it reads.
 
     The sum of per-row xxhash64 values does not depend on the order of rows or files, and
-    changes when a row is added, removed or has any of those columns changed.
+    changes when a row is added, removed or has any of those columns changed. Declarations on
+    the same event time share one pass over the data.
     """
-    columns = [
+    by_time: dict[str, list[WindowAggregation]] = {}
+    for declaration in declarations:
+        by_time.setdefault(declaration.event_time, []).append(declaration)
+    fingerprints: dict[str, dict[date, str]] = {}
+    for event_time, group in by_time.items():
+        sums = [
+            F.sum(F.xxhash64(*_read_columns(declaration)).cast("decimal(38,0)")).alias(str(index))
+            for index, declaration in enumerate(group)
+        ]
+        rows = (
+            transactions.groupBy(_utc_date(F.col(event_time)).alias("day"))
+            .agg(F.count(F.lit(1)).alias("rows"), *sums)
+            .collect()
+        )
+        for index, declaration in enumerate(group):
+            fingerprints[declaration.name] = {
+                row["day"]: f"{row['rows']}:{row[str(index)]}" for row in rows
+            }
+    return fingerprints
+
+
+def _read_columns(declaration: WindowAggregation) -> list[Column]:
+    """The raw columns a declaration reads, typed as `window_features` reads them."""
+    return [
         F.col(declaration.entity_key).cast("long"),
         F.col(declaration.event_time).cast("timestamp"),
         F.col(declaration.order_key).cast("long"),
         *(F.col(column).cast("double") for column in declaration.value_columns),
     ]
-    rows = (
-        transactions.groupBy(_utc_date(F.col(declaration.event_time)).alias("day"))
-        .agg(
-            F.count(F.lit(1)).alias("rows"),
-            F.sum(F.xxhash64(*columns).cast("decimal(38,0)")).alias("hash_sum"),
-        )
-        .collect()
-    )
-    return {row["day"]: f"{row['rows']}:{row['hash_sum']}" for row in rows}
 
 
 def partition_days(target: Path) -> set[date]:

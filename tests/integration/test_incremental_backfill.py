@@ -26,8 +26,9 @@ pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START = date(2026, 4, 1)
-FIRST_DAYS, ALL_DAYS = 45, 48
-"""The first backfill sees 45 days; three more arrive before the incremental one."""
+FIRST_DAYS, SECOND_DAYS, ALL_DAYS = 45, 48, 49
+"""The first backfill sees 45 days; three more arrive before the first incremental one, and
+one more before the second, whose windows then reach back into the middle of the data."""
 AMOUNT_FIX_DAY, LATE_LABEL_DAY = 10, 5
 """Days of the first 45 corrected afterwards: some amounts, and some labels arriving late."""
 
@@ -57,16 +58,20 @@ def _days(first: int, last: int) -> set[date]:
     return {_day(offset) for offset in range(first, last + 1)}
 
 
-def _expected_days(declaration: WindowAggregation, changed: list[int]) -> set[date]:
-    """A changed day D and the days D + delay .. D + delay + widest window, within the data."""
+def _expected_days(declaration: WindowAggregation, changed: list[int], days: int) -> set[date]:
+    """A changed day D and the days D + delay .. D + delay + widest window, within `days`."""
     delay, widest = declaration.delay_days, max(declaration.windows_days)
-    days: set[date] = set()
+    result: set[date] = set()
     for offset in changed:
-        days |= _days(offset, offset) | _days(offset + delay, offset + delay + widest)
-    return days & _days(0, ALL_DAYS - 1)
+        result |= _days(offset, offset) | _days(offset + delay, offset + delay + widest)
+    return result & _days(0, days - 1)
 
 
-def _files(table: Path) -> dict[str, set[str]]:
+Files = dict[str, set[str]]
+"""File names per day folder of a table."""
+
+
+def _files(table: Path) -> Files:
     return {
         folder.name: {file.name for file in folder.glob("*.parquet")}
         for folder in table.iterdir()
@@ -79,59 +84,61 @@ def _table(table: Path, declaration: WindowAggregation) -> pd.DataFrame:
     return frame.sort_values(declaration.order_key).reset_index(drop=True)
 
 
+Backfills = tuple[Settings, Settings, list[TableBackfill], list[TableBackfill], dict[str, Files]]
+
+
 @pytest.fixture(scope="module")
-def backfills(
-    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Settings, Settings, list[TableBackfill], dict[str, dict[str, set[str]]]]:
-    """A full backfill of 45 days, then an incremental one after three new days and two
-    corrections; beside it a full backfill of the final data."""
+def backfills(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Backfills:
+    """A full backfill of 45 days; an incremental one after three new days and two
+    corrections; another after one more day. Beside them a full backfill of the final data."""
     root = tmp_path_factory.mktemp("incremental")
     params = SimulationParams(n_customers=60, n_terminals=120, n_days=ALL_DAYS, start_date=START)
     final = simulate(params).transactions
     dates = final["tx_datetime"].dt.date
+    amount_fix = final.index[dates == _day(AMOUNT_FIX_DAY)][:5]
+    late_labels = final.index[dates == _day(LATE_LABEL_DAY)][:5]
     first = final[dates < _day(FIRST_DAYS)]
-    amount_fix = (dates == _day(AMOUNT_FIX_DAY)).to_numpy().nonzero()[0][:5]
-    late_labels = (dates == _day(LATE_LABEL_DAY)).to_numpy().nonzero()[0][:5]
-    final.loc[final.index[amount_fix], "tx_amount"] += 1.0
-    final.loc[final.index[late_labels], "tx_fraud"] = (
-        1 - final.loc[final.index[late_labels], "tx_fraud"]
-    )
+    final.loc[amount_fix, "tx_amount"] += 1.0
+    final.loc[late_labels, "tx_fraud"] = 1 - final.loc[late_labels, "tx_fraud"]
+    second = final[dates < _day(SECOND_DAYS)]
     incremental, full = _settings(root / "incremental"), _settings(root / "full")
     backfill(incremental, write_transactions(first, root / "first.parquet"))
-    tables = [d.name for d in load_declarations(incremental)]
+    tables = [declaration.name for declaration in load_declarations(incremental)]
     before = {name: _files(offline_table_path(incremental, name)) for name in tables}
+    second_path = write_transactions(second, root / "second.parquet")
+    corrected = backfill(incremental, second_path, incremental=True)
     final_path = write_transactions(final, root / "final.parquet")
-    results = backfill(incremental, final_path, incremental=True)
+    one_more_day = backfill(incremental, final_path, incremental=True)
     backfill(full, final_path)
-    return incremental, full, results, before
+    return incremental, full, corrected, one_more_day, before
 
 
-def test_only_changed_days_and_their_horizon_are_recomputed(
-    backfills: tuple[Settings, Settings, list[TableBackfill], dict[str, dict[str, set[str]]]],
-) -> None:
-    settings, _, results, before = backfills
-    new_days = list(range(FIRST_DAYS, ALL_DAYS))
-    for result in results:
+def test_only_changed_days_and_their_horizon_are_recomputed(backfills: Backfills) -> None:
+    settings, _, corrected, one_more_day, before = backfills
+    new_days = list(range(FIRST_DAYS, SECOND_DAYS))
+    for result in corrected:
         declaration = {d.name: d for d in load_declarations(settings)}[result.name]
         # A label is read by the terminal windows only, an amount by the customer windows.
         reads = declaration.value_columns
-        corrected = [LATE_LABEL_DAY] if "tx_fraud" in reads else [AMOUNT_FIX_DAY]
+        corrections = [LATE_LABEL_DAY] if "tx_fraud" in reads else [AMOUNT_FIX_DAY]
         assert not result.full
-        expected = _expected_days(declaration, corrected + new_days)
+        expected = _expected_days(declaration, corrections + new_days, SECOND_DAYS)
         assert result.days == expected, result.name
-        assert expected < _days(0, ALL_DAYS - 1)  # some days were left alone
+        assert expected < _days(0, SECOND_DAYS - 1)  # some days were left alone
         after = _files(offline_table_path(settings, result.name))
         for offset in range(FIRST_DAYS):
             folder = f"{PARTITION_COLUMN}={_day(offset).isoformat()}"
             rewritten = after[folder] != before[result.name][folder]
             assert rewritten == (_day(offset) in expected), (result.name, folder)
         assert {f"{PARTITION_COLUMN}={_day(d).isoformat()}" for d in new_days} <= set(after)
+    # The last day alone; its windows read the days before it, which are not rewritten.
+    assert {result.name: result.days for result in one_more_day} == {
+        result.name: {_day(ALL_DAYS - 1)} for result in corrected
+    }
 
 
-def test_incremental_tables_equal_a_full_backfill(
-    backfills: tuple[Settings, Settings, list[TableBackfill], dict[str, dict[str, set[str]]]],
-) -> None:
-    incremental, full, _, _ = backfills
+def test_incremental_tables_equal_a_full_backfill(backfills: Backfills) -> None:
+    incremental, full, _, _, _ = backfills
     for declaration in load_declarations(incremental):
         actual = _table(offline_table_path(incremental, declaration.name), declaration)
         expected = _table(offline_table_path(full, declaration.name), declaration)
