@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -176,3 +179,37 @@ def test_retrain_on_drift_does_nothing_unshifted_and_promotes_when_shifted(
     again = CliRunner().invoke(app, args, env=env)
     assert again.exit_code == 0, again.output
     assert f"no events served by champion v{new} yet: nothing to do" in _said(again)
+
+
+def test_scheduled_retrain_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """`retrain --every 1h --on-drift` with no champion: one run says so, then SIGTERM ends
+    the wait at once and the command exits 0 with its closing line."""
+    settings = load_settings(data_dir=tmp_path / "data", runtime_dir=tmp_path / "runtime")
+    data = write_transactions(
+        pd.DataFrame(
+            {
+                "transaction_id": [1],
+                "tx_datetime": [pd.Timestamp("2026-04-01T12:00:00Z")],
+                "customer_id": [1],
+                "terminal_id": [1],
+                "tx_amount": [10.0],
+                "tx_fraud": [0],
+            }
+        ).astype({"tx_fraud": "int8", "tx_datetime": "datetime64[us, UTC]"}),
+        settings.data_dir / "tx.parquet",
+    )
+    output = tmp_path / "output.txt"
+    env = os.environ | feast_environment(settings) | {"PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-c", "from skewless.cli import main; main()"]
+    args = ["retrain", "--every", "1h", "--on-drift", "--data", str(data)]
+    with output.open("w") as sink:
+        process = subprocess.Popen([*command, *args], env=env, stdout=sink, stderr=sink)
+    try:
+        assert wait_for(lambda: "nothing to do" in output.read_text(), 120), output.read_text()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, output.read_text()
+    finally:
+        process.kill()
+    said = output.read_text()
+    assert "retrain: no champion to check (run `skewless train`): nothing to do" in said
+    assert "retrain: stopped after 1 runs, 0 retrained" in said
