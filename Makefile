@@ -11,7 +11,7 @@ export UV_PYTHON_DOWNLOADS := never
 export MLFLOW_DISABLE_TELEMETRY := true
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: help setup config services-up services-status services-down mlflow-ui data apply plan feast-ui train materialize replay serve serve-http monitor bench demo lint unit integration test
+.PHONY: help setup config services-up services-status services-down mlflow-ui data apply plan feast-ui train retrain materialize replay serve serve-http monitor bench demo lint unit integration test
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ feast-ui: apply ## Feast's web UI of feature_repo/ on http://127.0.0.1:8888
 
 train: services-up data ## backfill, point-in-time training set, torch model, MLflow version, gate, materialize
 	$(SKEWLESS) train
+
+retrain: ## retrain on the newest data, changed days only (EVERY=1h to repeat, ON_DRIFT=1: only on drift)
+	$(SKEWLESS) retrain $(if $(EVERY),--every $(EVERY)) $(if $(ON_DRIFT),--on-drift)
 
 materialize: ## write latest features and streaming state to Redis (UNTIL=YYYY-MM-DD for a replay)
 	$(SKEWLESS) materialize $(if $(UNTIL),--until $(UNTIL))

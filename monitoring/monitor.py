@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from monitoring.drift import DriftThresholds, FeatureDrift, drift_report
 from monitoring.feature_log import read_log
 from monitoring.report import render_report, summary_json
 from monitoring.skew import FeatureSkew, SkewThresholds, SkewTolerance, breaches, skew_report
-from skewless import model_runtime
+from skewless import model_runtime, registry
 from skewless.settings import Settings
 from skewless.statistics import FeatureStatistics
 
@@ -59,11 +59,7 @@ class MonitorResult:
 
     @property
     def drift_alerts(self) -> list[str]:
-        return [
-            f"{d.name}: PSI {d.psi:.3f}, JS {d.js:.3f}, KS {d.ks:.3f}"
-            for d in self.drift
-            if d.status == "alert"
-        ]
+        return alert_lines(self.drift)
 
     @property
     def ok(self) -> bool:
@@ -144,16 +140,72 @@ def data_quality(
     }
 
 
-def run_monitor(
-    settings: Settings, window: Window, with_skew: bool = True, with_report: bool = True
-) -> MonitorResult:
-    """Every check (thresholds from the settings), then the HTML report and JSON summary."""
-    drift_thresholds = DriftThresholds(
+def alert_lines(drift: list[FeatureDrift]) -> list[str]:
+    """One line per feature whose drift alerts."""
+    return [
+        f"{d.name}: PSI {d.psi:.3f}, JS {d.js:.3f}, KS {d.ks:.3f}"
+        for d in drift
+        if d.status == "alert"
+    ]
+
+
+def drift_thresholds(settings: Settings) -> DriftThresholds:
+    return DriftThresholds(
         psi_warn=settings.drift_psi_warn,
         psi_alert=settings.drift_psi_alert,
         js_alert=settings.drift_js_alert,
         ks_alert=settings.drift_ks_alert,
     )
+
+
+@dataclass(frozen=True)
+class ChampionDrift:
+    """The drift check over the recent events the current champion served."""
+
+    champion: str | None
+    served: int
+    alerts: tuple[str, ...] = ()
+
+    @property
+    def alerting(self) -> bool:
+        return bool(self.alerts)
+
+    def describe(self) -> str:
+        if self.champion is None:
+            return "no champion to check (run `skewless train`)"
+        events = f"{self.served:,} events served by champion v{self.champion}"
+        if not self.served:
+            return f"no events served by champion v{self.champion} yet"
+        if not self.alerts:
+            return f"no drift alert over {events}"
+        return f"drift alert over {events} ({'; '.join(self.alerts)})"
+
+
+def champion_drift(settings: Settings, recent: timedelta) -> ChampionDrift:
+    """Drift of the events served by the current champion, over the last `recent` of their
+    event time, against that version's training reference (thresholds from the settings).
+
+    Events served by earlier versions are left out: once a new champion is in place, the
+    drift that replaced the old one stops counting.
+    """
+    champion = registry.champion_version(registry.client(settings), settings.model_name)
+    if champion is None:
+        return ChampionDrift(None, 0)
+    served = read_log(settings)
+    if not served.empty:
+        served = served[served["model_version"].astype(str) == champion]
+    if served.empty:
+        return ChampionDrift(champion, 0)
+    served = served[served["tx_datetime"] > served["tx_datetime"].max() - recent]
+    reference = model_runtime.reference_statistics(settings, champion)
+    drift = drift_report(reference, served, drift_thresholds(settings))
+    return ChampionDrift(champion, len(served), tuple(alert_lines(drift)))
+
+
+def run_monitor(
+    settings: Settings, window: Window, with_skew: bool = True, with_report: bool = True
+) -> MonitorResult:
+    """Every check (thresholds from the settings), then the HTML report and JSON summary."""
     skew_thresholds = SkewThresholds(
         max_mismatch_rate=settings.skew_max_mismatch_rate, max_js=settings.skew_max_js
     )
@@ -166,7 +218,7 @@ def run_monitor(
     result = MonitorResult(served=len(served), model_version=version, seconds=timings)
 
     started = time.perf_counter()
-    result.drift = drift_report(reference, served, drift_thresholds)
+    result.drift = drift_report(reference, served, drift_thresholds(settings))
     timings["drift"] = time.perf_counter() - started
     if with_skew:
         started = time.perf_counter()

@@ -285,6 +285,86 @@ def train_command(
     )
 
 
+@app.command("retrain")
+def retrain_command(
+    ctx: typer.Context,
+    data: DataOption = None,
+    every: Annotated[
+        str | None,
+        typer.Option(help="run again every DURATION (90s, 15m, 1h, 1d) until Ctrl-C or SIGTERM"),
+    ] = None,
+    max_runs: Annotated[
+        int | None, typer.Option(min=1, help="with --every: stop after this many runs")
+    ] = None,
+    on_drift: Annotated[
+        bool,
+        typer.Option("--on-drift", help="retrain only if the drift check of the champion alerts"),
+    ] = False,
+    drift_window: Annotated[
+        str, typer.Option(help="served event time the drift check covers, up to the latest")
+    ] = "7d",
+    epochs: Annotated[int, typer.Option(help="maximum epochs (early stopping ends sooner)")] = 100,
+    seed: Annotated[int, typer.Option(help="random seed")] = 42,
+    materialize: Annotated[
+        bool, typer.Option(help="also rewrite Redis (a running worker keeps it current)")
+    ] = False,
+    full_backfill: Annotated[
+        bool, typer.Option("--full-backfill", help="recompute every day, not only changed ones")
+    ] = False,
+) -> None:
+    """Retrain on the newest data: changed days of the backfill, newest window, gate, promotion."""
+    import threading
+    from dataclasses import replace
+    from functools import partial
+
+    from skewless.data import DataError, resolve_data
+    from training.model import TrainingParams
+    from training.retrain import (
+        DriftCheck,
+        RetrainOptions,
+        RetrainOutcome,
+        install_signal_handlers,
+        parse_duration,
+        run_every,
+        run_once,
+    )
+
+    settings = _settings(ctx)
+    try:
+        period = parse_duration(every) if every is not None else None
+        recent = parse_duration(drift_window)
+        if max_runs is not None and period is None:
+            raise ValueError("--max-runs bounds a schedule: give --every too")
+        path = resolve_data(settings, data)
+    except (ValueError, DataError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    options = RetrainOptions(
+        data=path,
+        params=replace(TrainingParams(), max_epochs=epochs, seed=seed),
+        materialize=materialize,
+        full_backfill=full_backfill,
+    )
+    check: DriftCheck | None = None
+    if on_drift:
+        from monitoring.monitor import champion_drift
+
+        check = partial(champion_drift, settings, recent)
+
+    def report(outcome: RetrainOutcome) -> None:
+        typer.echo(f"retrain: {outcome.line} ({outcome.seconds:.0f} s)")
+
+    if period is None:
+        report(run_once(settings, options, check))
+        return
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    run = partial(run_once, settings, options, check)
+    outcomes = run_every(run, period, stop, max_runs, on_outcome=report)
+    retrained = sum(outcome.retrained for outcome in outcomes)
+    typer.echo(f"retrain: stopped after {len(outcomes)} runs, {retrained} retrained")
+
+
 @app.command("materialize")
 def materialize_command(
     ctx: typer.Context,
