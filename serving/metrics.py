@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+    values,
+)
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -68,6 +76,12 @@ class ScoringMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
+        if values.ValueClass is not values.MutexValue:
+            raise RuntimeError(
+                "prometheus_client keeps values in shared files (PROMETHEUS_MULTIPROC_DIR is "
+                f"{os.environ.get('PROMETHEUS_MULTIPROC_DIR')!r}): every registry of this "
+                "process would share its counters; unset PROMETHEUS_MULTIPROC_DIR"
+            )
         r = self.registry
         self.events_in = Counter("skewless_events_in", "transactions consumed", registry=r)
         self.events_scored = Counter("skewless_events_scored", "scores produced", registry=r)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
@@ -27,3 +30,18 @@ def test_batch_histogram_matches_the_per_value_histogram() -> None:
     batch.observe_many(np.array([]))
     assert _samples(batch_registry) == _samples(expected_registry)
     assert 'latency_bucket{le="0.001"} 3.0' in _samples(batch_registry)
+
+
+def test_a_feast_import_does_not_make_registries_share_their_counters() -> None:
+    # feast.metrics switches prometheus_client to shared-file values unless it chose first.
+    script = (
+        "import skewless, feast.metrics\n"
+        "from serving.metrics import ScoringMetrics\n"
+        "first, second = ScoringMetrics(), ScoringMetrics()\n"
+        "first.events_scored.inc(5)\n"
+        "print(second.events_scored._value.get())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "0.0"
