@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -32,16 +34,39 @@ def test_batch_histogram_matches_the_per_value_histogram() -> None:
     assert 'latency_bucket{le="0.001"} 3.0' in _samples(batch_registry)
 
 
-def test_a_feast_import_does_not_make_registries_share_their_counters() -> None:
-    # feast.metrics switches prometheus_client to shared-file values unless it chose first.
+def test_a_feast_import_does_not_make_registries_share_their_counters(tmp_path: Path) -> None:
+    # feast.metrics switches prometheus_client to shared-file values unless it chose first,
+    # and leaves the variable that does it to every child process.
     script = (
-        "import skewless, feast.metrics\n"
+        "import os, skewless, feast.metrics\n"
         "from serving.metrics import ScoringMetrics\n"
         "first, second = ScoringMetrics(), ScoringMetrics()\n"
         "first.events_scored.inc(5)\n"
-        "print(second.events_scored._value.get())\n"
+        "print(second.events_scored._value.get(), os.environ['PROMETHEUS_MULTIPROC_DIR'])\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
     )
-    assert done.stdout.strip() == "0.0"
+    value, feast_folder = done.stdout.split()
+    assert value == "0.0"
+    child = subprocess.run(  # a child of a process that imported Feast's metrics
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": feast_folder},
+    )
+    assert child.stdout.split()[0] == "0.0"
+    chosen = tmp_path / "metrics"  # set on purpose: refused, naming the variable
+    chosen.mkdir()
+    refused = subprocess.run(
+        [sys.executable, "-c", "import skewless\nfrom serving.metrics import ScoringMetrics\n"
+         "ScoringMetrics()"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(chosen)},
+    )  # fmt: skip
+    assert refused.returncode != 0 and "PROMETHEUS_MULTIPROC_DIR" in refused.stderr
