@@ -21,7 +21,8 @@ $(UV):
 	$(BOOTSTRAP)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 setup: $(UV) ## install everything: Python env from uv.lock, Java check, Redis, Prometheus, Chromium, Kafka jars (idempotent)
-	$(UV) sync --frozen
+	@echo "setup: Python environment from uv.lock (the first time downloads about 3 GB)"
+	@$(UV) sync --frozen --quiet
 	$(SKEWLESS) services install
 
 config: ## print the effective settings (NAME=value)

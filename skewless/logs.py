@@ -23,7 +23,7 @@ LOG_FILE = Path("logs") / "skewless.log"
 LIBRARY_ENV = {
     # MLflow logs through a handler of its own, bypassing ours; its INFO lines are chatter.
     "MLFLOW_LOGGING_LEVEL": "ERROR",
-    # tqdm bars (Great Expectations' metric progress among them) are not drawn.
+    # tqdm bars that leave `disable` to its default (Feast's materialization) are not drawn.
     "TQDM_DISABLE": "1",
 }
 

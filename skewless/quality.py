@@ -100,8 +100,10 @@ def build_suite(columns: list[str], with_label: bool = True) -> Any:
 def validate_transactions(frame: pd.DataFrame, with_label: bool = True) -> ValidationReport:
     """Run the raw-transactions suite on `frame` in an ephemeral Great Expectations context."""
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # no tqdm on stderr
     source = context.data_sources.add_pandas(name="raw")
     asset = source.add_dataframe_asset(name="transactions")
     batch_definition = asset.add_batch_definition_whole_dataframe("all")
