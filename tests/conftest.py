@@ -139,3 +139,14 @@ def private_settings(platform: TrainedPlatform, **overrides: Any) -> Settings:
     settings = load_settings(**values)
     kafka.ensure_topics(settings)
     return settings
+
+
+def event_body(row: pd.Series) -> dict[str, Any]:
+    """The `transactions` message of one row of transactions, as a producer writes it."""
+    return {
+        "transaction_id": int(row["transaction_id"]),
+        "tx_datetime": row["tx_datetime"].strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "customer_id": int(row["customer_id"]),
+        "terminal_id": int(row["terminal_id"]),
+        "tx_amount": float(row["tx_amount"]),
+    }

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 from kafka import KafkaProducer
 
@@ -22,7 +21,7 @@ from skewless import services
 from skewless.services import prometheus_server
 from skewless.services.process import wait_for
 from skewless.settings import Settings
-from tests.conftest import TrainedPlatform, free_port, private_settings
+from tests.conftest import TrainedPlatform, event_body, free_port, private_settings
 
 pytestmark = pytest.mark.integration
 
@@ -40,17 +39,7 @@ def _events(platform: TrainedPlatform, count: int) -> list[dict[str, Any]]:
     start = datetime(2026, 5, 25, tzinfo=UTC)
     tx = platform.transactions
     window = tx[(tx["tx_datetime"] >= start) & (tx["tx_datetime"] < start + timedelta(days=1))]
-    return [_event(row) for _, row in window.head(count).iterrows()]
-
-
-def _event(row: pd.Series) -> dict[str, Any]:
-    return {
-        "transaction_id": int(row["transaction_id"]),
-        "tx_datetime": row["tx_datetime"].strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "customer_id": int(row["customer_id"]),
-        "terminal_id": int(row["terminal_id"]),
-        "tx_amount": float(row["tx_amount"]),
-    }
+    return [event_body(row) for _, row in window.head(count).iterrows()]
 
 
 def test_prometheus_scrapes_the_worker_and_the_enricher(trained_platform: TrainedPlatform) -> None:

@@ -33,7 +33,7 @@ from skewless.feature_store import feast_environment, offline_table_path
 from skewless.services.process import wait_for
 from skewless.settings import Settings
 from skewless.spark import spark_session
-from tests.conftest import TrainedPlatform, free_port, private_settings
+from tests.conftest import TrainedPlatform, event_body, free_port, private_settings
 from training import tracking
 from training.pipeline import materialize_with_progress
 
@@ -119,16 +119,17 @@ def test_malformed_events_go_to_the_dead_letter_topic(trained_platform: TrainedP
     settings = private_settings(trained_platform)
     good = _window(trained_platform, 1).head(6)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    first = event_body(good.iloc[0])
     bad_events = {
         b"this is not json": "not_json",
         b'{"transaction_id": 1, "tx_datetime": "2026-05-25T00:00:00Z"}': "missing_field",
-        json.dumps({**_event(good.iloc[0]), "customer_id": "seven"}).encode(): "wrong_type",
-        json.dumps({**_event(good.iloc[0]), "tx_amount": -5.0}).encode(): "negative_amount",
-        json.dumps({**_event(good.iloc[0]), "tx_datetime": "yesterday"}).encode(): "bad_timestamp",
+        json.dumps({**first, "customer_id": "seven"}).encode(): "wrong_type",
+        json.dumps({**first, "tx_amount": -5.0}).encode(): "negative_amount",
+        json.dumps({**first, "tx_datetime": "yesterday"}).encode(): "bad_timestamp",
     }
     sent = 0
     for (_, row), bad in zip(good.iterrows(), [*bad_events, None], strict=False):
-        body = {**_event(row), "unknown_field": "is fine"}
+        body = {**event_body(row), "unknown_field": "is fine"}
         producer.send(settings.topic_transactions, json.dumps(body).encode(), key=b"1")
         sent += 1
         if bad is not None:
@@ -148,16 +149,6 @@ def test_malformed_events_go_to_the_dead_letter_topic(trained_platform: TrainedP
     assert sorted(b["transaction_id"] for _, b in scores) == sorted(good["transaction_id"])
 
 
-def _event(row: pd.Series) -> dict[str, Any]:
-    return {
-        "transaction_id": int(row["transaction_id"]),
-        "tx_datetime": row["tx_datetime"].strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "customer_id": int(row["customer_id"]),
-        "terminal_id": int(row["terminal_id"]),
-        "tx_amount": float(row["tx_amount"]),
-    }
-
-
 def test_hot_swap_follows_the_alias_and_rollback(trained_platform: TrainedPlatform) -> None:
     settings = private_settings(trained_platform, champion_poll_s=0.3)
     client = tracking.configure(settings)
@@ -175,7 +166,7 @@ def test_hot_swap_follows_the_alias_and_rollback(trained_platform: TrainedPlatfo
     try:
         for step, part in enumerate(parts):
             for _, row in part.iterrows():
-                producer.send(settings.topic_transactions, json.dumps(_event(row)).encode())
+                producer.send(settings.topic_transactions, json.dumps(event_body(row)).encode())
             producer.flush()
             sent += len(part)
             assert len(_read_all(settings, settings.topic_scores, sent, timeout_s=60)) >= sent
@@ -203,7 +194,7 @@ def test_http_and_stream_give_the_same_score(trained_platform: TrainedPlatform) 
     events = _window(trained_platform, 1).head(40)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     for _, row in events.iterrows():
-        producer.send(settings.topic_transactions, json.dumps(_event(row)).encode())
+        producer.send(settings.topic_transactions, json.dumps(event_body(row)).encode())
     producer.flush()
     producer.close()
     build_worker(settings).run(max_events=len(events), idle_exit_s=10)
@@ -219,7 +210,7 @@ def test_http_and_stream_give_the_same_score(trained_platform: TrainedPlatform) 
     )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        body = json.dumps([_event(row) for _, row in events.iterrows()]).encode()
+        body = json.dumps([event_body(row) for _, row in events.iterrows()]).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/score",
             data=body,
@@ -282,7 +273,9 @@ def test_events_older_than_max_lag_are_scored_cheaply_and_flagged(
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     for _, row in events.iterrows():
         key = str(int(row["customer_id"])).encode()
-        last = producer.send(settings.topic_transactions, json.dumps(_event(row)).encode(), key=key)
+        last = producer.send(
+            settings.topic_transactions, json.dumps(event_body(row)).encode(), key=key
+        )
     producer.flush()
     producer.close()
     entered_ms = last.get(timeout=10).timestamp

@@ -31,8 +31,8 @@ from serving.validation import EventLimits
 from serving.worker import build_worker
 from skewless.services.process import wait_for
 from skewless.settings import Settings
-from tests.conftest import TrainedPlatform, free_port, private_settings
-from tests.integration.test_worker import _event, _read_all, _window
+from tests.conftest import TrainedPlatform, event_body, free_port, private_settings
+from tests.integration.test_worker import _read_all, _window
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def _good(platform: TrainedPlatform, count: int) -> pd.DataFrame:
 
 
 def _with_time(row: pd.Series, moment: datetime, **changes: Any) -> bytes:
-    body = {**_event(row), "tx_datetime": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), **changes}
+    body = {**event_body(row), "tx_datetime": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), **changes}
     return json.dumps(body).encode()
 
 
@@ -108,7 +108,9 @@ def _run_batch(platform: TrainedPlatform, bad: Bad) -> tuple[Settings, pd.DataFr
     """Six ordinary events with `bad` in the middle, through one bounded worker run."""
     settings = _settings(platform)
     good = _good(platform, 6)
-    values: list[bytes | None] = [json.dumps(_event(row)).encode() for _, row in good.iterrows()]
+    values: list[bytes | None] = [
+        json.dumps(event_body(row)).encode() for _, row in good.iterrows()
+    ]
     values.insert(3, bad.value)
     _produce(settings, values)
     stats = build_worker(settings).run(max_events=len(values), idle_exit_s=10)
@@ -121,7 +123,7 @@ def _tombstone(row: pd.Series) -> Bad:
 
 
 def _amount_of_400_digits(row: pd.Series) -> Bad:
-    body = {**_event(row), "tx_amount": int("9" * 400)}
+    body = {**event_body(row), "tx_amount": int("9" * 400)}
     return Bad(json.dumps(body).encode(), "amount_too_large")
 
 
@@ -138,7 +140,7 @@ def _dated_1969(row: pd.Series) -> Bad:
 
 
 def _absurd_finite_amount(row: pd.Series) -> Bad:
-    return Bad(json.dumps({**_event(row), "tx_amount": 1e308}).encode(), "amount_too_large")
+    return Bad(json.dumps({**event_body(row), "tx_amount": 1e308}).encode(), "amount_too_large")
 
 
 CRASHES: dict[str, Callable[[pd.Series], Bad]] = {
@@ -193,7 +195,7 @@ def test_an_absurd_amount_leaves_the_other_customers_scores_as_without_it(
     good = _good(trained_platform, 6)
     poisoned, _ = _run_batch(trained_platform, _absurd_finite_amount(good.iloc[0]))
     clean = _settings(trained_platform)
-    _produce(clean, [json.dumps(_event(row)).encode() for _, row in good.iterrows()])
+    _produce(clean, [json.dumps(event_body(row)).encode() for _, row in good.iterrows()])
     build_worker(clean).run(max_events=len(good), idle_exit_s=10)
 
     def scores(settings: Settings) -> dict[int, float]:
@@ -229,7 +231,7 @@ def test_a_batch_with_events_of_2099_and_1970_scores_the_others_and_keeps_runnin
     worker, still the same one, goes on scoring the next batch."""
     settings = _settings(trained_platform)
     rows = [row for _, row in _window(trained_platform, 1).head(12).iterrows()]
-    first = [json.dumps(_event(row)).encode() for row in rows[:8]]
+    first = [json.dumps(event_body(row)).encode() for row in rows[:8]]
     first.insert(2, _with_time(rows[0], datetime(2099, 1, 1, tzinfo=UTC), transaction_id=-1))
     first.insert(6, _with_time(rows[1], datetime(1970, 1, 1, tzinfo=UTC), transaction_id=-2))
     _produce(settings, first)
@@ -247,7 +249,7 @@ def test_a_batch_with_events_of_2099_and_1970_scores_the_others_and_keeps_runnin
         assert sorted(_scored_ids(settings, 8)) == sorted(first_ids)
         assert wait_for(lambda: _committed(settings) == len(first), 30)
         assert thread.is_alive()
-        _produce(settings, [json.dumps(_event(row)).encode() for row in rows[8:]])
+        _produce(settings, [json.dumps(event_body(row)).encode() for row in rows[8:]])
         assert wait_for(lambda: len(_scored_ids(settings, 12)) >= 12, 60)
         assert sorted(_scored_ids(settings, 12)) == sorted(int(r["transaction_id"]) for r in rows)
         assert thread.is_alive()
@@ -277,7 +279,7 @@ def test_compressed_transactions_and_labels_are_read(
         for _, row in good.iterrows()
     ]
     _produce(settings, list(labels), topic=settings.topic_labels, compression=codec)
-    values = [json.dumps(_event(row)).encode() for _, row in good.iterrows()]
+    values = [json.dumps(event_body(row)).encode() for _, row in good.iterrows()]
     _produce(settings, list(values), compression=codec)
     stats = build_worker(settings).run(max_events=len(values), idle_exit_s=10)
     assert (stats.scored, stats.dead_letters, stats.labels) == (len(good), 0, len(labels))
@@ -308,8 +310,8 @@ def test_the_http_door_answers_422_with_the_reason_for_the_same_records(
             return error.code, json.loads(error.read())
 
     cases = {
-        json.dumps({**_event(row), "tx_amount": 1e308}).encode(): "amount_too_large",
-        json.dumps({**_event(row), "tx_amount": int("9" * 400)}).encode(): "amount_too_large",
+        json.dumps({**event_body(row), "tx_amount": 1e308}).encode(): "amount_too_large",
+        json.dumps({**event_body(row), "tx_amount": int("9" * 400)}).encode(): "amount_too_large",
         _with_time(row, datetime(2099, 1, 1, tzinfo=UTC)): "too_far_ahead",
     }
     try:
@@ -321,7 +323,7 @@ def test_the_http_door_answers_422_with_the_reason_for_the_same_records(
         status, answer = post(b"[" * 100_000)
         assert status == 400
         assert answer["error"].startswith("not JSON")
-        status, answer = post(json.dumps(_event(row)).encode())
+        status, answer = post(json.dumps(event_body(row)).encode())
         assert status == 200
         assert 0.0 <= answer["score"] <= 1.0
     finally:
