@@ -7,7 +7,13 @@ import sys
 import urllib.request
 
 from skewless.mlflow_env import OFFLINE_ENV
-from skewless.services.process import Endpoint, ManagedProcess, ServiceError, answers, wait_ready
+from skewless.services.process import (
+    Endpoint,
+    ManagedProcess,
+    already_running,
+    answers,
+    wait_ready,
+)
 from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -44,14 +50,8 @@ def is_ready(settings: Settings) -> bool:
 def start(settings: Settings) -> ManagedProcess:
     """Start the tracking server unless it already answers; idempotent."""
     process = ManagedProcess(NAME, settings.runtime_dir)
-    if process.pid() is not None and is_ready(settings):
-        logger.info("mlflow already running at %s", url(settings))
+    if already_running(process, lambda: is_ready(settings), endpoint(settings)):
         return process
-    if is_ready(settings):
-        raise ServiceError(
-            f"another server already answers at {url(settings)}; "
-            "stop it or set SKEWLESS_MLFLOW_PORT"
-        )
     settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
     allowed = f"{settings.mlflow_host},{settings.mlflow_host}:{settings.mlflow_port}"
     allowed += f",localhost,localhost:{settings.mlflow_port}"

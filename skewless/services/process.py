@@ -154,6 +154,20 @@ def answers(check: ServerCheck, what: str) -> bool:
     return probe(check, what) is None
 
 
+def already_running(process: ManagedProcess, ready: Callable[[], bool], endpoint: Endpoint) -> bool:
+    """True if our own server answers already (start is then a no-op); raises `ServiceError`
+    naming the port setting if another program answers there; False if nothing does."""
+    if process.pid() is not None and ready():
+        logger.info("%s already running at %s", endpoint.name, endpoint.address)
+        return True
+    if ready():
+        raise ServiceError(
+            f"another server already answers at {endpoint.address} where {endpoint.name} "
+            f"should start; stop it or set {endpoint.port_setting}"
+        )
+    return False
+
+
 def wait_ready(
     process: ManagedProcess, check: ServerCheck, timeout_s: float, endpoint: Endpoint
 ) -> None:

@@ -22,7 +22,14 @@ from typing import Any
 import yaml
 
 from skewless.services.apt import ensure_package
-from skewless.services.process import Endpoint, ManagedProcess, ServiceError, answers, wait_ready
+from skewless.services.process import (
+    Endpoint,
+    ManagedProcess,
+    ServiceError,
+    already_running,
+    answers,
+    wait_ready,
+)
 from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -117,14 +124,8 @@ def query(settings: Settings, promql: str) -> list[dict[str, Any]]:
 def start(settings: Settings) -> ManagedProcess:
     """Start Prometheus unless ours already answers; idempotent."""
     process = ManagedProcess(NAME, settings.runtime_dir)
-    if process.pid() is not None and is_ready(settings):
-        logger.info("prometheus already running at %s", url(settings))
+    if already_running(process, lambda: is_ready(settings), endpoint(settings)):
         return process
-    if is_ready(settings):
-        raise ServiceError(
-            f"another Prometheus already answers at {url(settings)}; "
-            f"stop it or set {Settings.env_name('prometheus_port')}"
-        )
     binary = ensure_installed()
     config_file = write_config(settings)
     data_dir = settings.runtime_dir / NAME / "data"

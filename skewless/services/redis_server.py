@@ -9,7 +9,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from skewless.services.apt import ensure_package
-from skewless.services.process import Endpoint, ManagedProcess, ServiceError, answers, wait_ready
+from skewless.services.process import (
+    Endpoint,
+    ManagedProcess,
+    already_running,
+    answers,
+    wait_ready,
+)
 from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -64,14 +70,8 @@ def is_ready(settings: Settings) -> bool:
 def start(settings: Settings) -> ManagedProcess:
     """Start Redis unless it already answers; idempotent."""
     process = ManagedProcess(NAME, settings.runtime_dir)
-    if process.pid() is not None and is_ready(settings):
-        logger.info("redis already running on %s:%d", settings.redis_host, settings.redis_port)
+    if already_running(process, lambda: is_ready(settings), endpoint(settings)):
         return process
-    if is_ready(settings):
-        raise ServiceError(
-            f"another Redis already answers on {settings.redis_host}:{settings.redis_port}; "
-            "stop it or set SKEWLESS_REDIS_PORT"
-        )
     binary = ensure_installed()
     data_dir = settings.runtime_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
