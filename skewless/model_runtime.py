@@ -136,10 +136,12 @@ def download_model(settings: Settings, version: str, workdir: Path) -> Path:
 
     apply_offline_env()
     workdir.mkdir(parents=True, exist_ok=True)
+    # The version's own artifact location: a `models:/name/version` URI would be resolved
+    # against MLflow's process-wide registry URI (a `mlflow.db` in the working directory,
+    # unless something set it), not the settings' tracking URI.
+    source = registry.client(settings).get_model_version_download_uri(settings.model_name, version)
     path = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{settings.model_name}/{version}",
-        dst_path=str(workdir),
-        tracking_uri=settings.tracking_uri,
+        artifact_uri=source, dst_path=str(workdir), tracking_uri=settings.tracking_uri
     )
     return Path(path)
 
