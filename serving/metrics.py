@@ -92,6 +92,11 @@ class ScoringMetrics:
             "skewless_dead_letters", "malformed events sent to the DLQ", ["reason"], registry=r
         )
         self.labels_in = Counter("skewless_labels_in", "label events stored", registry=r)
+        self.batches_rewound = Counter(
+            "skewless_batches_rewound",
+            "micro-batches not committed (delivery or commit failed) and read again",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "skewless_batch_size", "events per micro-batch",
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2000), registry=r,

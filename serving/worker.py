@@ -1,13 +1,21 @@
 """`skewless serve`: the Kafka scoring worker (transactions in, fraud scores out).
 
 One loop per micro-batch: poll transactions (at most `batch_max_events`, waiting at most
-`batch_max_wait_ms`), bring the label state up to the labels topic's end, parse and
-range-check (`serving.validation`: malformed events, amounts out of bounds, events too late or
-too far ahead go to the dead-letter topic with the reason; the rest of the batch goes on),
-score through the shared core, produce scores and the feature log, wait until Kafka
-acknowledged all of it, then commit the batch's offsets. A crash therefore re-scores at most
-the uncommitted batch; scores are keyed by `transaction_id`, so a consumer deduplicating by key
-sees every transaction once.
+`batch_max_wait_ms`), bring the label state up to the labels topic's end as of that moment
+(`serving.labels`), parse and range-check (`serving.validation`: malformed events, amounts out
+of bounds, events too late or too far ahead go to the dead-letter topic with the reason; the
+rest of the batch goes on), score through the shared core, produce scores and the feature log,
+write the Feast online rows while Kafka acknowledges them, then commit the batch
+(`serving.delivery`): its offsets after the acknowledgements (at-least-once), or a Kafka
+transaction holding its records and offsets (exactly-once). A crash therefore re-scores at
+most the uncommitted batch, which in exactly-once was never visible to `read_committed`
+readers; scores are keyed by `transaction_id`, so an at-least-once consumer deduplicating by
+key sees every transaction once. A batch that could not be delivered or committed is aborted
+and read again from its first offsets; only a fenced or unauthorized producer stops the worker.
+
+Every Kafka client is kafka-python's public `KafkaConsumer` or `KafkaProducer`. The
+transactions are read with `isolation_level='read_committed'`, so a transactional producer
+upstream is read only once committed.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 
-from serving.batch_producer import BatchProducer
+from serving.delivery import Delivery, DeliveryError
 from serving.events import (
     ParsedBatch,
     dead_letter,
@@ -37,7 +45,7 @@ from serving.events import (
     parse_labels,
     parse_transactions,
 )
-from serving.fetcher import PartitionFetcher
+from serving.labels import LabelReader
 from serving.metrics import ScoringMetrics
 from serving.scoring import ScoredBatch, ScoringCore, build_core
 from serving.validation import EventLimits, StreamClock, arrival_micros, validate_transactions
@@ -52,12 +60,6 @@ FEATURE_LOG_ROWS_PER_RECORD = 500
 
 DRIFT_WINDOW_EVENTS = 10_000
 """The rolling drift gauges cover the last this many scored events."""
-
-LABEL_COMMIT_S = 1.0
-"""The labels' consumed offsets are committed at most this often."""
-
-LABEL_RETRY_S = 0.05
-"""Pause before fetching labels again when a fetch brought nothing and was not caught up."""
 
 DRIFT_REFRESH_S = 1.0
 """The drift gauges are recomputed at most this often."""
@@ -74,6 +76,16 @@ class WorkerStats:
     batches: int = 0
     seconds: float = 0.0
     versions: set[str] = field(default_factory=set)
+    rewound: int = 0
+    """Batches read again after a failed delivery or commit."""
+
+    def add(self, batch: WorkerStats) -> None:
+        """Count in a committed batch."""
+        self.consumed += batch.consumed
+        self.scored += batch.scored
+        self.dead_letters += batch.dead_letters
+        self.batches += batch.batches
+        self.versions |= batch.versions
 
 
 def score_bodies(
@@ -169,33 +181,18 @@ class Worker:
             max_poll_records=settings.batch_max_events,
             fetch_max_wait_ms=max(1, settings.batch_max_wait_ms),
             session_timeout_ms=10_000,
+            isolation_level="read_committed",
         )
-        self.labels = KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=f"{settings.consumer_group}-labels",
-            client_id="skewless-labels",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        self.labels = LabelReader(
+            settings.kafka_bootstrap, settings.topic_labels, f"{settings.consumer_group}-labels"
         )
-        partitions = self.labels.partitions_for_topic(settings.topic_labels) or set()
-        self.label_partitions = [TopicPartition(settings.topic_labels, p) for p in partitions]
-        self.labels.assign(self.label_partitions)
-        self.label_fetcher = PartitionFetcher(
-            settings.kafka_bootstrap,
-            "skewless-labels",
-            {tp: self.labels.position(tp) for tp in self.label_partitions},  # committed, else 0
-        )
-        self._labels_committed = time.monotonic()
         self.clock = StreamClock(EventLimits.from_settings(settings))
-        self.producer = BatchProducer(settings.kafka_bootstrap, client_id="skewless-worker")
+        self.delivery = Delivery(settings, self.consumer, client_id="skewless-worker")
         self._sampler = np.random.default_rng(0)
         self._drift: RollingDrift | None = None
         self._drift_version = ""
         self._drift_pending: list[np.ndarray] = []
         self._drift_refreshed = 0.0
-        self.producer.connect(
-            [settings.topic_scores, settings.topic_feature_log, settings.topic_dead_letter]
-        )
         self._load_drift_reference(core.model.version)
 
     def stop(self, *_: object) -> None:
@@ -213,38 +210,20 @@ class Worker:
     def drain_labels(self) -> int:
         """Read the labels topic up to the end it has now into the state.
 
-        "Now" is after the transactions of the batch were fetched, so every label published
-        before them is in the state when they are scored. The labels' offsets are committed
-        at most every `LABEL_COMMIT_S` (re-reading labels after a restart is harmless).
+        "Now" is after the transactions of the batch were fetched, so every label readable
+        before them is in the state when they are scored (`serving.labels`).
         """
-        if not self.label_partitions:
+        labels = self.labels.catch_up()
+        if not labels.values:
             return 0
-        stored = 0
-        while True:
-            fetched = self.label_fetcher.fetch()
-            if fetched.values:
-                parsed = parse_labels(fetched.values)
-                for index, exc in parsed.rejected:
-                    tp, offset = fetched.offsets[index]
-                    logger.warning("skipping malformed label at %s@%d: %s", tp, offset, exc)
-                if len(parsed):
-                    stored += self.core.state.add_labels(parsed.columns)
-            if fetched.caught_up:
-                break
-            if not fetched.values:
-                time.sleep(LABEL_RETRY_S)  # a partition without a leader for now
+        parsed = parse_labels(labels.values)
+        for index, exc in parsed.rejected:
+            tp, offset = labels.origins[index]
+            logger.warning("skipping malformed label at %s@%d: %s", tp, offset, exc)
+        stored = self.core.state.add_labels(parsed.columns) if len(parsed) else 0
         if stored:
             self.metrics.labels_in.inc(stored)
-        if time.monotonic() - self._labels_committed >= LABEL_COMMIT_S:
-            self._commit_labels()
         return stored
-
-    def _commit_labels(self) -> None:
-        positions = self.label_fetcher.positions
-        self.labels.commit(
-            {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in positions.items()}
-        )
-        self._labels_committed = time.monotonic()
 
     def run(self, max_events: int | None = None, idle_exit_s: float | None = None) -> WorkerStats:
         """Score until stopped, `max_events` consumed, or no event for `idle_exit_s`."""
@@ -268,13 +247,20 @@ class Worker:
                     continue
                 last_event = time.monotonic()
                 stats.labels += self.drain_labels()
-                self._process(records, stats)
+                try:
+                    stats.add(self._process(records))
+                except DeliveryError as exc:
+                    self._rewind(records, exc)
+                    stats.rewound += 1
         finally:
             self.close()
             stats.seconds = time.monotonic() - started
         return stats
 
-    def _process(self, records: list[ConsumerRecord], stats: WorkerStats) -> None:
+    def _process(self, records: list[ConsumerRecord]) -> WorkerStats:
+        """Score, produce and commit one batch; what it did, once committed."""
+        stats = WorkerStats()
+        self.delivery.begin()
         stamps = np.fromiter((r.timestamp for r in records), np.int64, len(records))
         parsed = validate_transactions(
             parse_transactions([record.value for record in records]),
@@ -284,30 +270,54 @@ class Worker:
         )
         for index, exc in parsed.rejected:
             record = records[index]
-            self.producer.send(
+            self.delivery.send(
                 self.settings.topic_dead_letter,
                 dead_letter(
                     record.value, exc.reason, record.topic, record.partition, record.offset
                 ),
                 key=dead_letter_key(record.key),
             )
-            self.metrics.dead_letters.labels(reason=exc.code).inc()
-            stats.dead_letters += 1
-        stats.consumed += len(records)
-        self.metrics.events_in.inc(len(records))
+        stats.consumed = len(records)
         self.metrics.consumer_lag.set(self._lag())
         batch = None
         if len(parsed):
             batch = self._score(parsed, [records[index] for index in parsed.rows], stats)
-        # Every score and dead letter acknowledged before the commit; the online rows are
-        # written while the broker works on them.
-        self.producer.flush(meanwhile=(lambda: self.core.write_online(batch)) if batch else None)
+            # Written while the broker works on the scores (the producer sends in the
+            # background); idempotent, so a batch read again writes the same rows.
+            self.core.write_online(batch)
+        # Every score and dead letter acknowledged (or in the transaction) before the commit.
+        self.delivery.commit(_next_offsets(records))
         acked_ms = time.time() * 1000
         entered_ms = np.fromiter((r.timestamp for r in records), np.float64, len(records))
         self.metrics.end_to_end.observe_many(np.maximum(0.0, acked_ms - entered_ms) / 1000)
-        self.consumer.commit(_next_offsets(records))
-        stats.batches += 1
+        for _, exc in parsed.rejected:
+            self.metrics.dead_letters.labels(reason=exc.code).inc()
+        stats.dead_letters = len(parsed.rejected)
+        stats.batches = 1
+        self.metrics.events_in.inc(len(records))
         self.metrics.batch_size.observe(len(records))
+        if batch is not None:
+            self.metrics.events_scored.inc(len(batch))
+            self.metrics.events_degraded.inc(int(batch.degraded.sum()))
+        return stats
+
+    def _rewind(self, records: list[ConsumerRecord], failure: DeliveryError) -> None:
+        """Drop a batch that was not committed and read it again from its first offsets.
+
+        Partitions the group has meanwhile given to another worker are left to it.
+        """
+        logger.warning("batch of %d events not committed, reading it again: %s",
+                       len(records), failure)  # fmt: skip
+        self.delivery.abort()
+        first: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            first[tp] = min(first.get(tp, record.offset), record.offset)
+        assigned = self.consumer.assignment()
+        for tp, offset in first.items():
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+        self.metrics.batches_rewound.inc()
 
     def _score(
         self, parsed: ParsedBatch, records: list[ConsumerRecord], stats: WorkerStats
@@ -323,7 +333,7 @@ class Worker:
         times = iso_times(columns["tx_datetime"])
         scores = score_bodies(batch, self.settings.score_threshold, scored_at, times)
         keys: list[bytes | None] = [b"%d" % tx_id for tx_id in columns["transaction_id"].tolist()]
-        self.producer.send_many(self.settings.topic_scores, keys, [orjson.dumps(b) for b in scores])
+        self.delivery.send_many(self.settings.topic_scores, keys, [orjson.dumps(b) for b in scores])
         sample = self.settings.feature_log_sample_rate
         kept = np.arange(len(batch))
         if sample < 1.0:
@@ -331,11 +341,9 @@ class Worker:
         for start in range(0, len(kept), FEATURE_LOG_ROWS_PER_RECORD):
             rows = kept[start : start + FEATURE_LOG_ROWS_PER_RECORD]
             record = feature_log_record(batch, rows, scored_at, times)
-            self.producer.send(self.settings.topic_feature_log, record, key=keys[rows[0]])
+            self.delivery.send(self.settings.topic_feature_log, record, key=keys[rows[0]])
         stats.scored += len(batch)
         stats.versions.add(batch.model.version)
-        self.metrics.events_scored.inc(len(batch))
-        self.metrics.events_degraded.inc(int(degraded.sum()))
         self.metrics.feature_seconds.observe(batch.feature_seconds)
         self.metrics.model_seconds.observe(batch.model_seconds)
         self.metrics.model_version.labels(model=batch.model.name).set(float(batch.model.version))
@@ -389,17 +397,16 @@ class Worker:
         return lag
 
     def close(self) -> None:
-        """Flush and close the clients (commits were made batch by batch)."""
+        """Close the clients (batches were committed one by one; an open one is aborted)."""
         self.core.watcher.stop()
         try:
-            self.producer.flush()
-            if self.label_partitions:
-                self._commit_labels()
+            self.labels.commit()
         finally:
-            self.producer.close()
-            self.consumer.close()
-            self.label_fetcher.close()
-            self.labels.close()
+            try:
+                self.delivery.close()
+            finally:
+                self.consumer.close(autocommit=False)
+                self.labels.close()
 
 
 def _next_offsets(records: list[ConsumerRecord]) -> dict[TopicPartition, OffsetAndMetadata]:

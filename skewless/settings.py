@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -91,6 +91,19 @@ class Settings(BaseSettings):
 
     # Scoring worker.
     consumer_group: str = Field("skewless-scorer", description="Kafka consumer group of workers")
+    delivery: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="at_least_once: scores acknowledged, then offsets committed (a crash may "
+        "score a transaction twice); exactly_once: each micro-batch is a Kafka transaction "
+        "with its consumed offsets (read fraud-scores with isolation_level=read_committed)",
+    )
+    worker_id: str | None = Field(
+        None,
+        min_length=1,
+        description="this worker's name in its group, stable across restarts and unique in "
+        "the group; exactly_once uses <consumer_group>-<worker_id> as the transactional id; "
+        "default: the host name",
+    )
     score_threshold: float = Field(0.5, ge=0, le=1, description="score at or above: is_fraud")
     batch_max_events: int = Field(2000, ge=1, description="largest micro-batch")
     batch_max_wait_ms: int = Field(10, ge=0, description="longest wait to fill a micro-batch")

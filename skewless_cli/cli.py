@@ -397,24 +397,29 @@ def serve_command(
     ] = None,
 ) -> None:
     """Score transactions from Kafka with the champion model (Ctrl-C or SIGTERM stops cleanly)."""
+    from serving.delivery import DeliveryStoppedError
     from serving.worker import build_worker, freeze_start_up_objects
 
     settings = _settings(ctx)
-    worker = build_worker(settings)
-    freeze_start_up_objects()
-    worker.metrics.serve(settings.metrics_port)
-    worker.install_signal_handlers()
-    typer.echo(
-        f"serve: {settings.topic_transactions} -> {settings.topic_scores}, model "
-        f"{settings.model_name} v{worker.core.model.version}, metrics "
-        f"http://127.0.0.1:{settings.metrics_port}/metrics"
-    )
-    stats = worker.run(max_events=max_events, idle_exit_s=idle_exit_seconds)
+    try:
+        worker = build_worker(settings)
+        freeze_start_up_objects()
+        worker.metrics.serve(settings.metrics_port)
+        worker.install_signal_handlers()
+        typer.echo(
+            f"serve: {settings.topic_transactions} -> {settings.topic_scores}, model "
+            f"{settings.model_name} v{worker.core.model.version}, {settings.delivery}, "
+            f"metrics http://127.0.0.1:{settings.metrics_port}/metrics"
+        )
+        stats = worker.run(max_events=max_events, idle_exit_s=idle_exit_seconds)
+    except DeliveryStoppedError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     rate = stats.scored / stats.seconds if stats.seconds else 0.0
     typer.echo(
         f"serve: consumed {stats.consumed}, scored {stats.scored}, dead letters "
         f"{stats.dead_letters}, labels {stats.labels}, {rate:.0f} events/s, "
-        f"versions {sorted(stats.versions)}"
+        f"batches read again {stats.rewound}, versions {sorted(stats.versions)}"
     )
 
 

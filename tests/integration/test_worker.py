@@ -22,6 +22,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from monitoring.feature_log import feature_log_rows
+from serving.delivery import DeliveryStoppedError
 from serving.http import ScoringHttpServer
 from serving.metrics import ScoringMetrics
 from serving.replay import replay
@@ -43,13 +44,18 @@ REPLAY_START = datetime(2026, 5, 25, tzinfo=UTC)
 
 
 def _read_all(settings: Settings, topic: str, expected: int, timeout_s: float = 60) -> list[Any]:
-    """Every record of `topic` (JSON values), waiting until at least `expected` arrived."""
+    """Every committed record of `topic` (JSON values), waiting until `expected` arrived.
+
+    Read as every consumer of the worker's output must read it: `read_committed`, so that the
+    records of a transaction an exactly-once worker aborted (or never finished) are skipped.
+    """
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=settings.kafka_bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         consumer_timeout_ms=2000,
+        isolation_level="read_committed",
     )
     records: list[Any] = []
     deadline = time.monotonic() + timeout_s
@@ -115,8 +121,11 @@ def test_replay_from_t_serves_the_backfill_features_exactly(
     np.testing.assert_allclose(served["amount"], amounts.loc[served.index])
 
 
-def test_malformed_events_go_to_the_dead_letter_topic(trained_platform: TrainedPlatform) -> None:
-    settings = private_settings(trained_platform)
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_malformed_events_go_to_the_dead_letter_topic(
+    trained_platform: TrainedPlatform, delivery: str
+) -> None:
+    settings = private_settings(trained_platform, delivery=delivery)
     good = _window(trained_platform, 1).head(6)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     first = event_body(good.iloc[0])
@@ -232,10 +241,15 @@ def test_http_and_stream_give_the_same_score(trained_platform: TrainedPlatform) 
         assert answer["score"] == pytest.approx(stream[answer["transaction_id"]], rel=1e-6)
 
 
-def test_kill_9_and_restart_scores_every_transaction_once_after_dedupe(
-    trained_platform: TrainedPlatform,
-) -> None:
-    settings = private_settings(trained_platform, batch_max_events=50)
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_kill_9_mid_stream_and_restart(trained_platform: TrainedPlatform, delivery: str) -> None:
+    """A worker killed with SIGKILL mid-stream, then restarted: every transaction is scored.
+
+    at_least_once: at least once, duplicates bounded by the uncommitted batches. exactly_once:
+    a `read_committed` reader sees exactly one score per transaction; the killed worker's
+    open transaction is aborted by the restarted one (same transactional id).
+    """
+    settings = private_settings(trained_platform, batch_max_events=50, delivery=delivery)
     events = _window(trained_platform, 5)
     replay(settings, trained_platform.data, REPLAY_START, REPLAY_START + timedelta(days=5), None)
     env = {**os.environ, **feast_environment(settings)}
@@ -246,6 +260,7 @@ def test_kill_9_and_restart_scores_every_transaction_once_after_dedupe(
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
+    assert len(_read_all(settings, settings.topic_scores, len(events), 3)) < len(events)
     second = subprocess.run(
         [*command, "--idle-exit-seconds", "10"],
         check=False,
@@ -259,7 +274,56 @@ def test_kill_9_and_restart_scores_every_transaction_once_after_dedupe(
     ids = Counter(body["transaction_id"] for _, body in scores)
     assert set(ids) == set(events["transaction_id"])
     duplicates = sum(count - 1 for count in ids.values())
-    assert duplicates <= settings.batch_max_events * settings.kafka_partitions
+    if delivery == "exactly_once":
+        assert duplicates == 0, ids.most_common(3)
+    else:
+        assert duplicates <= settings.batch_max_events * settings.kafka_partitions
+
+
+def test_a_second_worker_with_the_same_worker_id_stops_the_first(
+    trained_platform: TrainedPlatform,
+) -> None:
+    """exactly_once: the newer worker's `init_transactions` fences the older one, which stops
+    with a message naming SKEWLESS_WORKER_ID; the newer one scores the rest once."""
+    settings = private_settings(trained_platform, delivery="exactly_once", worker_id="twin")
+    events = _window(trained_platform, 1).head(60)
+    first, rest = events.head(20), events.tail(40)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+
+    def publish(frame: pd.DataFrame) -> None:
+        for _, row in frame.iterrows():
+            body = json.dumps(event_body(row)).encode()
+            producer.send(settings.topic_transactions, body, key=b"%d" % row["customer_id"])
+        producer.flush()
+
+    older = build_worker(settings)
+    stopped: list[BaseException] = []
+
+    def run_older() -> None:
+        try:
+            older.run(idle_exit_s=60)
+        except DeliveryStoppedError as exc:
+            stopped.append(exc)
+
+    thread = threading.Thread(target=run_older)
+    thread.start()
+    try:
+        publish(first)
+        assert len(_read_all(settings, settings.topic_scores, len(first))) == len(first)
+        newer = build_worker(settings)
+        publish(rest)
+        thread.join(timeout=90)
+        assert not thread.is_alive()
+        [error] = stopped
+        assert "SKEWLESS_WORKER_ID" in str(error)
+        newer.run(idle_exit_s=10)
+    finally:
+        producer.close()
+        older.stop()
+        thread.join(timeout=30)
+    ids = Counter(b["transaction_id"] for _, b in _read_all(settings, settings.topic_scores, 60))
+    assert set(ids) == set(events["transaction_id"])
+    assert set(ids.values()) == {1}
 
 
 def test_events_older_than_max_lag_are_scored_cheaply_and_flagged(

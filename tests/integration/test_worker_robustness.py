@@ -56,8 +56,10 @@ def _with_time(row: pd.Series, moment: datetime, **changes: Any) -> bytes:
     return json.dumps(body).encode()
 
 
-def _settings(platform: TrainedPlatform) -> Settings:
-    return private_settings(platform, stream_state_prefix=f"test:{uuid.uuid4().hex}")
+def _settings(platform: TrainedPlatform, delivery: str = "at_least_once") -> Settings:
+    return private_settings(
+        platform, stream_state_prefix=f"test:{uuid.uuid4().hex}", delivery=delivery
+    )
 
 
 def _produce(
@@ -224,12 +226,13 @@ def test_an_april_event_among_october_ones_is_too_late(trained_platform: Trained
     assert letter["source_offset"] == 2
 
 
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
 def test_a_batch_with_events_of_2099_and_1970_scores_the_others_and_keeps_running(
-    trained_platform: TrainedPlatform,
+    trained_platform: TrainedPlatform, delivery: str
 ) -> None:
     """Issue 10's done-when: both dead-lettered with their reason, the others scored, and the
     worker, still the same one, goes on scoring the next batch."""
-    settings = _settings(trained_platform)
+    settings = _settings(trained_platform, delivery)
     rows = [row for _, row in _window(trained_platform, 1).head(12).iterrows()]
     first = [json.dumps(event_body(row)).encode() for row in rows[:8]]
     first.insert(2, _with_time(rows[0], datetime(2099, 1, 1, tzinfo=UTC), transaction_id=-1))
@@ -259,11 +262,12 @@ def test_a_batch_with_events_of_2099_and_1970_scores_the_others_and_keeps_runnin
     assert not thread.is_alive()
 
 
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
 @pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
 def test_compressed_transactions_and_labels_are_read(
-    trained_platform: TrainedPlatform, codec: str
+    trained_platform: TrainedPlatform, codec: str, delivery: str
 ) -> None:
-    settings = _settings(trained_platform)
+    settings = _settings(trained_platform, delivery)
     good = _good(trained_platform, 20)
     labels = [
         encode_label(

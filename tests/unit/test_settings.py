@@ -36,6 +36,24 @@ def test_out_of_range_port_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
+def test_delivery_is_at_least_once_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().delivery == "at_least_once"
+    monkeypatch.setenv("SKEWLESS_DELIVERY", "exactly_once")
+    assert load_settings().delivery == "exactly_once"
+
+
+def test_unknown_delivery_names_the_variable_and_the_choices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SKEWLESS_DELIVERY", "exactly-once")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "SKEWLESS_DELIVERY" in message
+    assert "'at_least_once' or 'exactly_once'" in message
+    assert "exactly-once" in message
+
+
 def test_settings_are_frozen() -> None:
     settings = load_settings()
     with pytest.raises(ValueError):

@@ -1,0 +1,201 @@
+"""What the worker writes for a micro-batch, and how it commits the batch's input offsets.
+
+One idempotent `KafkaProducer` (`enable_idempotence=True`, `acks='all'`) carries the scores,
+the dead letters and the feature log. Its records of one batch are sent while the worker goes
+on (`LINGER_MS` gathers them into record batches of up to `BATCH_BYTES` per partition), in
+send order per partition: the idempotent producer keeps that order through retries. Records
+are at most the broker's 1 MiB (dead letters cut their original, feature-log records hold at
+most a few hundred rows), so `send` never refuses one for its size.
+
+`SKEWLESS_DELIVERY` chooses how a batch is committed:
+
+- `at_least_once` (default): `commit` flushes the producer, checks that Kafka acknowledged
+  every record of the batch, then commits the consumer's offsets. A crash before the commit
+  re-reads the uncommitted batch, so a transaction can be scored twice; scores are keyed by
+  `transaction_id` and consumers deduplicate by key.
+- `exactly_once`: each batch is one Kafka transaction. `begin` opens it; `commit` flushes,
+  adds the batch's next offsets to it with the consumer's group metadata
+  (`send_offsets_to_transaction`, so a consumer fenced by a rebalance cannot commit, KIP-447)
+  and commits it. A `read_committed` consumer of the output topics then sees each batch's
+  records once, and only if its input offsets were committed with them. The transactional id
+  is `<consumer_group>-<worker_id>` (`transactional_id`): one producer per worker process,
+  whatever partitions the group gives it, stable across restarts, so that a restarted
+  worker's `init_transactions` aborts the transaction its previous life left open instead of
+  leaving `read_committed` readers blocked until the transaction times out. Two live
+  workers with the same id fence each other: the fenced one stops with a message naming
+  `SKEWLESS_WORKER_ID` (a configuration error, the one thing that stops a worker).
+
+Either way, a batch that could not be delivered or committed (a broker fault outlasting the
+producer's retries, a rebalance that took the batch's partitions, an aborted transaction)
+raises `DeliveryError`. The worker then calls `abort` (which aborts the transaction, or waits
+out what is still in flight) and rewinds its consumer to the batch's first offsets, so the batch
+is read and scored again; the streaming state is keyed by transaction id, so updating it twice
+changes nothing. Only a producer that can no longer work at all (fenced, not authorized)
+raises `DeliveryStoppedError`.
+
+What is outside Kafka is not in the transaction: the Redis state and Feast online rows are
+written before the commit and are idempotent; the label consumer's offsets are committed on
+their own (reading labels again is harmless).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from typing import Literal
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFencedError
+from kafka.producer.future import FutureRecordMetadata
+from kafka.structs import OffsetAndMetadata
+
+from skewless.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LINGER_MS = 5
+"""How long the producer gathers a batch's records before sending them (`flush` sends at once)."""
+
+BATCH_BYTES = 512 * 1024
+"""Largest record batch per partition: a micro-batch's scores usually fit in one."""
+
+TRANSACTION_TIMEOUT_MS = 60_000
+"""A transaction left open this long (its worker gone for good) is aborted by the broker."""
+
+DeliveryMode = Literal["at_least_once", "exactly_once"]
+
+
+class DeliveryError(RuntimeError):
+    """The batch was not committed: abort, rewind the consumer, read the batch again."""
+
+
+class DeliveryStoppedError(RuntimeError):
+    """The producer cannot go on (fenced, not authorized): the worker must stop."""
+
+
+def transactional_id(settings: Settings) -> str:
+    """`<consumer_group>-<worker_id>`; the worker id defaults to the host name."""
+    return f"{settings.consumer_group}-{settings.worker_id or socket.gethostname()}"
+
+
+class Delivery:
+    """The worker's producer and offset commits, in the configured mode (see the module doc)."""
+
+    def __init__(self, settings: Settings, consumer: KafkaConsumer, client_id: str) -> None:
+        self.mode: DeliveryMode = settings.delivery
+        self.consumer = consumer
+        self.group_id = settings.consumer_group
+        self.transactional_id = transactional_id(settings) if self.mode == "exactly_once" else None
+        self.producer = KafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=True,
+            transactional_id=self.transactional_id,
+            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+            linger_ms=LINGER_MS,
+            batch_size=BATCH_BYTES,
+        )
+        self._pending: list[FutureRecordMetadata] = []
+        self._in_transaction = False
+        if self.transactional_id is not None:
+            # Before the consumer reads its committed offsets: a transaction this worker's
+            # previous life left open is aborted (or its commit completed) here.
+            self._fatal_unless(self.producer.init_transactions)
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.transactional_id is not None
+
+    def begin(self) -> None:
+        """Start the batch (a transaction in `exactly_once`)."""
+        if self.exactly_once and not self._in_transaction:
+            self._fatal_unless(self.producer.begin_transaction)
+            self._in_transaction = True
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        """Queue one record of the batch."""
+        try:
+            self._pending.append(self.producer.send(topic, value, key=key))
+        except MessageSizeTooLargeError:
+            raise  # a bug: every record the worker makes fits the broker's limit
+        except KafkaError as exc:
+            raise DeliveryError(f"{topic}: the record could not be queued: {exc!r}") from exc
+
+    def send_many(self, topic: str, keys: list[bytes | None], values: list[bytes]) -> None:
+        """Queue records of one topic, in order."""
+        for key, value in zip(keys, values, strict=True):
+            self.send(topic, value, key)
+
+    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        """Wait until Kafka acknowledged the batch's records, then commit `offsets` with them."""
+        self._await_acknowledgements()
+        try:
+            if self.exactly_once:
+                self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+                self.producer.commit_transaction()
+                self._in_transaction = False
+            else:
+                self.consumer.commit(offsets)
+        except ProducerFencedError as exc:
+            raise self._fenced(exc) from exc
+        except KafkaError as exc:
+            raise DeliveryError(f"the batch's offsets were not committed: {exc!r}") from exc
+
+    def abort(self) -> None:
+        """Drop the current batch after `DeliveryError` (abort its transaction)."""
+        if self.exactly_once:
+            if self._in_transaction:
+                self._fatal_unless(self.producer.abort_transaction)
+                self._in_transaction = False
+        else:
+            self.producer.flush()  # what is in flight completes (or fails) before the rewind
+        self._pending.clear()
+
+    def close(self) -> None:
+        """Abort an open transaction, deliver what is queued, close the producer.
+
+        A producer that already failed for good is closed without a second error.
+        """
+        try:
+            if self._in_transaction:
+                self.abort()
+            else:
+                self.producer.flush()
+        except (KafkaError, DeliveryStoppedError) as exc:
+            logger.warning("closing the producer after: %r", exc)
+        finally:
+            self.producer.close()
+
+    def _await_acknowledgements(self) -> None:
+        pending, self._pending = self._pending, []
+        try:
+            self.producer.flush()
+        except KafkaError as exc:
+            raise DeliveryError(f"records not acknowledged: {exc!r}") from exc
+        failed = [future for future in pending if not future.succeeded()]
+        if failed:
+            first = failed[0].exception
+            if isinstance(first, ProducerFencedError):
+                raise self._fenced(first)
+            raise DeliveryError(f"{len(failed)} records not acknowledged, first: {first!r}")
+
+    def _fatal_unless(self, step: Callable[[], object]) -> None:
+        """Run a transactional step; any failure of it leaves the producer unusable."""
+        try:
+            step()
+        except ProducerFencedError as exc:
+            raise self._fenced(exc) from exc
+        except KafkaError as exc:
+            raise DeliveryStoppedError(
+                f"transactional producer {self.transactional_id!r} cannot go on (fenced by "
+                f"another worker of group {self.group_id!r} with the same SKEWLESS_WORKER_ID, "
+                f"or not authorized): {exc!r}"
+            ) from exc
+
+    def _fenced(self, exc: Exception) -> DeliveryStoppedError:
+        return DeliveryStoppedError(
+            f"another worker took transactional id {self.transactional_id!r}: give each worker "
+            f"of consumer group {self.group_id!r} its own SKEWLESS_WORKER_ID ({exc!r})"
+        )
