@@ -9,12 +9,15 @@ its score minus the Kafka timestamp of the transaction; sustained throughput is 
 the time from the first transaction to the last score. The unthrottled load is a backlog: all
 events are published first, then the worker starts, and throughput is events over the time
 from the worker joining its group to the last score (its latencies are time spent queued, so
-they are not reported). In the same run, the naive loop of the common tutorials (one Feast
-`get_online_features`, one model call and one acknowledged produce per event) scores events
-from the same data.
+they are not reported). The same loads run again with `SKEWLESS_DELIVERY=exactly_once` for
+those in `--exactly-once-loads` (default: the unthrottled one); scores are read back with
+`isolation_level=read_committed`. In the same run, the naive loop of the common tutorials (one
+Feast `get_online_features`, one model call and one acknowledged produce per event) scores
+events from the same data.
 
 Needs the local services and a champion model (`make train`). Prints a table and ends with:
-`bench: max_throughput=<events/s> p99_ms_at_5000=<ms> naive_ratio=<x>`.
+`bench: max_throughput=<events/s> p99_ms_at_5000=<ms> naive_ratio=<x>
+exactly_once_throughput=<events/s>` (max_throughput is the at-least-once figure).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from skewless.settings import Settings, load_settings
 from skewless.stream_state import StreamState
 
 LOADS: tuple[float | None, ...] = (1_000, 5_000, 20_000, None)
+EXACTLY_ONCE_LOADS: tuple[float | None, ...] = (None,)
 SECONDS_PER_LOAD = 8
 UNTHROTTLED_EVENTS = 100_000
 NAIVE_EVENTS = 1_000
@@ -57,6 +61,7 @@ STATE_PREFIX = "bench:state"
 @dataclass(frozen=True)
 class LoadResult:
     offered: float | None
+    delivery: str
     achieved_offered: float
     events: int
     throughput: float
@@ -67,7 +72,7 @@ class LoadResult:
     """p99 of the events sent after the first `WARM_UP_S` seconds."""
 
 
-def private_settings(base: Settings) -> Settings:
+def private_settings(base: Settings, delivery: str = "at_least_once") -> Settings:
     run = uuid.uuid4().hex[:8]
     settings = load_settings(
         **{
@@ -81,6 +86,7 @@ def private_settings(base: Settings) -> Settings:
             "consumer_group": f"bench-{run}",
             "metrics_port": 0,
             "champion_poll_s": 0,
+            "delivery": delivery,
         }
     )
     kafka.ensure_topics(settings)
@@ -89,7 +95,11 @@ def private_settings(base: Settings) -> Settings:
 
 def timestamps(settings: Settings, topic: str, expected: int) -> dict[int, int]:
     """Kafka timestamp (ms) of each record of `topic`, keyed by transaction id."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
     partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
     consumer.assign(partitions)
     consumer.seek_to_beginning(*partitions)
@@ -131,9 +141,11 @@ def start_worker(settings: Settings, events: int) -> tuple[subprocess.Popen[str]
     return worker, time.time()
 
 
-def run_load(base: Settings, data: Path, window: pd.DataFrame, offered: float | None) -> LoadResult:
+def run_load(
+    base: Settings, data: Path, window: pd.DataFrame, offered: float | None, delivery: str
+) -> LoadResult:
     """Replay `window` at `offered` events/s through one worker process; measure it."""
-    settings = private_settings(base)
+    settings = private_settings(base, delivery)
     first, last = window["tx_datetime"].iloc[0], window["tx_datetime"].iloc[-1]
     end = last + pd.Timedelta(microseconds=1)
 
@@ -166,7 +178,8 @@ def run_load(base: Settings, data: Path, window: pd.DataFrame, offered: float | 
         quantiles = [float(np.percentile(latency, q)) for q in (50, 95, 99)]
         after_warm_up = np.array([sent[i] / 1000 - first_sent_s >= WARM_UP_S for i in ids])
         quantiles.append(float(np.percentile(latency[after_warm_up], 99)))
-    return LoadResult(offered, len(sent) / sending_s, len(ids), len(ids) / elapsed_s, *quantiles)
+    achieved = len(sent) / sending_s
+    return LoadResult(offered, delivery, achieved, len(ids), len(ids) / elapsed_s, *quantiles)
 
 
 def delete_topics(settings: Settings) -> None:
@@ -232,7 +245,13 @@ def main() -> None:
         "--loads", default=",".join(str(int(x or 0)) for x in LOADS),
         help="offered loads in events/s, comma separated; 0 is unthrottled (default: all)",
     )  # fmt: skip
-    loads = [float(x) or None for x in parser.parse_args().loads.split(",")]
+    parser.add_argument(
+        "--exactly-once-loads", default=",".join(str(int(x or 0)) for x in EXACTLY_ONCE_LOADS),
+        help="loads run again with SKEWLESS_DELIVERY=exactly_once ('' for none; default: 0)",
+    )  # fmt: skip
+    args = parser.parse_args()
+    runs = [(float(x) or None, "at_least_once") for x in args.loads.split(",")]
+    runs += [(float(x) or None, "exactly_once") for x in args.exactly_once_loads.split(",") if x]
     base = load_settings()
     data = resolve_data(base, None)
     raw = read_transactions(data)
@@ -241,30 +260,34 @@ def main() -> None:
     print(f"loading the streaming state up to {start} ...", flush=True)
     load_state(base, raw, start)
     results = []
-    for offered in loads:
+    for offered, delivery in runs:
         events = UNTHROTTLED_EVENTS if offered is None else int(offered * SECONDS_PER_LOAD)
         window = later.head(min(events, len(later)))
-        print(f"load {offered or 'unthrottled'}: {len(window)} events ...", flush=True)
-        results.append(run_load(base, data, window, offered))
+        print(f"load {offered or 'unthrottled'} {delivery}: {len(window)} events ...", flush=True)
+        results.append(run_load(base, data, window, offered, delivery))
     naive = naive_baseline(base, later)
     clear_state(redis_server.client(base))
     print()
-    print("| offered (events/s) | achieved offered | events | sustained (events/s) | p50 ms "
-          f"| p95 ms | p99 ms | p99 ms after {WARM_UP_S:.0f} s |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    print("| delivery | offered (events/s) | achieved offered | events | sustained (events/s) "
+          f"| p50 ms | p95 ms | p99 ms | p99 ms after {WARM_UP_S:.0f} s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if r.offered is None:
-            row = f"| unthrottled (backlog) | - | {r.events:,} | {r.throughput:,.0f} |"
-            print(row + " - | - | - | - |")
+            row = f"| {r.delivery} | unthrottled (backlog) | - | {r.events:,} |"
+            print(row + f" {r.throughput:,.0f} | - | - | - | - |")
             continue
         latency = f"{r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.p99_ms:.1f} | {r.steady_p99_ms:.1f}"
-        print(f"| {r.offered:,.0f} | {r.achieved_offered:,.0f} | {r.events:,} | "
+        print(f"| {r.delivery} | {r.offered:,.0f} | {r.achieved_offered:,.0f} | {r.events:,} | "
               f"{r.throughput:,.0f} | {latency} |")  # fmt: skip
-    print(f"| naive per-event loop | - | {NAIVE_EVENTS:,} | {naive:,.0f} | - | - | - | - |")
-    best = max(r.throughput for r in results)
-    at_5000 = next((r.p99_ms for r in results if r.offered == 5_000), float("nan"))
+    print(f"| - | naive per-event loop | - | {NAIVE_EVENTS:,} | {naive:,.0f} | - | - | - | - |")
+    at_least_once = [r for r in results if r.delivery == "at_least_once"]
+    exactly_once = [r for r in results if r.delivery == "exactly_once"]
+    best = max((r.throughput for r in at_least_once), default=float("nan"))
+    best_exactly_once = max((r.throughput for r in exactly_once), default=float("nan"))
+    at_5000 = next((r.p99_ms for r in at_least_once if r.offered == 5_000), float("nan"))
     print(f"bench: max_throughput={best:.0f} p99_ms_at_5000={at_5000:.1f} "
-          f"naive_ratio={best / naive:.1f}")  # fmt: skip
+          f"naive_ratio={best / naive:.1f} "
+          f"exactly_once_throughput={best_exactly_once:.0f}")  # fmt: skip
 
 
 if __name__ == "__main__":

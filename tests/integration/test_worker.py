@@ -69,6 +69,26 @@ def _read_all(settings: Settings, topic: str, expected: int, timeout_s: float = 
     return [(r.key, json.loads(r.value)) for r in records]
 
 
+def _seen(settings: Settings, topic: str, count: int, timeout_s: float) -> bool:
+    """Whether `topic` holds at least `count` committed records within `timeout_s` (returns as
+    soon as it does, even while records keep arriving)."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    seen = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while seen < count and time.monotonic() < deadline:
+            seen += sum(len(batch) for batch in consumer.poll(timeout_ms=100).values())
+    finally:
+        consumer.close()
+    return seen >= count
+
+
 def _logged_rows(settings: Settings, into: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every row on the feature-log topic (one record per micro-batch), replacing `into`."""
     into[:] = [row for _, body in _read_all(settings, settings.topic_feature_log, 0, 5)
@@ -245,21 +265,32 @@ def test_http_and_stream_give_the_same_score(trained_platform: TrainedPlatform) 
 def test_kill_9_mid_stream_and_restart(trained_platform: TrainedPlatform, delivery: str) -> None:
     """A worker killed with SIGKILL mid-stream, then restarted: every transaction is scored.
 
-    at_least_once: at least once, duplicates bounded by the uncommitted batches. exactly_once:
-    a `read_committed` reader sees exactly one score per transaction; the killed worker's
-    open transaction is aborted by the restarted one (same transactional id).
+    The replay runs at a paced rate while the first worker scores, so that the kill lands
+    mid-stream. at_least_once: every transaction at least once, duplicates bounded by the
+    uncommitted batches. exactly_once: a `read_committed` reader sees exactly one score per
+    transaction; the killed worker's open transaction is aborted by the restarted one (same
+    transactional id).
     """
     settings = private_settings(trained_platform, batch_max_events=50, delivery=delivery)
     events = _window(trained_platform, 5)
-    replay(settings, trained_platform.data, REPLAY_START, REPLAY_START + timedelta(days=5), None)
     env = {**os.environ, **feast_environment(settings)}
     command = [sys.executable, "-m", "skewless", "serve"]
-    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert first.stdout is not None
+    first.stdout.readline()  # "serve: ..." once the model is loaded
+    end = REPLAY_START + timedelta(days=5)
+    publisher = threading.Thread(
+        target=replay, args=(settings, trained_platform.data, REPLAY_START, end, 500.0)
+    )
+    publisher.start()
     try:
-        assert wait_for(lambda: len(_read_all(settings, settings.topic_scores, 200, 3)) >= 200, 120)
+        assert _seen(settings, settings.topic_scores, 200, 120)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
+        publisher.join(timeout=120)
     assert len(_read_all(settings, settings.topic_scores, len(events), 3)) < len(events)
     second = subprocess.run(
         [*command, "--idle-exit-seconds", "10"],
