@@ -125,6 +125,16 @@ def test_config_show_prints_effective_values(
     assert f"SKEWLESS_FEAST_REGISTRY={tmp_path}/data/feast/registry.db" in lines
 
 
+def test_serve_with_an_unknown_delivery_stops_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SKEWLESS_DELIVERY", "twice")
+    result = CliRunner().invoke(app, ["serve", "--max-events", "1"])
+    assert result.exit_code == 2
+    assert "SKEWLESS_DELIVERY" in result.output
+    assert "'at_least_once' or 'exactly_once'" in result.output
+
+
 @pytest.mark.parametrize(
     ("text", "major"),
     [
