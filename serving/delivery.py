@@ -26,12 +26,19 @@ most a few hundred rows), so `send` never refuses one for its size.
   `SKEWLESS_WORKER_ID` (a configuration error, the one thing that stops a worker).
 
 Either way, a batch that could not be delivered or committed (a broker fault outlasting the
-producer's retries, a rebalance that took the batch's partitions, an aborted transaction)
-raises `DeliveryError`. The worker then calls `abort` (which aborts the transaction, or waits
-out what is still in flight) and rewinds its consumer to the batch's first offsets, so the batch
-is read and scored again; the streaming state is keyed by transaction id, so updating it twice
-changes nothing. Only a producer that can no longer work at all (fenced, not authorized)
-raises `DeliveryStoppedError`.
+producer's retries, a record the broker refused, a rebalance that took the batch's partitions,
+an aborted transaction) raises `DeliveryError`. The worker then calls `abort` and rewinds its
+consumer to the batch's first offsets, so the batch is read and scored again; the streaming
+state is keyed by transaction id, so updating it twice changes nothing. `abort` aborts the
+transaction (exactly-once), or replaces the producer with a new one (at-least-once: after a
+record the broker refused, kafka-python 3.0.12's idempotent producer fails every later record
+with the same error). A transactional producer whose abort fails (fenced, not authorized, or a
+state kafka-python cannot leave, seen after a refused record) raises `DeliveryStoppedError`:
+the worker stops, and its restart (same transactional id) aborts what was left open.
+
+`producer.flush` of kafka-python 3.0.12 can raise `UnknownError('Future not done')` while a
+batch it split (too large for the broker) is still in flight, so `commit` flushes again until
+every record has an outcome (`FLUSH_ATTEMPTS`).
 
 What is outside Kafka is not in the transaction: the Redis state and Feast online rows are
 written before the commit and are idempotent; the label consumer's offsets are committed on
@@ -63,6 +70,12 @@ BATCH_BYTES = 512 * 1024
 TRANSACTION_TIMEOUT_MS = 60_000
 """A transaction left open this long (its worker gone for good) is aborted by the broker."""
 
+FLUSH_ATTEMPTS = 5
+"""`flush` calls before records still without an outcome count as not delivered."""
+
+CLOSE_TIMEOUT_S = 5.0
+"""How long a producer being replaced or closed may take to finish what is in flight."""
+
 DeliveryMode = Literal["at_least_once", "exactly_once"]
 
 
@@ -87,16 +100,17 @@ class Delivery:
         self.consumer = consumer
         self.group_id = settings.consumer_group
         self.transactional_id = transactional_id(settings) if self.mode == "exactly_once" else None
-        self.producer = KafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            client_id=client_id,
-            acks="all",
-            enable_idempotence=True,
-            transactional_id=self.transactional_id,
-            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
-            linger_ms=LINGER_MS,
-            batch_size=BATCH_BYTES,
-        )
+        self._config = {
+            "bootstrap_servers": settings.kafka_bootstrap,
+            "client_id": client_id,
+            "acks": "all",
+            "enable_idempotence": True,
+            "transactional_id": self.transactional_id,
+            "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS,
+            "linger_ms": LINGER_MS,
+            "batch_size": BATCH_BYTES,
+        }
+        self.producer = KafkaProducer(**self._config)
         self._pending: list[FutureRecordMetadata] = []
         self._in_transaction = False
         if self.transactional_id is not None:
@@ -144,14 +158,16 @@ class Delivery:
             raise DeliveryError(f"the batch's offsets were not committed: {exc!r}") from exc
 
     def abort(self) -> None:
-        """Drop the current batch after `DeliveryError` (abort its transaction)."""
+        """Drop the current batch after `DeliveryError`: abort its transaction (exactly-once),
+        or go on with a new producer (at-least-once; see the module doc)."""
+        self._pending.clear()
         if self.exactly_once:
             if self._in_transaction:
                 self._fatal_unless(self.producer.abort_transaction)
                 self._in_transaction = False
-        else:
-            self.producer.flush()  # what is in flight completes (or fails) before the rewind
-        self._pending.clear()
+            return
+        old, self.producer = self.producer, KafkaProducer(**self._config)
+        self._close(old)
 
     def close(self) -> None:
         """Abort an open transaction, deliver what is queued, close the producer.
@@ -161,19 +177,26 @@ class Delivery:
         try:
             if self._in_transaction:
                 self.abort()
-            else:
-                self.producer.flush()
-        except (KafkaError, DeliveryStoppedError) as exc:
-            logger.warning("closing the producer after: %r", exc)
+        except DeliveryStoppedError as exc:
+            logger.warning("closing the producer after: %s", exc)
         finally:
-            self.producer.close()
+            self._close(self.producer)
+
+    @staticmethod
+    def _close(producer: KafkaProducer) -> None:
+        try:
+            producer.close(timeout=CLOSE_TIMEOUT_S)
+        except KafkaError as exc:  # its records were given up on by the caller
+            logger.warning("producer closed with records still in flight: %r", exc)
 
     def _await_acknowledgements(self) -> None:
         pending, self._pending = self._pending, []
-        try:
-            self.producer.flush()
-        except KafkaError as exc:
-            raise DeliveryError(f"records not acknowledged: {exc!r}") from exc
+        for attempt in range(1, FLUSH_ATTEMPTS + 1):
+            try:
+                self.producer.flush()
+                break
+            except KafkaError as exc:
+                logger.warning("flush %d/%d: %r", attempt, FLUSH_ATTEMPTS, exc)
         failed = [future for future in pending if not future.succeeded()]
         if failed:
             first = failed[0].exception

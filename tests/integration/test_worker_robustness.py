@@ -21,7 +21,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from serving.events import Label, encode_label
 from serving.http import ScoringHttpServer
@@ -260,6 +261,47 @@ def test_a_batch_with_events_of_2099_and_1970_scores_the_others_and_keeps_runnin
         worker.stop()
         thread.join(timeout=60)
     assert not thread.is_alive()
+
+
+def _set_topic_config(settings: Settings, topic: str, name: str, value: str) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs={name: value})
+        admin.alter_configs([resource], incremental=True)
+    finally:
+        admin.close()
+
+
+def test_scores_the_broker_refuses_are_read_again_until_it_takes_them(
+    trained_platform: TrainedPlatform,
+) -> None:
+    """at_least_once: while the scores topic refuses every record (its `max.message.bytes`
+    shrunk under a score's size), the batch is not committed and is read again; once the topic
+    takes them again, every transaction is scored and the offsets are committed. The worker
+    stays the same one throughout."""
+    settings = _settings(trained_platform)
+    rows = [row for _, row in _good(trained_platform, 10).iterrows()]
+    _set_topic_config(settings, settings.topic_scores, "max.message.bytes", "100")
+    _produce(settings, [json.dumps(event_body(row)).encode() for row in rows])
+    worker = build_worker(settings)
+    thread = threading.Thread(target=worker.run, kwargs={"idle_exit_s": None}, daemon=True)
+    thread.start()
+
+    def rewound() -> float:
+        return worker.metrics.registry.get_sample_value("skewless_batches_rewound_total") or 0.0
+
+    try:
+        assert wait_for(lambda: rewound() >= 2, 120)
+        assert _committed(settings) == 0
+        _set_topic_config(settings, settings.topic_scores, "max.message.bytes", "1048588")
+        assert wait_for(lambda: _committed(settings) == len(rows), 120)
+        assert thread.is_alive()
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+    assert sorted(set(_scored_ids(settings, len(rows)))) == sorted(
+        int(row["transaction_id"]) for row in rows
+    )
 
 
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
