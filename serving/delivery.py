@@ -30,11 +30,13 @@ producer's retries, a record the broker refused, a rebalance that took the batch
 an aborted transaction) raises `DeliveryError`. The worker then calls `abort` and rewinds its
 consumer to the batch's first offsets, so the batch is read and scored again; the streaming
 state is keyed by transaction id, so updating it twice changes nothing. `abort` aborts the
-transaction (exactly-once), or replaces the producer with a new one (at-least-once: after a
-record the broker refused, kafka-python 3.0.12's idempotent producer fails every later record
-with the same error). A transactional producer whose abort fails (fenced, not authorized, or a
-state kafka-python cannot leave, seen after a refused record) raises `DeliveryStoppedError`:
-the worker stops, and its restart (same transactional id) aborts what was left open.
+transaction (exactly-once), then replaces the producer with a new one: after a record the
+broker refused, kafka-python 3.0.12's idempotent producer fails every later record with the
+same error, and its transactional producer is left in a state it cannot leave
+(`BUMPING_PRODUCER_EPOCH`). The new transactional producer's `init_transactions` aborts
+whatever the old one left open. Only a fenced producer (another live worker has its
+transactional id) or one that cannot initialise (not authorized) raises
+`DeliveryStoppedError`: the worker stops rather than fence its twin in turn.
 
 `producer.flush` of kafka-python 3.0.12 can raise `UnknownError('Future not done')` while a
 batch it split (too large for the broker) is still in flight, so `commit` flushes again until
@@ -152,22 +154,27 @@ class Delivery:
                 self._in_transaction = False
             else:
                 self.consumer.commit(offsets)
-        except ProducerFencedError as exc:
-            raise self._fenced(exc) from exc
         except KafkaError as exc:
+            if _fenced(exc):
+                raise self._fenced(exc) from exc
             raise DeliveryError(f"the batch's offsets were not committed: {exc!r}") from exc
 
     def abort(self) -> None:
         """Drop the current batch after `DeliveryError`: abort its transaction (exactly-once),
         or go on with a new producer (at-least-once; see the module doc)."""
         self._pending.clear()
+        if self._in_transaction:
+            try:
+                self.producer.abort_transaction()
+            except KafkaError as exc:
+                if _fenced(exc):
+                    raise self._fenced(exc) from exc
+                logger.warning("abort failed (%r); the new producer aborts the transaction", exc)
+            self._in_transaction = False
+        self._close(self.producer)
+        self.producer = KafkaProducer(**self._config)
         if self.exactly_once:
-            if self._in_transaction:
-                self._fatal_unless(self.producer.abort_transaction)
-                self._in_transaction = False
-            return
-        old, self.producer = self.producer, KafkaProducer(**self._config)
-        self._close(old)
+            self._fatal_unless(self.producer.init_transactions)
 
     def close(self) -> None:
         """Abort an open transaction, deliver what is queued, close the producer.
@@ -200,7 +207,7 @@ class Delivery:
         failed = [future for future in pending if not future.succeeded()]
         if failed:
             first = failed[0].exception
-            if isinstance(first, ProducerFencedError):
+            if first is not None and _fenced(first):
                 raise self._fenced(first)
             raise DeliveryError(f"{len(failed)} records not acknowledged, first: {first!r}")
 
@@ -222,3 +229,10 @@ class Delivery:
             f"another worker took transactional id {self.transactional_id!r}: give each worker "
             f"of consumer group {self.group_id!r} its own SKEWLESS_WORKER_ID ({exc!r})"
         )
+
+
+def _fenced(exc: BaseException) -> bool:
+    """Whether `exc` says another producer took this transactional id. kafka-python reports a
+    fencing as `ProducerFencedError`, or, once its producer is in that error state, as a plain
+    `KafkaError` naming it."""
+    return isinstance(exc, ProducerFencedError) or "ProducerFencedError" in str(exc)

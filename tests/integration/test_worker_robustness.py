@@ -272,14 +272,15 @@ def _set_topic_config(settings: Settings, topic: str, name: str, value: str) -> 
         admin.close()
 
 
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
 def test_scores_the_broker_refuses_are_read_again_until_it_takes_them(
-    trained_platform: TrainedPlatform,
+    trained_platform: TrainedPlatform, delivery: str
 ) -> None:
-    """at_least_once: while the scores topic refuses every record (its `max.message.bytes`
-    shrunk under a score's size), the batch is not committed and is read again; once the topic
-    takes them again, every transaction is scored and the offsets are committed. The worker
-    stays the same one throughout."""
-    settings = _settings(trained_platform)
+    """While the scores topic refuses every record (its `max.message.bytes` shrunk under a
+    score's size), the batch is not committed and is read again; once the topic takes them
+    again, every transaction is scored and the offsets are committed. The worker stays the
+    same one throughout; exactly_once: each transaction is scored once."""
+    settings = _settings(trained_platform, delivery)
     rows = [row for _, row in _good(trained_platform, 10).iterrows()]
     _set_topic_config(settings, settings.topic_scores, "max.message.bytes", "100")
     _produce(settings, [json.dumps(event_body(row)).encode() for row in rows])
@@ -299,9 +300,10 @@ def test_scores_the_broker_refuses_are_read_again_until_it_takes_them(
     finally:
         worker.stop()
         thread.join(timeout=60)
-    assert sorted(set(_scored_ids(settings, len(rows)))) == sorted(
-        int(row["transaction_id"]) for row in rows
-    )
+    scored = Counter(_scored_ids(settings, len(rows)))
+    assert sorted(scored) == sorted(int(row["transaction_id"]) for row in rows)
+    if delivery == "exactly_once":
+        assert set(scored.values()) == {1}
 
 
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
