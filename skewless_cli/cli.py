@@ -565,7 +565,7 @@ def model_list(ctx: typer.Context) -> None:
 
     settings = _settings(ctx)
     table = Table("version", "aliases", *registry.METRICS, "run")
-    for row in registry.list_versions(registry.client(settings), settings.model_name):
+    for row in registry.list_versions(registry.connect(settings), settings.model_name):
         table.add_row(
             row.version,
             ", ".join(row.aliases),
@@ -582,7 +582,7 @@ def model_history(ctx: typer.Context) -> None:
 
     settings = _settings(ctx)
     table = Table("#", "action", "from", "to", "by", "at (UTC)")
-    for move in registry.history(registry.client(settings), settings.model_name):
+    for move in registry.history(registry.connect(settings), settings.model_name):
         table.add_row(
             str(move.seq), move.action, move.from_version or "-", move.to_version, move.by, move.at
         )
@@ -598,7 +598,7 @@ def model_promote(
 
     settings = _settings(ctx)
     try:
-        registry.promote(registry.client(settings), settings.model_name, version)
+        registry.promote(registry.connect(settings), settings.model_name, version)
     except registry.RegistryError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -612,7 +612,7 @@ def model_rollback(ctx: typer.Context) -> None:
 
     settings = _settings(ctx)
     try:
-        version = registry.rollback(registry.client(settings), settings.model_name)
+        version = registry.rollback(registry.connect(settings), settings.model_name)
     except registry.RegistryError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
