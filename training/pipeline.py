@@ -23,6 +23,7 @@ import mlflow
 import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
+from rich.console import Console
 from rich.progress import Progress, TaskID
 
 from skewless import feature_store, offline_store
@@ -228,10 +229,16 @@ def _log_context(
     mlflow.log_artifact(str(path))
 
 
+def _progress() -> Progress:
+    """A transient progress bar on a terminal; none when the output is a file or a pipe, where
+    the stage lines say what runs (rich would leave an empty line there)."""
+    return Progress(transient=True, disable=not Console().is_terminal)
+
+
 def _train_with_progress(
     fit: pd.DataFrame, validation: pd.DataFrame, features: list[str], params: TrainingParams
 ) -> TrainedModel:
-    with Progress(transient=True) as progress:
+    with _progress() as progress:
         task = progress.add_task("training", total=params.max_epochs)
 
         def on_epoch(report: EpochReport) -> None:
@@ -278,7 +285,7 @@ def materialize_with_progress(
     Without `until`, the state is that of the end of the data, so a live stream carries on
     from there.
     """
-    with Progress(transient=True) as progress:
+    with _progress() as progress:
         tasks: dict[str, TaskID] = {}
 
         def on_rows(view: str, done: int, total: int) -> None:

@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
 from skewless.fraud_metrics import average_precision
+from skewless.logs import prints_to_log
 from skewless.model_runtime import ONNX_FILE, SPEC_FILE, OnnxScorer, load_scorer
 from skewless.registry import (
     CHALLENGER,
@@ -125,16 +126,20 @@ def log_model(
     spec_path.write_text(json.dumps(model_spec(model, settings.feature_service), indent=1))
     sample = example[list(model.preprocessor.feature_names)].astype("float32")
     scores = OnnxScorer(onnx_path).score(sample.to_numpy())
-    info = mlflow.pytorch.log_model(
-        model.module,
-        name=MODEL_ARTIFACT,
-        signature=infer_signature(sample, scores),
-        input_example=sample.head(5),
-        pip_requirements=[f"torch=={_version('torch')}", f"onnxruntime=={_version('onnxruntime')}"],
-        serialization_format="pickle",
-        extra_files=[str(onnx_path), str(spec_path)],
-        registered_model_name=settings.model_name,
-    )
+    with prints_to_log("mlflow"):
+        info = mlflow.pytorch.log_model(
+            model.module,
+            name=MODEL_ARTIFACT,
+            signature=infer_signature(sample, scores),
+            input_example=sample.head(5),
+            pip_requirements=[
+                f"torch=={_version('torch')}",
+                f"onnxruntime=={_version('onnxruntime')}",
+            ],
+            serialization_format="pickle",
+            extra_files=[str(onnx_path), str(spec_path)],
+            registered_model_name=settings.model_name,
+        )
     version = str(info.registered_model_version)
     logger.info("registered %s version %s", settings.model_name, version)
     return version
