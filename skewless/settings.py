@@ -103,6 +103,16 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
     http_port: int = Field(8088, ge=1, le=65535, description="HTTP enricher port")
+    http_max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="largest POST /score body (larger: 413)"
+    )
+    http_read_timeout_s: float = Field(
+        10.0, gt=0, description="longest wait for a request body (slower: 408)"
+    )
+    http_max_concurrency: int = Field(
+        1024, ge=1, description="open connections and tasks before the enricher answers 503"
+    )
+    http_backlog: int = Field(2048, ge=1, description="listen backlog of the HTTP enricher")
 
     stream_state_prefix: str = Field(
         "skewless:state", description="Redis key prefix of the streaming window state"

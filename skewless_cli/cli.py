@@ -421,27 +421,25 @@ def serve_command(
 @app.command("serve-http")
 def serve_http_command(ctx: typer.Context) -> None:
     """Score transactions POSTed to /score (same core as `serve`); Ctrl-C stops."""
-    from serving.http import ScoringHttpServer
+    from serving.http import Enricher, EnricherServer, HttpLimits
     from serving.metrics import ScoringMetrics
     from serving.scoring import build_core
     from serving.validation import EventLimits
 
     settings = _settings(ctx)
     core = build_core(settings)
-    server = ScoringHttpServer(
-        ("127.0.0.1", settings.http_port),
+    enricher = Enricher(
         core,
         ScoringMetrics(),
         settings.score_threshold,
         EventLimits.from_settings(settings),
+        HttpLimits.from_settings(settings),
     )
-    typer.echo(f"serve-http: POST http://127.0.0.1:{settings.http_port}/score")
+    server = EnricherServer(enricher, "127.0.0.1", settings.http_port)
+    typer.echo(f"serve-http: POST http://127.0.0.1:{server.port}/score")
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        server.run()
     finally:
-        server.server_close()
         core.watcher.stop()
 
 
