@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     redis_host: str = Field("127.0.0.1", description="Redis address")
     redis_port: int = Field(6379, ge=1, le=65535, description="Redis port")
     redis_password: SecretStr | None = Field(None, description="Redis password, if any")
+    redis_appendfsync: Literal["always", "everysec"] = Field(
+        "always",
+        description="when the Redis we start fsyncs its append-only file: `always` before it "
+        "answers a write (state is durable before offsets are committed), `everysec` "
+        "(faster; a Redis crash can lose the last second of state)",
+    )
 
     # MLflow tracking server and registry.
     mlflow_host: str = Field("127.0.0.1", description="address the MLflow server binds")

@@ -82,7 +82,7 @@ def start(settings: Settings) -> ManagedProcess:
         "--dir", str(data_dir),
         "--save", "",
         "--appendonly", "yes",
-        "--appendfsync", "everysec",
+        "--appendfsync", settings.redis_appendfsync,
         "--daemonize", "no",
         "--protected-mode", "yes",
     ]  # fmt: skip
