@@ -179,10 +179,16 @@ class RestRegistry:
 
     def _call(self, method: str, endpoint: str, **payload: Any) -> dict[str, Any]:
         url = f"{self.base_url}/api/2.0/mlflow/{endpoint}"
-        if method == "GET":
-            response = self.session.get(url, params=payload, timeout=self.TIMEOUT_S)
-        else:
-            response = self.session.request(method, url, json=payload, timeout=self.TIMEOUT_S)
+        try:
+            if method == "GET":
+                response = self.session.get(url, params=payload, timeout=self.TIMEOUT_S)
+            else:
+                response = self.session.request(method, url, json=payload, timeout=self.TIMEOUT_S)
+        except requests.RequestException as exc:
+            raise RegistryError(
+                f"the MLflow server at {self.base_url} does not answer ({type(exc).__name__}); "
+                "start it (`make services-up`) or check SKEWLESS_MLFLOW_TRACKING_URI"
+            ) from exc
         try:
             body: dict[str, Any] = response.json()
         except ValueError:

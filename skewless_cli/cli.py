@@ -572,7 +572,12 @@ def model_list(ctx: typer.Context) -> None:
 
     settings = _settings(ctx)
     table = Table("version", "aliases", *registry.METRICS, "run")
-    for row in registry.list_versions(registry.connect(settings), settings.model_name):
+    try:
+        rows = registry.list_versions(registry.connect(settings), settings.model_name)
+    except registry.RegistryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for row in rows:
         table.add_row(
             row.version,
             ", ".join(row.aliases),
@@ -589,7 +594,12 @@ def model_history(ctx: typer.Context) -> None:
 
     settings = _settings(ctx)
     table = Table("#", "action", "from", "to", "by", "at (UTC)")
-    for move in registry.history(registry.connect(settings), settings.model_name):
+    try:
+        moves = registry.history(registry.connect(settings), settings.model_name)
+    except registry.RegistryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for move in moves:
         table.add_row(
             str(move.seq), move.action, move.from_version or "-", move.to_version, move.by, move.at
         )
