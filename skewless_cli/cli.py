@@ -397,13 +397,15 @@ def serve_command(
     ] = None,
 ) -> None:
     """Score transactions from Kafka with the champion model (Ctrl-C or SIGTERM stops cleanly)."""
+    from serving.preflight import ConfigurationError, check_serving
     from serving.scoring import ModelContractError
     from serving.worker import build_worker, freeze_start_up_objects
 
     settings = _settings(ctx)
     try:
+        check_serving(settings, kafka_worker=True)
         worker = build_worker(settings)
-    except ModelContractError as exc:
+    except (ConfigurationError, ModelContractError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     freeze_start_up_objects()
@@ -428,13 +430,15 @@ def serve_http_command(ctx: typer.Context) -> None:
     """Score transactions POSTed to /score (same core as `serve`); Ctrl-C stops."""
     from serving.http import Enricher, EnricherServer, HttpLimits
     from serving.metrics import ScoringMetrics
+    from serving.preflight import ConfigurationError, check_serving
     from serving.scoring import ModelContractError, build_core
     from serving.validation import EventLimits
 
     settings = _settings(ctx)
     try:
+        check_serving(settings, kafka_worker=False)
         core = build_core(settings)
-    except ModelContractError as exc:
+    except (ConfigurationError, ModelContractError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     enricher = Enricher(
