@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
-import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -48,6 +46,7 @@ from serving.events import format_timestamp, parse_transactions
 from serving.metrics import ScoringMetrics
 from serving.scoring import ScoringCore
 from serving.validation import EventLimits, StreamClock, validate_transactions
+from serving.web import AppServer
 from serving.worker import score_bodies
 from skewless.settings import Settings
 
@@ -202,44 +201,16 @@ def create_app(enricher: Enricher) -> Starlette:
     )
 
 
-class EnricherServer:
+class EnricherServer(AppServer):
     """uvicorn serving the enricher on a loopback port; `port=0` takes a free one."""
 
     def __init__(self, enricher: Enricher, host: str, port: int) -> None:
         limits = enricher.http_limits
-        self.enricher = enricher
-        self.socket = socket.create_server((host, port), backlog=limits.backlog)
-        self.port: int = self.socket.getsockname()[1]
-        config = uvicorn.Config(
+        super().__init__(
             create_app(enricher),
-            log_config=None,  # uvicorn's records go through our logging: the log file
-            access_log=False,
-            limit_concurrency=limits.max_concurrency,
+            host,
+            port,
+            max_concurrency=limits.max_concurrency,
             backlog=limits.backlog,
-            timeout_keep_alive=5,
-            lifespan="off",
         )
-        self.server = uvicorn.Server(config)
-        self._thread: threading.Thread | None = None
-
-    def run(self) -> None:
-        """Serve until SIGINT or SIGTERM (uvicorn's handlers, in the main thread) or `stop`."""
-        self.server.run(sockets=[self.socket])
-
-    def start(self, timeout_s: float = 30.0) -> EnricherServer:
-        """Serve from a background thread; returns once the server accepts requests."""
-        self._thread = threading.Thread(target=self.run, name="http-enricher", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self.server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the HTTP enricher did not start on port {self.port}")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        """Finish the requests in flight, close the socket, join the thread."""
-        self.server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        self.socket.close()
+        self.enricher = enricher

@@ -104,6 +104,5 @@ def test_prometheus_scrapes_the_worker_and_the_enricher(trained_platform: Traine
     finally:
         prometheus_server.stop(settings)
         stop_enricher(enricher)
-        metrics_server.shutdown()
-        metrics_server.server_close()
+        metrics_server.stop()
     assert not prometheus_server.is_ready(settings)
