@@ -114,6 +114,55 @@ def test_point_in_time_features_ignore_what_was_not_known(
     assert (original["terminal_risk_30d"] > 0).any()
 
 
+def test_same_second_transactions_get_their_own_backfill_rows(
+    redis_service: Settings, transactions: pd.DataFrame, tmp_path: Path
+) -> None:
+    """Two transactions of one card in the same second: one row each, each with its own
+    features, equal to the backfill's rows for that transaction (the point-in-time join on
+    (entity, time) alone gave two rows each, or the other one's features)."""
+    day = pd.Timestamp(datetime(2026, 5, 20, tzinfo=UTC))
+    on_day = transactions[transactions["tx_datetime"].between(day, day + pd.Timedelta(days=1))]
+    first, second = on_day.iloc[10], on_day.iloc[50]
+    next_id = int(transactions["transaction_id"].max()) + 1
+    twins = pd.DataFrame(
+        [
+            # Same card and second as `first`, another terminal; then same card, same terminal
+            # and same second as `second`.
+            {**first.to_dict(), "transaction_id": next_id, "terminal_id": second["terminal_id"]},
+            {**second.to_dict(), "transaction_id": next_id + 1, "tx_amount": 3.0},
+        ]
+    ).astype(transactions.dtypes.to_dict())
+    frame = pd.concat([transactions, twins]).sort_values(["tx_datetime", "transaction_id"])
+    settings = _settings(redis_service, tmp_path)
+    data = write_transactions(frame, settings.data_dir / "raw" / "transactions.parquet")
+    run_backfill(settings, data)
+    feature_store.apply(settings)
+    store = feature_store.open_store(settings)
+    service = store.get_feature_service(settings.feature_service)
+    start, end = day.to_pydatetime(), (day + pd.Timedelta(days=1)).to_pydatetime()
+    entities = offline_store.entity_frame(spark_session(settings), data, start, end)
+    features = offline_store.historical_features(store, service, entities)
+
+    asked = frame[(frame["tx_datetime"] >= day) & (frame["tx_datetime"] < end)]
+    assert len(features) == len(asked)
+    assert sorted(features["transaction_id"]) == sorted(asked["transaction_id"])
+    rows = features.set_index("transaction_id")
+    pairs = [(int(first["transaction_id"]), next_id), (int(second["transaction_id"]), next_id + 1)]
+    for earlier, later in pairs:
+        assert rows.loc[earlier, "tx_datetime"] == rows.loc[later, "tx_datetime"]
+        # The later id counts the earlier one in its windows, not the other way round.
+        assert (
+            rows.loc[later, "customer_tx_count_1d"] == rows.loc[earlier, "customer_tx_count_1d"] + 1
+        )
+    for declaration in feature_store.load_declarations(settings):
+        table = pd.read_parquet(feature_store.offline_table_path(settings, declaration.name))
+        table = table.set_index("transaction_id").loc[rows.index]
+        names = list(declaration.feature_names)
+        pd.testing.assert_frame_equal(
+            rows[names], table[names], check_dtype=False, check_names=False
+        )
+
+
 def test_train_registers_a_version_with_everything_logged(
     trained: tuple[Settings, TrainSummary, Path],
 ) -> None:
