@@ -1,7 +1,8 @@
 """`skewless train` and `skewless retrain`: raw transactions to a registered, gated model.
 
 Stages: validate input -> Spark backfill (whole, or only the changed days) -> feast apply ->
-point-in-time training set -> torch training -> evaluation on the test window -> MLflow run
+point-in-time training set -> torch training -> evaluation on the test window (on the
+handbook's protocol, and on every transaction: `training.evaluate`) -> MLflow run
 and registered version -> quality gate -> materialization into Redis. Each stage's wall time
 is kept for the summary.
 """
@@ -28,8 +29,10 @@ from rich.progress import Progress, TaskID
 from skewless import feature_store, offline_store
 from skewless.aggregation import label_delay_days
 from skewless.data import DataError, read_transactions
+from skewless.known_frauds import first_fraud_days, known_compromised
 from skewless.model_runtime import ONNX_FILE, REFERENCE_ARTIFACT, OnnxScorer
 from skewless.quality import validate_transactions
+from skewless.registry import GATE_METRIC
 from skewless.services import redis_server
 from skewless.settings import Settings
 from skewless.spark import spark_session
@@ -131,6 +134,12 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
             history_days=history,
         )
         summary.windows = windows.as_params()
+        # Every label from the training window's start on: the cards known compromised on a
+        # test day are those with a fraud up to the day's label horizon (`known_frauds`).
+        labelled = (raw["tx_datetime"] >= windows.train_start) & (
+            raw["tx_datetime"] < windows.test_end
+        )
+        first_frauds = first_fraud_days(raw[labelled])
         del raw
     spark = spark_session(settings)
     with _stage(summary, "backfill"):
@@ -166,8 +175,14 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
             test_matrix = test_frame[features].to_numpy(dtype="float32")
             version = tracking.log_model(model, settings, fit_frame, workdir)
             scorer = OnnxScorer(workdir / ONNX_FILE)
-            scored = test_frame.assign(score=scorer.score(test_matrix))
-            summary.metrics = evaluate(scored)
+            scored = test_frame.assign(
+                score=scorer.score(test_matrix),
+                known_compromised=known_compromised(test_frame, first_frauds, delay_days),
+            )
+            unknown = ~scored["known_compromised"].to_numpy()
+            summary.rows["test_protocol"] = int(unknown.sum())
+            mlflow.set_tag("rows_test_protocol", str(summary.rows["test_protocol"]))
+            summary.metrics = evaluate(scored, scored["known_compromised"])
             mlflow.log_metrics(summary.metrics)
             _log_test_artifacts(scored, workdir)
             # The reference is the whole training window (whole days, so the weekday mix of a
@@ -182,9 +197,9 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
                 client,
                 settings,
                 version,
-                test_matrix,
-                test_frame["tx_fraud"].to_numpy(),
-                summary.metrics["test_average_precision"],
+                test_matrix[unknown],
+                test_frame["tx_fraud"].to_numpy()[unknown],
+                summary.metrics[GATE_METRIC],
                 workdir,
             )
             summary.version = version
@@ -262,10 +277,11 @@ def _train_with_progress(
 
 def _log_test_artifacts(scored: pd.DataFrame, workdir: Path) -> None:
     predictions = workdir / "test_predictions.parquet"
-    scored[["transaction_id", "score"]].to_parquet(predictions, index=False)
+    scored[["transaction_id", "score", "known_compromised"]].to_parquet(predictions, index=False)
     mlflow.log_artifact(str(predictions))
-    labels = scored["tx_fraud"].to_numpy()
-    scores = scored["score"].to_numpy()
+    unknown = scored[~scored["known_compromised"]]  # the plots show the protocol's figures
+    labels = unknown["tx_fraud"].to_numpy()
+    scores = unknown["score"].to_numpy()
     mlflow.log_artifact(str(plot_roc(labels, scores, workdir / "roc_curve.png")))
     mlflow.log_artifact(str(plot_precision_recall(labels, scores, workdir / "pr_curve.png")))
 

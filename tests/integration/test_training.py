@@ -174,7 +174,9 @@ def test_train_registers_a_version_with_everything_logged(
     assert set(summary.metrics) == set(registry.METRICS)
     for name in registry.METRICS:
         assert 0.0 <= run.data.metrics[name] <= 1.0
-    assert run.data.metrics["test_auc_roc"] > 0.6
+    assert run.data.metrics["test_protocol_auc_roc"] > 0.6
+    assert 0 < summary.rows["test_protocol"] < summary.rows["test"]
+    assert run.data.tags["rows_test_protocol"] == str(summary.rows["test_protocol"])
     history = client.get_metric_history(summary.run_id, "val_average_precision")
     assert len(history) >= 2
     assert {"window_train_start", "window_test_end", "train_days", "delay_days", "seed"} <= set(
@@ -189,9 +191,16 @@ def test_train_registers_a_version_with_everything_logged(
 
     artifacts = Path(mlflow.artifacts.download_artifacts(run_id=summary.run_id))
     predictions = pd.read_parquet(artifacts / "test_predictions.parquet")
-    assert list(predictions.columns) == ["transaction_id", "score"]
+    assert list(predictions.columns) == ["transaction_id", "score", "known_compromised"]
     assert len(predictions) == summary.rows["test"]
+    assert (~predictions["known_compromised"]).sum() == summary.rows["test_protocol"]
     assert predictions["transaction_id"].is_unique
+    raw = pd.read_parquet(data)
+    windows = {key: pd.Timestamp(value) for key, value in summary.windows.items()}
+    in_test = raw["tx_datetime"].between(windows["test_start"], windows["test_end"], "left")
+    assert sorted(predictions["transaction_id"]) == sorted(raw.loc[in_test, "transaction_id"])
+    in_train = raw["tx_datetime"].between(windows["train_start"], windows["train_end"], "left")
+    assert summary.rows["train"] + summary.rows["validation"] == in_train.sum()
     for name in ("roc_curve.png", "pr_curve.png", "input_validation.json"):
         assert (artifacts / name).stat().st_size > 0
     statistics = json.loads((artifacts / "reference_statistics.json").read_text())
