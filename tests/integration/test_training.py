@@ -285,3 +285,46 @@ def test_model_and_reference_downloads_leave_no_temporary_folder(
     # What was read from the removed folders is still usable.
     assert model.score(np.zeros((2, len(model.feature_names)), dtype=np.float32)).shape[0] == 2
     assert "score" in statistics
+
+
+def test_prequential_folds_are_nested_runs_and_the_gate_reads_them_all(
+    redis_service: Settings, tmp_path: Path, private_tempdir: Path
+) -> None:
+    """Two folds a week apart: each a nested run, means and deviations on the parent, the
+    latest fold's model registered; a second training is gated on the same two folds."""
+    params = SimulationParams(n_customers=300, n_terminals=600, n_days=66, start_date=START)
+    settings = _settings(redis_service, tmp_path)
+    data = write_transactions(
+        simulate(params).transactions, settings.data_dir / "raw" / "transactions.parquet"
+    )
+    options = TrainOptions(
+        data=data, params=replace(TrainingParams(), max_epochs=3), materialize=False, folds=2
+    )
+    first = run_training(settings, options)
+    client = tracking.configure(settings)
+    run = client.get_run(first.run_id)
+    children = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{first.run_id}'"
+    )
+    by_fold = {child.data.params["fold"]: child for child in children}
+    assert set(by_fold) == {"0", "1"}
+    starts = [pd.Timestamp(by_fold[k].data.params["window_test_start"]) for k in ("0", "1")]
+    assert starts[0] - starts[1] == pd.Timedelta(days=7)
+    assert starts[0] == pd.Timestamp(first.windows["test_start"])
+    assert len(first.fold_metrics) == 2
+    for key in registry.METRICS:
+        values = [by_fold[k].data.metrics[key] for k in ("0", "1")]
+        assert run.data.metrics[key] == pytest.approx(values[0])  # the registered fold's
+        assert run.data.metrics[f"{key}_mean"] == pytest.approx(np.mean(values))
+        assert run.data.metrics[f"{key}_std"] == pytest.approx(np.std(values))
+    assert run.data.params["folds"] == "2"
+    assert client.get_metric_history(by_fold["1"].info.run_id, "val_average_precision")
+
+    second = run_training(settings, replace(options, params=replace(options.params, seed=3)))
+    gate = json.loads(client.get_model_version(settings.model_name, second.version).tags["gate"])
+    # The champion trained on fold 0's training days, which no test window of the folds
+    # overlaps: both are scored on both folds.
+    assert gate["folds"] == [0, 1]
+    assert gate["champion_version"] == first.version
+    assert gate["challenger_score"] == pytest.approx(second.metrics[f"{registry.GATE_METRIC}_mean"])
+    assert gate["champion_score"] is not None
