@@ -37,7 +37,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     client.create_registered_model(MODEL)
     for i in range(3):
         run = client.create_run(experiment)
-        client.log_metric(run.info.run_id, "test_average_precision", 0.5 + i / 10)
+        client.log_metric(run.info.run_id, "test_protocol_average_precision", 0.5 + i / 10)
         client.set_terminated(run.info.run_id)
         client.create_model_version(MODEL, (root / "artifacts").as_uri(), run.info.run_id)
     return settings
