@@ -103,7 +103,7 @@ def live_quality(
     that day (a labelled fraud on a day up to the day minus `delay_days` minus one, among the
     served events: `skewless.known_frauds`), so they compare with the `test_protocol_*`
     figures in `test_metrics`. `events` counts the day's labelled events, `protocol_events`
-    those scored.
+    and `protocol_frauds` those the figures are computed on.
     """
     from skewless.fraud_metrics import auc_roc, average_precision, card_precision_at_k
     from skewless.known_frauds import first_fraud_days, known_compromised
@@ -121,7 +121,7 @@ def live_quality(
                 "day": day,
                 "events": len(everything),
                 "protocol_events": len(part),
-                "frauds": int(part["tx_fraud"].sum()),
+                "protocol_frauds": int(part["tx_fraud"].sum()),
                 "auc_roc": auc_roc(part["tx_fraud"], part["score"]) if both_classes else None,
                 "average_precision": average_precision(part["tx_fraud"], part["score"])
                 if both_classes
