@@ -44,8 +44,19 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "champion_history"
 """Prefix of the per-move tags; as a tag of its own, the older format: a JSON list of versions."""
-GATE_METRIC = "test_average_precision"
-METRICS = ("test_auc_roc", "test_average_precision", "test_card_precision_at_100")
+METRIC_NAMES = ("auc_roc", "average_precision", "card_precision_at_100")
+PROTOCOL_PREFIX = "test_protocol_"
+"""Test figures on the handbook's protocol: the test window without the transactions of cards
+already known compromised on their day (`skewless.known_frauds`). They compare with the
+published figures and the quality gate reads them."""
+WHOLE_WINDOW_PREFIX = "test_all_"
+"""Test figures on every transaction of the test window, known compromised cards included."""
+METRICS = tuple(
+    prefix + name for prefix in (PROTOCOL_PREFIX, WHOLE_WINDOW_PREFIX) for name in METRIC_NAMES
+)
+"""The test metrics logged with every model version (`skewless.fraud_metrics.quality_metrics`)."""
+GATE_METRIC = f"{PROTOCOL_PREFIX}average_precision"
+"""The gate compares average precision on the handbook's protocol."""
 
 GATE = "gate"
 PROMOTE = "promote"

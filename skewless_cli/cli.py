@@ -247,6 +247,14 @@ def train_command(
     epochs: Annotated[int, typer.Option(help="maximum epochs (early stopping ends sooner)")] = 100,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
     materialize: Annotated[bool, typer.Option(help="write the latest features to Redis")] = True,
+    folds: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="prequential folds, each a test window further back (the handbook's 4); "
+            "the latest fold's model is registered, the gate compares means over the folds",
+        ),
+    ] = 4,
 ) -> None:
     """Backfill features with Spark, train the torch model, evaluate, register and gate it."""
     from dataclasses import replace
@@ -264,6 +272,7 @@ def train_command(
         test_days=test_days,
         params=replace(TrainingParams(), max_epochs=epochs, seed=seed),
         materialize=materialize,
+        folds=folds,
     )
     summary = run_training(settings, options)
     table = Table("train", "value")

@@ -40,7 +40,7 @@ def store(mlflow_service: Settings, tmp_path_factory: pytest.TempPathFactory) ->
     client.create_registered_model(MODEL)
     for i in range(3):
         run = client.create_run(experiment)
-        client.log_metric(run.info.run_id, "test_average_precision", 0.5 + i / 10)
+        client.log_metric(run.info.run_id, "test_protocol_average_precision", 0.5 + i / 10)
         client.set_terminated(run.info.run_id)
         client.create_model_version(MODEL, artifacts.as_uri(), run.info.run_id)
     return settings
