@@ -151,9 +151,8 @@ def test_same_second_transactions_get_their_own_backfill_rows(
     for earlier, later in pairs:
         assert rows.loc[earlier, "tx_datetime"] == rows.loc[later, "tx_datetime"]
         # The later id counts the earlier one in its windows, not the other way round.
-        assert (
-            rows.loc[later, "customer_tx_count_1d"] == rows.loc[earlier, "customer_tx_count_1d"] + 1
-        )
+        counts = rows["customer_tx_count_1d"].astype(float)
+        assert counts[later] == counts[earlier] + 1
     for declaration in feature_store.load_declarations(settings):
         table = pd.read_parquet(feature_store.offline_table_path(settings, declaration.name))
         table = table.set_index("transaction_id").loc[rows.index]
