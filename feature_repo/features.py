@@ -27,9 +27,12 @@ def _schema(declaration: WindowAggregation) -> list[Field]:
 
 # A window row describes its entity at the instant of its own transaction only: one second
 # later the windows have moved. So a row is never served offline past one second (the
-# smallest TTL Feast keeps), and the point-in-time join of a transaction finds its own row
-# instead of pairing it with the entity's whole history. Online, the worker computes windows
-# from events at each transaction's time; Feast's online reads do not apply TTL.
+# smallest TTL Feast keeps): Feast's point-in-time join of a transaction finds a row of that
+# second instead of pairing it with the entity's whole history. skewless's own offline reads
+# (`skewless.offline_store`) go further and join each transaction to its own row by id, since
+# two transactions of one entity in the same second share the join's (key, time). Online, the
+# worker computes windows from events at each transaction's time; Feast's online reads do not
+# apply TTL.
 ROW_TTL = timedelta(seconds=1)
 
 customer_spending = FeatureView(

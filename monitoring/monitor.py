@@ -23,7 +23,8 @@ from monitoring.drift import DriftThresholds, FeatureDrift, drift_report
 from monitoring.feature_log import read_log
 from monitoring.report import render_report, summary_json
 from monitoring.skew import FeatureSkew, SkewThresholds, SkewTolerance, breaches, skew_report
-from skewless import model_runtime, registry
+from skewless import feature_store, model_runtime, registry
+from skewless.aggregation import label_delay_days
 from skewless.settings import Settings
 from skewless.statistics import FeatureStatistics
 
@@ -94,27 +95,38 @@ def check_skew(
 
 
 def live_quality(
-    served: pd.DataFrame, labels: pd.DataFrame, test_metrics: dict[str, float]
+    served: pd.DataFrame, labels: pd.DataFrame, test_metrics: dict[str, float], delay_days: int
 ) -> pd.DataFrame | None:
-    """AUC ROC, average precision and card precision@100 per serving day, once labelled."""
+    """AUC ROC, average precision and card precision@100 per serving day, once labelled.
+
+    As in the test window, each day's figures leave out the cards already known compromised
+    that day (a labelled fraud on a day up to the day minus `delay_days` minus one, among the
+    served events: `skewless.known_frauds`), so they compare with the `test_protocol_*`
+    figures in `test_metrics`. `events` counts the day's labelled events, `protocol_events`
+    and `protocol_frauds` those the figures are computed on.
+    """
     from skewless.fraud_metrics import auc_roc, average_precision, card_precision_at_k
+    from skewless.known_frauds import first_fraud_days, known_compromised
 
     joined = served.merge(labels[["transaction_id", "tx_fraud"]], on="transaction_id")
     if joined.empty:
         return None
+    known = known_compromised(joined, first_fraud_days(joined), delay_days)
     rows = []
-    for day, part in joined.groupby(joined["tx_datetime"].dt.strftime("%Y-%m-%d")):
+    for day, everything in joined.groupby(joined["tx_datetime"].dt.strftime("%Y-%m-%d")):
+        part = everything[~known[everything.index]]
         both_classes = part["tx_fraud"].nunique() == 2
         rows.append(
             {
                 "day": day,
-                "events": len(part),
-                "frauds": int(part["tx_fraud"].sum()),
+                "events": len(everything),
+                "protocol_events": len(part),
+                "protocol_frauds": int(part["tx_fraud"].sum()),
                 "auc_roc": auc_roc(part["tx_fraud"], part["score"]) if both_classes else None,
                 "average_precision": average_precision(part["tx_fraud"], part["score"])
                 if both_classes
                 else None,
-                "card_precision_at_100": card_precision_at_k(part, 100),
+                "card_precision_at_100": card_precision_at_k(part, 100) if len(part) else None,
                 **test_metrics,
             }
         )
@@ -232,7 +244,10 @@ def run_monitor(
     quality = data_quality(settings, served, version)
     dead = inputs.dead_letter_counts(settings)
     live = live_quality(
-        served, inputs.labels(settings), inputs.logged_test_metrics(settings, version)
+        served,
+        inputs.labels(settings),
+        inputs.logged_test_metrics(settings, version),
+        label_delay_days(feature_store.load_declarations(settings)),
     )
     headline = verdict(result)
     now = datetime.now(UTC)

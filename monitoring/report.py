@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from monitoring.drift import FeatureDrift, float_values, served_bin_counts
 from monitoring.skew import FeatureSkew, SkewThresholds, breaches
+from skewless.registry import PROTOCOL_PREFIX
 from skewless.statistics import FeatureStatistics
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ LIVE_METRICS = {
     "average_precision": ("average precision", "#f76707"),
     "card_precision_at_100": ("card precision@100", "#2f9e44"),
 }
-"""Live quality columns plotted per serving day, with their `test_` figure as a dashed line."""
+"""Live quality columns plotted per serving day (handbook protocol: known compromised cards left
+out), with their `test_protocol_` figure as a dashed line."""
 COLORS = {"training": "#4c6ef5", "serving": "#f76707"}
 DEFAULT_SKEW_THRESHOLDS = SkewThresholds()
 
@@ -325,7 +327,7 @@ def _live_plot(live_quality: pd.DataFrame | None) -> str:
             continue
         values = pd.to_numeric(live_quality[column], errors="coerce")
         axes.plot(days, values, marker="o", color=color, label=label)
-        test = f"test_{column}"
+        test = f"{PROTOCOL_PREFIX}{column}"
         if test in live_quality and live_quality[test].notna().any():
             axes.axhline(float(live_quality[test].dropna().iloc[0]), color=color, ls="--", lw=1)
     axes.set_ylim(0, 1)

@@ -70,7 +70,8 @@ def skew_report(
 ) -> list[FeatureSkew]:
     """Skew of each of `features` between `online` and `offline` (both indexed by transaction).
 
-    Duplicated transaction ids (an at-least-once replay) keep their last row. Distributions
+    Duplicated transaction ids online (an at-least-once replay) keep their last row; offline,
+    where the recomputation gives one row per transaction, they are refused. Distributions
     are bucketed with the reference's bins when `reference` has the feature, else with
     quantile bins of the offline values.
     """
@@ -78,7 +79,13 @@ def skew_report(
         missing = [name for name in features if name not in frame.columns]
         if missing:
             raise ValueError(f"the {side} frame lacks the features {missing}")
-    online, offline = _unique(online, "online"), _unique(offline, "offline")
+    if offline.index.has_duplicates:
+        repeated = offline.index[offline.index.duplicated()].unique()
+        raise ValueError(
+            f"the offline frame has {len(repeated)} repeated transaction ids "
+            f"(e.g. {list(repeated[:5])}): the recomputation gives one row per transaction"
+        )
+    online = _unique(online, "online")
     joined = online.index.intersection(offline.index)
     unmatched = len(online) - len(joined)
     if unmatched:

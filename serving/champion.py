@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from skewless import registry
 from skewless.model_runtime import LoadedModel, ModelSpecError, load_model
@@ -68,6 +69,10 @@ class ChampionWatcher:
         self.settings = settings
         self.current = model
         self.poll_s = poll_s
+        self.accepts: Callable[[LoadedModel], None] = lambda model: None
+        """Raises if a model must not be served (the scoring core sets its contract check)."""
+        self.refused: str | None = None
+        """The last version `accepts` refused; not loaded again until the alias moves on."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="champion-watcher", daemon=True)
 
@@ -85,11 +90,26 @@ class ChampionWatcher:
         """Look at the alias once; swap if it moved. True if a new model is in use."""
         client = registry.client(self.settings)
         version = str(client.get_model_version_by_alias(self.settings.model_name, CHAMPION).version)
-        if version == self.current.version:
+        if version in (self.current.version, self.refused):
             return False
-        replacement = load_version(self.settings, version)
+        return self.swap(load_version(self.settings, version))
+
+    def swap(self, replacement: LoadedModel) -> bool:
+        """Serve `replacement` from now on, unless `accepts` refuses it (that raises, and the
+        current model stays)."""
+        try:
+            self.accepts(replacement)
+        except Exception as exc:
+            self.refused = replacement.version
+            logger.error(
+                "not serving version %s, keeping %s: %s",
+                replacement.version,
+                self.current.version,
+                exc,
+            )
+            raise
         previous, self.current = self.current.version, replacement
-        logger.info("champion changed: serving version %s (was %s)", version, previous)
+        logger.info("champion changed: serving version %s (was %s)", replacement.version, previous)
         return True
 
     def _run(self) -> None:

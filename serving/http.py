@@ -5,51 +5,99 @@ schema without the label and answers with the same score records the worker prod
 `fraud-scores`. The request is the event: it updates the streaming state exactly as a Kafka
 event would, so both doors give the same score for the same transaction. `GET /health` and
 `GET /metrics` (Prometheus) are there for operations.
+
+The application is Starlette's, served by uvicorn. What a bad or hostile client can do is
+bounded by the settings, and every answer of the application is JSON with the reason:
+- a body over `SKEWLESS_HTTP_MAX_BODY_BYTES` gets 413, by its Content-Length before it is
+  read, or as soon as a chunked body passes the limit; a body not fully sent within
+  `SKEWLESS_HTTP_READ_TIMEOUT_S` gets 408;
+- a body that is not JSON, or not an object or a non-empty array, gets 400; an event the
+  worker would send to the dead-letter topic gets 422 with each rejected index and reason
+  (one rejected item rejects the request, nothing is scored);
+- an unknown route 404, a wrong method 405, a fault while scoring (Redis down) 503;
+- beyond `SKEWLESS_HTTP_MAX_CONCURRENCY` open connections uvicorn answers 503 itself (plain
+  text), and the listen queue holds `SKEWLESS_HTTP_BACKLOG` connections.
+Scoring runs in a worker thread, one request at a time through the core (the stream clock and
+the state see one batch at a time, as in the worker), so `/health` and `/metrics` answer while
+a large request is scored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from serving.events import format_timestamp, parse_transactions
 from serving.metrics import ScoringMetrics
 from serving.scoring import ScoringCore
 from serving.validation import EventLimits, StreamClock, validate_transactions
+from serving.web import AppServer
 from serving.worker import score_bodies
+from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 8 * 1024 * 1024
+
+class RequestError(Exception):
+    """A request answered with `status` and `reason` before anything is scored."""
+
+    def __init__(self, status: HTTPStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
 
 
-class ScoringHttpServer(ThreadingHTTPServer):
-    """A threaded HTTP server holding the scoring core."""
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one request may cost the enricher (see the module docstring)."""
 
-    daemon_threads = True
+    max_body_bytes: int
+    read_timeout_s: float
+    max_concurrency: int
+    backlog: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HttpLimits:
+        return cls(
+            settings.http_max_body_bytes,
+            settings.http_read_timeout_s,
+            settings.http_max_concurrency,
+            settings.http_backlog,
+        )
+
+
+class Enricher:
+    """The scoring core behind the HTTP door, with its own stream clock."""
 
     def __init__(
         self,
-        address: tuple[str, int],
         core: ScoringCore,
         metrics: ScoringMetrics,
         threshold: float,
         limits: EventLimits,
+        http_limits: HttpLimits,
     ) -> None:
-        super().__init__(address, _Handler)
         self.core = core
         self.metrics = metrics
         self.threshold = threshold
+        self.http_limits = http_limits
         self.clock = StreamClock(limits)  # the HTTP door is one source of events
-        self.lock = threading.Lock()  # one batch through the core at a time, as in the worker
+        self.lock = threading.Lock()  # one batch at a time through the clock and the core
 
     def score(self, items: list[Any]) -> tuple[int, dict[str, Any] | list[dict[str, Any]]]:
         """Status and body for a list of JSON transactions.
@@ -59,7 +107,7 @@ class ScoringHttpServer(ThreadingHTTPServer):
         """
         parsed = parse_transactions([json.dumps(item).encode() for item in items])
         arrived = [round(time.time() * 1_000_000)] * len(items)
-        with self.lock:  # one batch at a time through the clock and the core, as in the worker
+        with self.lock:
             parsed = validate_transactions(parsed, arrived, [0] * len(items), self.clock)
             batch = None if parsed.rejected else self.core.score(parsed.columns)
             if batch is not None:
@@ -74,54 +122,95 @@ class ScoringHttpServer(ThreadingHTTPServer):
         scores = score_bodies(batch, self.threshold, format_timestamp(datetime.now(UTC)))
         return HTTPStatus.OK, scores
 
-
-class _Handler(BaseHTTPRequestHandler):
-    server: ScoringHttpServer
-
-    def do_GET(self) -> None:
-        if self.path == "/health":
-            self._send(
-                HTTPStatus.OK, {"status": "ok", "model_version": self.server.core.model.version}
+    async def read_items(self, request: Request) -> tuple[list[Any], bool]:
+        """The request's transactions and whether it sent one object; `RequestError` if
+        the body is too large, too slow, or not an object or a non-empty array of JSON."""
+        limit = self.http_limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise RequestError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a body of at most {limit} bytes"
             )
-        elif self.path == "/metrics":
-            body = generate_latest(self.server.metrics.registry)
-            self._raw(HTTPStatus.OK, body, CONTENT_TYPE_LATEST)
-        else:
-            self._send(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
-
-    def do_POST(self) -> None:
-        if self.path != "/score":
-            self._send(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length <= 0 or length > MAX_BODY_BYTES:
-            self._send(HTTPStatus.BAD_REQUEST, {"error": "a JSON body up to 8 MiB is required"})
-            return
         try:
-            payload = json.loads(self.rfile.read(length))
+            async with asyncio.timeout(self.http_limits.read_timeout_s):
+                body = bytearray()
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limit:
+                        raise RequestError(
+                            HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a body of at most {limit} bytes"
+                        )
+        except TimeoutError:
+            raise RequestError(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"the body did not arrive within {self.http_limits.read_timeout_s:g} s",
+            ) from None
+        if not body:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "a JSON body is required")
+        try:
+            payload = json.loads(body)
         except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, too deep, huge int
-            self._send(HTTPStatus.BAD_REQUEST, {"error": f"not JSON: {exc}"})
-            return
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"not JSON: {exc}") from None
         single = isinstance(payload, dict)
         items = [payload] if single else payload
         if not isinstance(items, list) or not items:
-            self._send(HTTPStatus.BAD_REQUEST, {"error": "send an object or a non-empty array"})
-            return
-        status, body = self.server.score(items)
+            raise RequestError(HTTPStatus.BAD_REQUEST, "send an object or a non-empty array")
+        return items, single
+
+
+def create_app(enricher: Enricher) -> Starlette:
+    """The Starlette application of the enricher: /score, /health, /metrics."""
+
+    async def score(request: Request) -> Response:
+        try:
+            items, single = await enricher.read_items(request)
+        except RequestError as rejected:
+            return JSONResponse({"error": rejected.reason}, status_code=rejected.status)
+        try:
+            status, body = await run_in_threadpool(enricher.score, items)
+        except Exception as exc:  # Redis down, a model failure: the client may retry
+            logger.warning("http: scoring failed: %r", exc)
+            return JSONResponse(
+                {"error": f"scoring unavailable: {type(exc).__name__}: {exc}"},
+                status_code=HTTPStatus.SERVICE_UNAVAILABLE,
+            )
         if status == HTTPStatus.OK and single and isinstance(body, list):
-            self._send(status, body[0])
-        else:
-            self._send(status, body)
+            return JSONResponse(body[0])
+        return JSONResponse(body, status_code=status)
 
-    def _send(self, status: int, body: object) -> None:
-        self._raw(status, json.dumps(body).encode(), "application/json")
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model_version": enricher.core.model.version})
 
-    def _raw(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(enricher.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("http: " + format, *args)
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse(
+            {"error": f"{exc.detail}: {request.method} {request.url.path}"},
+            status_code=exc.status_code,
+        )
+
+    return Starlette(
+        routes=[
+            Route("/score", score, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+    )
+
+
+class EnricherServer(AppServer):
+    """uvicorn serving the enricher on a loopback port; `port=0` takes a free one."""
+
+    def __init__(self, enricher: Enricher, host: str, port: int) -> None:
+        limits = enricher.http_limits
+        super().__init__(
+            create_app(enricher),
+            host,
+            port,
+            max_concurrency=limits.max_concurrency,
+            backlog=limits.backlog,
+        )
+        self.enricher = enricher

@@ -1,4 +1,12 @@
-"""Prometheus metrics of a scoring process, in a registry of its own (one per worker)."""
+"""Prometheus metrics of a scoring process, in a registry of its own (one per worker), and
+its health.
+
+`serve` exposes them over HTTP (`serving.web`): `GET /metrics` in Prometheus's text format,
+`GET /health` as JSON: `{"status": "ok"}`, or `{"status": "degraded", "faults": {dependency:
+last error}}` while the process waits out a fault of Redis, Kafka or the registry (the same
+faults are the gauge `skewless_degraded{dependency}`). A degraded process is alive and keeps
+its place: it answers 200 either way.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +15,25 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from wsgiref.simple_server import WSGIServer
 
 import numpy as np
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    start_http_server,
+    generate_latest,
     values,
 )
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from serving.web import AppServer
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 STEP_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
@@ -121,14 +135,54 @@ class ScoringMetrics:
         self.model_version = Gauge(
             "skewless_model_version", "registered version in use", ["model"], registry=r
         )
+        self.degraded = Gauge(
+            "skewless_degraded", "1 while a fault of this dependency is waited out",
+            ["dependency"], registry=r,
+        )  # fmt: skip
+        self.faults: dict[str, str] = {}
+        self._health_lock = threading.Lock()
         self.drift_psi = Gauge(
             "skewless_feature_psi", "rolling PSI against the training reference", ["feature"],
             registry=r,
         )  # fmt: skip
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> WSGIServer | None:
-        """Expose /metrics on host:port in a thread (0: do nothing); the server, to shut down."""
+    def fault(self, dependency: str, error: BaseException) -> None:
+        """`dependency` (redis, kafka, registry) failed; the process is degraded until
+        `recovered`."""
+        with self._health_lock:
+            self.faults[dependency] = f"{type(error).__name__}: {error}"[:500]
+        self.degraded.labels(dependency=dependency).set(1)
+
+    def recovered(self, dependency: str) -> None:
+        with self._health_lock:
+            if self.faults.pop(dependency, None) is None:
+                return
+        self.degraded.labels(dependency=dependency).set(0)
+
+    def health(self) -> dict[str, object]:
+        with self._health_lock:
+            faults = dict(self.faults)
+        return {"status": "degraded", "faults": faults} if faults else {"status": "ok"}
+
+    def app(self) -> Starlette:
+        """`/metrics` and `/health` of this registry."""
+
+        async def metrics(request: Request) -> Response:
+            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+        async def health(request: Request) -> Response:
+            return JSONResponse(self.health())
+
+        return Starlette(
+            routes=[
+                Route("/metrics", metrics, methods=["GET"]),
+                Route("/health", health, methods=["GET"]),
+            ]
+        )
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> AppServer | None:
+        """Expose /metrics and /health on host:port from a thread (0: do nothing); the
+        server, to stop."""
         if not port:
             return None
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
-        return server
+        return AppServer(self.app(), host, port).start()

@@ -23,7 +23,7 @@ from skewless.online_store import OnlineView
 from skewless.redis_batch import Command
 from skewless.settings import Settings
 from skewless.stream_state import Columns, StreamState, as_columns
-from skewless.transaction_features import transaction_feature_arrays
+from skewless.transaction_features import TRANSACTION_FEATURES, transaction_feature_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +61,48 @@ class ScoredBatch:
         return len(self.scores)
 
 
+class ModelContractError(RuntimeError):
+    """A model needs features the serving code cannot compute."""
+
+
+def computable_features(state: StreamState) -> tuple[str, ...]:
+    """Every feature the core computes: the per-transaction ones and each window's."""
+    names = list(TRANSACTION_FEATURES)
+    for agg in state.aggregations:
+        names += agg.declaration.feature_names
+    return tuple(names)
+
+
+def check_contract(model: LoadedModel, state: StreamState) -> None:
+    """Raise `ModelContractError` naming the features of `model` the core cannot compute.
+
+    Without this check such a feature would be missing on every row, and the model's fitted
+    default would silently stand in for it on 100% of the traffic.
+    """
+    computable = set(computable_features(state))
+    missing = [name for name in model.feature_names if name not in computable]
+    if missing:
+        raise ModelContractError(
+            f"{model.name} version {model.version} (feature service {model.feature_service}) "
+            f"needs {', '.join(missing)}, which serving cannot compute from the declarations "
+            f"in the feature repository (it computes {', '.join(sorted(computable))}); "
+            "declare them, or set SKEWLESS_FEATURE_SERVICE / the champion to a model that "
+            "uses declared features"
+        )
+
+
 class ScoringCore:
-    """Features + champion model for batches of transactions."""
+    """Features + champion model for batches of transactions.
+
+    The champion must use only features the core computes (`check_contract`): at start a
+    model that does not is refused, and the watcher does not swap to one.
+    """
 
     def __init__(self, state: StreamState, watcher: ChampionWatcher) -> None:
+        check_contract(watcher.current, state)
         self.state = state
         self.watcher = watcher
+        watcher.accepts = lambda model: check_contract(model, state)
         self.views = {
             agg.declaration.name: OnlineView.of(PROJECT, agg.declaration)
             for agg in state.aggregations
@@ -148,5 +184,6 @@ def build_core(settings: Settings) -> ScoringCore:
         redis_server.client(settings), load_declarations(settings), settings.stream_state_prefix
     )
     model = load_with_retry(settings, deadline_s=settings.service_start_timeout_s)
+    check_contract(model, state)  # before the watcher starts: a refused model stops here
     watcher = ChampionWatcher(settings, model, settings.champion_poll_s).start()
     return ScoringCore(state, watcher)

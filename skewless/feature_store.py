@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from skewless.aggregation import WindowAggregation
+from skewless.logs import prints_to_log
 from skewless.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -184,7 +185,8 @@ def apply(settings: Settings) -> None:
     """`feast apply` with the settings: register every declaration, create online tables."""
     from feast.repo_operations import apply_total
 
-    _run_repo_operation(settings, apply_total)
+    with prints_to_log("feast"):
+        _run_repo_operation(settings, apply_total)
 
 
 def plan(settings: Settings) -> None:

@@ -75,3 +75,18 @@ def card_precision_per_day(frame: pd.DataFrame, k: int = 100) -> pd.Series:
 def card_precision_at_k(frame: pd.DataFrame, k: int = 100) -> float:
     """Mean over the days of `frame` of the daily card precision top-k (see above)."""
     return float(card_precision_per_day(frame, k).mean())
+
+
+def quality_metrics(frame: pd.DataFrame, prefix: str = "") -> dict[str, float]:
+    """AUC ROC, average precision and card precision@100 of scored transactions.
+
+    `frame` has the columns of `CARD_PRECISION_COLUMNS` and both classes; the keys are
+    "auc_roc", "average_precision" and "card_precision_at_100", each after `prefix`.
+    """
+    labels = frame["tx_fraud"].to_numpy()
+    scores = frame["score"].to_numpy(dtype=np.float64)
+    return {
+        f"{prefix}auc_roc": auc_roc(labels, scores),
+        f"{prefix}average_precision": average_precision(labels, scores),
+        f"{prefix}card_precision_at_100": card_precision_at_k(frame, k=100),
+    }

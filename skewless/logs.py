@@ -8,8 +8,12 @@ the runtime folder, where it can be read when something goes wrong.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 OUR_PACKAGES = frozenset(
@@ -57,3 +61,41 @@ def configure(console: logging.Handler, runtime_dir: Path | None, verbose: bool)
     for chatty in ("py4j", "urllib3", "kafka", "filelock", "matplotlib"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     return log_file
+
+
+@contextlib.contextmanager
+def child_stderr_to_log() -> Iterator[None]:
+    """Within the block, file descriptor 2 is the log file, so a process started there (the
+    Spark JVM: `WARNING: Using incubator modules`, its own log lines) writes its stderr to the
+    log file for its whole life. Without a log file, nothing changes."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if not files:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(files[0].baseFilename, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def prints_to_log(library: str) -> Iterator[None]:
+    """What `library` prints (not logs) within the block, on stdout or stderr, becomes INFO
+    records of the logger `library`: the log file keeps them, the console does not show them
+    (Feast's apply says "Deploying infrastructure for ..." with `print`, MLflow's
+    registration "Created version '2' ..." with its own `eprint`)."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            yield
+    finally:
+        library_logger = logging.getLogger(library)
+        for line in printed.getvalue().splitlines():
+            if line.strip():
+                library_logger.info("%s", line)

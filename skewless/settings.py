@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     redis_host: str = Field("127.0.0.1", description="Redis address")
     redis_port: int = Field(6379, ge=1, le=65535, description="Redis port")
     redis_password: SecretStr | None = Field(None, description="Redis password, if any")
+    redis_appendfsync: Literal["always", "everysec"] = Field(
+        "always",
+        description="when the Redis we start fsyncs its append-only file: `always` before it "
+        "answers a write (state is durable before offsets are committed), `everysec` "
+        "(faster; a Redis crash can lose the last second of state)",
+    )
 
     # MLflow tracking server and registry.
     mlflow_host: str = Field("127.0.0.1", description="address the MLflow server binds")
@@ -116,6 +122,16 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
     http_port: int = Field(8088, ge=1, le=65535, description="HTTP enricher port")
+    http_max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="largest POST /score body (larger: 413)"
+    )
+    http_read_timeout_s: float = Field(
+        10.0, gt=0, description="longest wait for a request body (slower: 408)"
+    )
+    http_max_concurrency: int = Field(
+        1024, ge=1, description="open connections and tasks before the enricher answers 503"
+    )
+    http_backlog: int = Field(2048, ge=1, description="listen backlog of the HTTP enricher")
 
     stream_state_prefix: str = Field(
         "skewless:state", description="Redis key prefix of the streaming window state"

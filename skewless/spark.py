@@ -13,6 +13,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from skewless.feature_store import export_environment, spark_conf
+from skewless.logs import child_stderr_to_log
 from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ def spark_session(settings: Settings) -> SparkSession:
     builder = SparkSession.builder.appName(APP_NAME)
     for key, value in conf.items():
         builder = builder.config(key, str(value))
-    session = builder.getOrCreate()
+    with child_stderr_to_log():
+        session = builder.getOrCreate()
     logger.info(
         "Spark %s session started (master %s)", session.version, session.sparkContext.master
     )

@@ -247,6 +247,14 @@ def train_command(
     epochs: Annotated[int, typer.Option(help="maximum epochs (early stopping ends sooner)")] = 100,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
     materialize: Annotated[bool, typer.Option(help="write the latest features to Redis")] = True,
+    folds: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="prequential folds, each a test window further back (the handbook's 4); "
+            "the latest fold's model is registered, the gate compares means over the folds",
+        ),
+    ] = 4,
 ) -> None:
     """Backfill features with Spark, train the torch model, evaluate, register and gate it."""
     from dataclasses import replace
@@ -264,6 +272,7 @@ def train_command(
         test_days=test_days,
         params=replace(TrainingParams(), max_epochs=epochs, seed=seed),
         materialize=materialize,
+        folds=folds,
     )
     summary = run_training(settings, options)
     table = Table("train", "value")
@@ -398,19 +407,29 @@ def serve_command(
 ) -> None:
     """Score transactions from Kafka with the champion model (Ctrl-C or SIGTERM stops cleanly)."""
     from serving.delivery import DeliveryStoppedError
+    from serving.preflight import ConfigurationError, check_serving
+    from serving.scoring import ModelContractError
     from serving.worker import build_worker, freeze_start_up_objects
 
     settings = _settings(ctx)
     try:
+        check_serving(settings, kafka_worker=True)
         worker = build_worker(settings)
-        freeze_start_up_objects()
-        worker.metrics.serve(settings.metrics_port)
-        worker.install_signal_handlers()
-        typer.echo(
-            f"serve: {settings.topic_transactions} -> {settings.topic_scores}, model "
-            f"{settings.model_name} v{worker.core.model.version}, {settings.delivery}, "
-            f"metrics http://127.0.0.1:{settings.metrics_port}/metrics"
-        )
+    except (ConfigurationError, ModelContractError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except DeliveryStoppedError as exc:  # the transactional id is taken or not authorized
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    freeze_start_up_objects()
+    worker.metrics.serve(settings.metrics_port)
+    worker.install_signal_handlers()
+    typer.echo(
+        f"serve: {settings.topic_transactions} -> {settings.topic_scores}, model "
+        f"{settings.model_name} v{worker.core.model.version}, {settings.delivery}, "
+        f"metrics http://127.0.0.1:{settings.metrics_port}/metrics"
+    )
+    try:
         stats = worker.run(max_events=max_events, idle_exit_s=idle_exit_seconds)
     except DeliveryStoppedError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -426,27 +445,31 @@ def serve_command(
 @app.command("serve-http")
 def serve_http_command(ctx: typer.Context) -> None:
     """Score transactions POSTed to /score (same core as `serve`); Ctrl-C stops."""
-    from serving.http import ScoringHttpServer
+    from serving.http import Enricher, EnricherServer, HttpLimits
     from serving.metrics import ScoringMetrics
-    from serving.scoring import build_core
+    from serving.preflight import ConfigurationError, check_serving
+    from serving.scoring import ModelContractError, build_core
     from serving.validation import EventLimits
 
     settings = _settings(ctx)
-    core = build_core(settings)
-    server = ScoringHttpServer(
-        ("127.0.0.1", settings.http_port),
+    try:
+        check_serving(settings, kafka_worker=False)
+        core = build_core(settings)
+    except (ConfigurationError, ModelContractError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    enricher = Enricher(
         core,
         ScoringMetrics(),
         settings.score_threshold,
         EventLimits.from_settings(settings),
+        HttpLimits.from_settings(settings),
     )
-    typer.echo(f"serve-http: POST http://127.0.0.1:{settings.http_port}/score")
+    server = EnricherServer(enricher, "127.0.0.1", settings.http_port)
+    typer.echo(f"serve-http: POST http://127.0.0.1:{server.port}/score")
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        server.run()
     finally:
-        server.server_close()
         core.watcher.stop()
 
 
@@ -570,7 +593,12 @@ def model_list(ctx: typer.Context) -> None:
 
     settings = _settings(ctx)
     table = Table("version", "aliases", *registry.METRICS, "run")
-    for row in registry.list_versions(registry.client(settings), settings.model_name):
+    try:
+        rows = registry.list_versions(registry.connect(settings), settings.model_name)
+    except registry.RegistryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for row in rows:
         table.add_row(
             row.version,
             ", ".join(row.aliases),
@@ -587,7 +615,12 @@ def model_history(ctx: typer.Context) -> None:
 
     settings = _settings(ctx)
     table = Table("#", "action", "from", "to", "by", "at (UTC)")
-    for move in registry.history(registry.client(settings), settings.model_name):
+    try:
+        moves = registry.history(registry.connect(settings), settings.model_name)
+    except registry.RegistryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for move in moves:
         table.add_row(
             str(move.seq), move.action, move.from_version or "-", move.to_version, move.by, move.at
         )
@@ -603,7 +636,7 @@ def model_promote(
 
     settings = _settings(ctx)
     try:
-        registry.promote(registry.client(settings), settings.model_name, version)
+        registry.promote(registry.connect(settings), settings.model_name, version)
     except registry.RegistryError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -617,7 +650,7 @@ def model_rollback(ctx: typer.Context) -> None:
 
     settings = _settings(ctx)
     try:
-        version = registry.rollback(registry.client(settings), settings.model_name)
+        version = registry.rollback(registry.connect(settings), settings.model_name)
     except registry.RegistryError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

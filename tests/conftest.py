@@ -18,6 +18,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from serving.http import Enricher, EnricherServer, HttpLimits
+from serving.metrics import ScoringMetrics
+from serving.scoring import build_core
+from serving.validation import EventLimits
 from skewless.data import write_transactions
 from skewless.feature_store import export_environment
 from skewless.services import kafka, mlflow_server, redis_server
@@ -150,3 +154,24 @@ def event_body(row: pd.Series) -> dict[str, Any]:
         "terminal_id": int(row["terminal_id"]),
         "tx_amount": float(row["tx_amount"]),
     }
+
+
+def start_enricher(
+    settings: Settings, port: int = 0, threshold: float | None = None, **http_limits: Any
+) -> EnricherServer:
+    """The HTTP enricher on the settings' scoring core, served by uvicorn from a thread;
+    `http_limits` override the settings' (max_body_bytes=..., read_timeout_s=...)."""
+    limits = replace(HttpLimits.from_settings(settings), **http_limits)
+    enricher = Enricher(
+        build_core(settings),
+        ScoringMetrics(),
+        settings.score_threshold if threshold is None else threshold,
+        EventLimits.from_settings(settings),
+        limits,
+    )
+    return EnricherServer(enricher, "127.0.0.1", port).start()
+
+
+def stop_enricher(server: EnricherServer) -> None:
+    server.stop()
+    server.enricher.core.watcher.stop()

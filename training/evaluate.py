@@ -1,7 +1,10 @@
 """Test-set evaluation of a fraud model: the metrics logged with every version, and plots.
 
-The metrics themselves (AUC ROC, average precision, card precision top-k) are
-`skewless.fraud_metrics`', shared with monitoring's live quality.
+Every figure is logged twice (names in `skewless.registry`): `test_protocol_*` on the
+handbook's test set (the test window without the cards already known compromised on each day,
+`skewless.known_frauds`), the figures compared with the published ones and gated on, and
+`test_all_*` on every transaction of the test window. The metrics themselves (AUC ROC, average
+precision, card precision top-k) are `skewless.fraud_metrics`', shared with live quality.
 """
 
 from __future__ import annotations
@@ -10,41 +13,42 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from skewless.fraud_metrics import (
-    ArrayLike,
-    auc_roc,
-    average_precision,
-    card_precision_at_k,
-)
+from skewless.fraud_metrics import ArrayLike, auc_roc, average_precision, quality_metrics
+from skewless.registry import METRIC_NAMES, METRICS, PROTOCOL_PREFIX, WHOLE_WINDOW_PREFIX
 
 logger = logging.getLogger(__name__)
 
-METRIC_KEYS = ("test_auc_roc", "test_average_precision", "test_card_precision_at_100")
+METRIC_KEYS = METRICS
 
 
-def evaluate(frame: pd.DataFrame) -> dict[str, float]:
-    """The test metrics logged with every model, from transactions with `tx_fraud` and `score`.
+def evaluate(frame: pd.DataFrame, known_compromised: npt.ArrayLike) -> dict[str, float]:
+    """The test metrics logged with every model, keys `METRIC_KEYS`.
 
-    `frame` needs the columns of `CARD_PRECISION_COLUMNS`; the keys are `METRIC_KEYS`.
+    `frame`: the scored test window (`CARD_PRECISION_COLUMNS`); `known_compromised`: one flag
+    per row, set where the row's card was known compromised on its day (those rows leave the
+    protocol figures, not the whole-window ones).
     """
-    labels = frame["tx_fraud"].to_numpy()
-    scores = frame["score"].to_numpy(dtype=np.float64)
-    metrics = {
-        "test_auc_roc": auc_roc(labels, scores),
-        "test_average_precision": average_precision(labels, scores),
-        "test_card_precision_at_100": card_precision_at_k(frame, k=100),
-    }
-    logger.info(
-        "test AUC ROC %.4f, average precision %.4f, card precision@100 %.4f",
-        metrics["test_auc_roc"],
-        metrics["test_average_precision"],
-        metrics["test_card_precision_at_100"],
-    )
-    return metrics
+    known = np.asarray(known_compromised, dtype=bool)
+    if known.shape != (len(frame),):
+        raise ValueError(f"need one known-compromised flag per row: {known.shape}, {len(frame)}")
+    result = quality_metrics(frame[~known], PROTOCOL_PREFIX)
+    result |= quality_metrics(frame, WHOLE_WINDOW_PREFIX)
+    for prefix, label, rows in (
+        (PROTOCOL_PREFIX, "handbook protocol", int((~known).sum())),
+        (WHOLE_WINDOW_PREFIX, "whole test window", len(frame)),
+    ):
+        logger.info(
+            "%s, %d transactions: AUC ROC %.4f, average precision %.4f, card precision@100 %.4f",
+            label,
+            rows,
+            *(result[prefix + name] for name in METRIC_NAMES),
+        )
+    return result
 
 
 def plot_roc(labels: ArrayLike, scores: ArrayLike, path: Path) -> Path:

@@ -1,7 +1,8 @@
 """`skewless train` and `skewless retrain`: raw transactions to a registered, gated model.
 
 Stages: validate input -> Spark backfill (whole, or only the changed days) -> feast apply ->
-point-in-time training set -> torch training -> evaluation on the test window -> MLflow run
+point-in-time training set -> torch training -> evaluation on the test window (on the
+handbook's protocol, and on every transaction: `training.evaluate`) -> MLflow run
 and registered version -> quality gate -> materialization into Redis. Each stage's wall time
 is kept for the summary.
 """
@@ -13,23 +14,28 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
+from rich.console import Console
 from rich.progress import Progress, TaskID
 
 from skewless import feature_store, offline_store
 from skewless.aggregation import label_delay_days
 from skewless.data import DataError, read_transactions
+from skewless.known_frauds import first_fraud_days, known_compromised
 from skewless.model_runtime import ONNX_FILE, REFERENCE_ARTIFACT, OnnxScorer
 from skewless.quality import validate_transactions
+from skewless.registry import GATE_METRIC
 from skewless.services import redis_server
 from skewless.settings import Settings
 from skewless.spark import spark_session
@@ -39,7 +45,7 @@ from training import protocol, tracking
 from training.backfill import backfill
 from training.evaluate import evaluate, plot_precision_recall, plot_roc
 from training.materialize import materialize
-from training.model import EpochReport, TrainedModel, TrainingParams, train
+from training.model import EpochReport, TrainedModel, TrainingParams, export_onnx, train
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -64,6 +70,9 @@ class TrainOptions:
     materialize: bool = True
     incremental_backfill: bool = False
     """Recompute only the days changed since the last backfill (and those depending on them)."""
+    folds: int = 1
+    """Prequential folds, each shifted back by one test window (`protocol.prequential_folds`);
+    the handbook's chapters 5-7 average 4. The version registered is fold 0's (the latest)."""
 
 
 @dataclass
@@ -79,6 +88,34 @@ class TrainSummary:
     rows: dict[str, int] = field(default_factory=dict)
     recomputed_days: dict[str, int] = field(default_factory=dict)
     """Days of each offline table the backfill computed."""
+    fold_metrics: list[dict[str, float]] = field(default_factory=list)
+    """The test metrics of each fold, fold 0 (the registered version's) first."""
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One fold's windows, its training and test rows, and the cards' first fraud days."""
+
+    index: int
+    windows: protocol.TimeSplit
+    train: pd.DataFrame
+    test: pd.DataFrame
+    first_frauds: pd.Series
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """A fold's model, its fit rows, its scored test rows (`known_compromised` flagged)."""
+
+    fold: Fold
+    model: TrainedModel
+    fit: pd.DataFrame
+    scored: pd.DataFrame
+    metrics: dict[str, float]
+
+    @property
+    def protocol_rows(self) -> npt.NDArray[np.bool_]:
+        return ~self.scored["known_compromised"].to_numpy(dtype=bool)
 
 
 @contextmanager
@@ -121,8 +158,9 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
         if delay_days is None:
             delay_days = label_delay_days(declarations)
             options = replace(options, delay_days=delay_days)  # logged with the run
+        data_start = raw["tx_datetime"].min().to_pydatetime()
         windows = protocol.split(
-            raw["tx_datetime"].min().to_pydatetime(),
+            data_start,
             raw["tx_datetime"].max().to_pydatetime(),
             delay_days=delay_days,
             train_start=options.train_start,
@@ -130,7 +168,13 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
             test_days=options.test_days,
             history_days=history,
         )
+        fold_windows = protocol.prequential_folds(windows, options.folds, data_start, history)
         summary.windows = windows.as_params()
+        # Each fold's labels from its training window's start on: the cards known compromised
+        # on a test day are those with a fraud up to the day's label horizon (`known_frauds`).
+        first_frauds = [
+            first_fraud_days(raw[_within(raw, w.train_start, w.test_end)]) for w in fold_windows
+        ]
         del raw
     spark = spark_session(settings)
     with _stage(summary, "backfill"):
@@ -144,49 +188,73 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
         features = offline_store.feature_names(service)
     with _stage(summary, "training_set"):
         entities = offline_store.entity_frame(
-            spark, options.data, windows.train_start, windows.test_end
+            spark, options.data, fold_windows[-1].train_start, windows.test_end
         )
-        in_delay = (F.col("tx_datetime") >= F.lit(windows.train_end)) & (
-            F.col("tx_datetime") < F.lit(windows.test_start)
-        )
-        entities = entities.where(~in_delay)  # the delay week is neither trained nor tested on
-        frame = offline_store.historical_features(store, service, entities)
-        train_frame = frame[frame["tx_datetime"] < windows.train_end]
-        test_frame = frame[frame["tx_datetime"] >= windows.test_start].reset_index(drop=True)
-        fit_frame, val_frame = _split_train_validation(train_frame)
-        summary.rows.update(train=len(fit_frame), validation=len(val_frame), test=len(test_frame))
+        time = F.col("tx_datetime")
+        needed = F.lit(False)  # a delay week no fold trains or tests on is not read
+        for w in fold_windows:
+            for start, end in ((w.train_start, w.train_end), (w.test_start, w.test_end)):
+                needed = needed | ((time >= F.lit(start)) & (time < F.lit(end)))
+        frame = offline_store.historical_features(store, service, entities.where(needed))
+        folds = [
+            Fold(
+                index,
+                w,
+                frame[_within(frame, w.train_start, w.train_end)].reset_index(drop=True),
+                frame[_within(frame, w.test_start, w.test_end)].reset_index(drop=True),
+                first_frauds[index],
+            )
+            for index, w in enumerate(fold_windows)
+        ]
+        del frame
 
     client = tracking.configure(settings)
     with mlflow.start_run() as run:
         summary.run_id = run.info.run_id
         _log_context(settings, options, store, service, summary, report.results, workdir)
-        with _stage(summary, "train"):
-            model = _train_with_progress(fit_frame, val_frame, features, options.params)
+        results = []
+        for fold in folds:
+            with _stage(summary, "train" if fold.index == 0 else f"train_fold_{fold.index}"):
+                results.append(
+                    _train_fold(fold, features, options, delay_days, workdir, nested=len(folds) > 1)
+                )
+        latest = results[0]
+        summary.fold_metrics = [result.metrics for result in results]
+        summary.rows.update(
+            train=len(latest.fit),
+            validation=len(latest.fold.train) - len(latest.fit),
+            test=len(latest.scored),
+            test_protocol=int(latest.protocol_rows.sum()),
+        )
+        mlflow.set_tag("rows_test_protocol", str(summary.rows["test_protocol"]))
         with _stage(summary, "evaluate"):
-            test_matrix = test_frame[features].to_numpy(dtype="float32")
-            version = tracking.log_model(model, settings, fit_frame, workdir)
-            scorer = OnnxScorer(workdir / ONNX_FILE)
-            scored = test_frame.assign(score=scorer.score(test_matrix))
-            summary.metrics = evaluate(scored)
+            version = tracking.log_model(latest.model, settings, latest.fit, workdir)
+            summary.metrics = dict(latest.metrics)
+            if len(results) > 1:
+                summary.metrics |= fold_statistics(summary.fold_metrics)
             mlflow.log_metrics(summary.metrics)
-            _log_test_artifacts(scored, workdir)
+            _log_test_artifacts(latest.scored, workdir)
             # The reference is the whole training window (whole days, so the weekday mix of a
             # served week matches it), scored by the model being registered.
+            scorer = OnnxScorer(workdir / ONNX_FILE)
+            train_frame = latest.fold.train
             seen = train_frame.assign(
                 score=scorer.score(train_frame[features].to_numpy(dtype="float32"))
             )
             stats = reference_statistics(seen, [*features, "score"], tail_features=["score"])
             mlflow.log_artifact(str(save_statistics(stats, workdir / REFERENCE_ARTIFACT)))
         with _stage(summary, "gate"):
-            decision = tracking.apply_gate(
-                client,
-                settings,
-                version,
-                test_matrix,
-                test_frame["tx_fraud"].to_numpy(),
-                summary.metrics["test_average_precision"],
-                workdir,
-            )
+            gate_folds = [
+                tracking.GateFold(
+                    result.fold.windows.test_start,
+                    result.fold.windows.test_end,
+                    result.scored.loc[result.protocol_rows, features].to_numpy(dtype="float32"),
+                    result.scored.loc[result.protocol_rows, "tx_fraud"].to_numpy(),
+                    result.metrics[GATE_METRIC],
+                )
+                for result in results
+            ]
+            decision = tracking.apply_gate(client, settings, version, gate_folds, workdir)
             summary.version = version
             summary.alias = "champion" if decision.promoted else "challenger"
         if options.materialize:
@@ -194,6 +262,58 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
                 materialize_with_progress(spark, settings, options.data)
         mlflow.log_dict(summary.stage_seconds, "stage_seconds.json")
     return summary
+
+
+def _within(frame: pd.DataFrame, start: datetime, end: datetime) -> pd.Series:
+    return (frame["tx_datetime"] >= start) & (frame["tx_datetime"] < end)
+
+
+def fold_statistics(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
+    """Mean and (population) standard deviation over the folds of each test metric, as
+    `<metric>_mean` and `<metric>_std`."""
+    result = {}
+    for key in fold_metrics[0]:
+        values = np.array([metrics[key] for metrics in fold_metrics], dtype=np.float64)
+        result[f"{key}_mean"] = float(values.mean())
+        result[f"{key}_std"] = float(values.std())
+    return result
+
+
+def _train_fold(
+    fold: Fold,
+    features: list[str],
+    options: TrainOptions,
+    delay_days: int,
+    workdir: Path,
+    nested: bool,
+) -> FoldResult:
+    """Train on the fold's training window and evaluate on its test window.
+
+    With several folds, each fold is a nested MLflow run (its windows, epochs and metrics);
+    with one, the epochs go to the run itself.
+    """
+    fit, validation = _split_train_validation(fold.train)
+    run = mlflow.start_run(run_name=f"fold-{fold.index}", nested=True) if nested else nullcontext()
+    with run:
+        if nested:
+            params = {f"window_{key}": value for key, value in fold.windows.as_params().items()}
+            mlflow.log_params({"fold": str(fold.index), **params})
+        model = _train_with_progress(fit, validation, features, options.params)
+        folder = workdir / f"fold-{fold.index}"
+        scorer = OnnxScorer(export_onnx(model, folder / ONNX_FILE))
+        known = known_compromised(fold.test, fold.first_frauds, delay_days)
+        scored = fold.test.assign(
+            score=scorer.score(fold.test[features].to_numpy(dtype="float32")),
+            known_compromised=known,
+        )
+        logger.info("fold %d (test %s):", fold.index, f"{fold.windows.test_start:%Y-%m-%d}")
+        metrics = evaluate(scored, known)
+        if nested:
+            mlflow.log_metrics(metrics)
+            mlflow.set_tags(
+                {"rows_test": str(len(scored)), "rows_test_protocol": str((~known).sum())}
+            )
+    return FoldResult(fold, model, fit, scored, metrics)
 
 
 def _log_context(
@@ -207,6 +327,7 @@ def _log_context(
 ) -> None:
     params = {f"window_{key}": value for key, value in summary.windows.items()}
     params.update(
+        folds=str(options.folds),
         train_days=str(options.train_days),
         delay_days=str(options.delay_days),
         test_days=str(options.test_days),
@@ -228,10 +349,16 @@ def _log_context(
     mlflow.log_artifact(str(path))
 
 
+def _progress() -> Progress:
+    """A transient progress bar on a terminal; none when the output is a file or a pipe, where
+    the stage lines say what runs (rich would leave an empty line there)."""
+    return Progress(transient=True, disable=not Console().is_terminal)
+
+
 def _train_with_progress(
     fit: pd.DataFrame, validation: pd.DataFrame, features: list[str], params: TrainingParams
 ) -> TrainedModel:
-    with Progress(transient=True) as progress:
+    with _progress() as progress:
         task = progress.add_task("training", total=params.max_epochs)
 
         def on_epoch(report: EpochReport) -> None:
@@ -262,10 +389,11 @@ def _train_with_progress(
 
 def _log_test_artifacts(scored: pd.DataFrame, workdir: Path) -> None:
     predictions = workdir / "test_predictions.parquet"
-    scored[["transaction_id", "score"]].to_parquet(predictions, index=False)
+    scored[["transaction_id", "score", "known_compromised"]].to_parquet(predictions, index=False)
     mlflow.log_artifact(str(predictions))
-    labels = scored["tx_fraud"].to_numpy()
-    scores = scored["score"].to_numpy()
+    unknown = scored[~scored["known_compromised"]]  # the plots show the protocol's figures
+    labels = unknown["tx_fraud"].to_numpy()
+    scores = unknown["score"].to_numpy()
     mlflow.log_artifact(str(plot_roc(labels, scores, workdir / "roc_curve.png")))
     mlflow.log_artifact(str(plot_precision_recall(labels, scores, workdir / "pr_curve.png")))
 
@@ -278,7 +406,7 @@ def materialize_with_progress(
     Without `until`, the state is that of the end of the data, so a live stream carries on
     from there.
     """
-    with Progress(transient=True) as progress:
+    with _progress() as progress:
         tasks: dict[str, TaskID] = {}
 
         def on_rows(view: str, done: int, total: int) -> None:

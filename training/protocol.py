@@ -3,6 +3,9 @@
 Labels are known `delay_days` after a transaction, so a model trained on days
 [train_start, train_start + train_days) can only be used from `delay_days` later: the test
 window starts there. By default the windows are the latest complete ones of the data.
+
+`prequential_folds` repeats a split further back in time, as the Fraud Detection Handbook's
+`prequentialSplit` (chapter 5) does: fold k is fold 0 shifted back by k test windows.
 """
 
 from __future__ import annotations
@@ -79,16 +82,44 @@ def split(
         test_start=start + (train_days + delay_days) * DAY,
         test_end=start + (train_days + delay_days + test_days) * DAY,
     )
-    earliest = _midnight(data_start.astimezone(UTC).date()) + history_days * DAY
-    if result.train_start < earliest:
-        raise ValueError(
-            f"the training window starts {result.train_start:%Y-%m-%d}, but features need "
-            f"{history_days} days of history from {data_start:%Y-%m-%d}: start on or after "
-            f"{earliest:%Y-%m-%d}"
-        )
+    _check_history(result, data_start, history_days)
     if result.test_end > last_complete_day_end(data_end):
         raise ValueError(
             f"the test window ends {result.test_end:%Y-%m-%d}, after the data's last complete "
             f"day ({last_complete_day_end(data_end) - DAY:%Y-%m-%d})"
         )
+    return result
+
+
+def _check_history(windows: TimeSplit, data_start: datetime, history_days: int) -> None:
+    earliest = _midnight(data_start.astimezone(UTC).date()) + history_days * DAY
+    if windows.train_start < earliest:
+        raise ValueError(
+            f"the training window starts {windows.train_start:%Y-%m-%d}, but features need "
+            f"{history_days} days of history from {data_start:%Y-%m-%d}: start on or after "
+            f"{earliest:%Y-%m-%d}"
+        )
+
+
+def prequential_folds(
+    latest: TimeSplit, count: int, data_start: datetime, history_days: int = 0
+) -> list[TimeSplit]:
+    """`latest` and the `count - 1` splits before it, each shifted back by one test window.
+
+    Fold 0 is `latest`; every fold keeps its lengths (train, delay, test). As in `split`, a
+    fold whose training window starts before `history_days` of data is refused.
+    """
+    if count < 1:
+        raise ValueError(f"need at least one fold, got {count}")
+    shift = latest.test_end - latest.test_start
+    result = [
+        TimeSplit(
+            train_start=latest.train_start - k * shift,
+            train_end=latest.train_end - k * shift,
+            test_start=latest.test_start - k * shift,
+            test_end=latest.test_end - k * shift,
+        )
+        for k in range(count)
+    ]
+    _check_history(result[-1], data_start, history_days)
     return result

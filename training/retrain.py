@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
+from skewless.registry import GATE_METRIC
 from skewless.settings import Settings
 from training.model import TrainingParams
 from training.pipeline import TrainOptions, TrainSummary, run_training
@@ -105,9 +106,9 @@ def describe_training(summary: TrainSummary) -> str:
     """What a retrain produced, in words: version, gate decision, window, recomputed days."""
     decision = "promoted champion" if summary.alias == "champion" else "kept as challenger"
     days = ", ".join(f"{name} {count}" for name, count in summary.recomputed_days.items())
-    ap = summary.metrics.get("test_average_precision", float("nan"))
+    ap = summary.metrics.get(GATE_METRIC, float("nan"))
     return (
-        f"retrained version {summary.version} ({decision}, test AP {ap:.4f}) on "
+        f"retrained version {summary.version} ({decision}, protocol test AP {ap:.4f}) on "
         f"{summary.windows['train_start'][:10]}..{summary.windows['train_end'][:10]}, "
         f"days recomputed: {days}"
     )

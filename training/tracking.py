@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
 from skewless.fraud_metrics import average_precision
+from skewless.logs import prints_to_log
 from skewless.model_runtime import ONNX_FILE, SPEC_FILE, OnnxScorer, load_scorer
 from skewless.registry import (
     CHALLENGER,
@@ -54,6 +56,8 @@ class GateDecision:
     challenger_score: float
     champion_version: str | None
     champion_score: float | None
+    folds: tuple[int, ...] = (0,)
+    """The folds both were scored on (the scores are means over them); fold 0 is the latest."""
 
 
 def configure(settings: Settings) -> MlflowClient:
@@ -125,16 +129,20 @@ def log_model(
     spec_path.write_text(json.dumps(model_spec(model, settings.feature_service), indent=1))
     sample = example[list(model.preprocessor.feature_names)].astype("float32")
     scores = OnnxScorer(onnx_path).score(sample.to_numpy())
-    info = mlflow.pytorch.log_model(
-        model.module,
-        name=MODEL_ARTIFACT,
-        signature=infer_signature(sample, scores),
-        input_example=sample.head(5),
-        pip_requirements=[f"torch=={_version('torch')}", f"onnxruntime=={_version('onnxruntime')}"],
-        serialization_format="pickle",
-        extra_files=[str(onnx_path), str(spec_path)],
-        registered_model_name=settings.model_name,
-    )
+    with prints_to_log("mlflow"):
+        info = mlflow.pytorch.log_model(
+            model.module,
+            name=MODEL_ARTIFACT,
+            signature=infer_signature(sample, scores),
+            input_example=sample.head(5),
+            pip_requirements=[
+                f"torch=={_version('torch')}",
+                f"onnxruntime=={_version('onnxruntime')}",
+            ],
+            serialization_format="pickle",
+            extra_files=[str(onnx_path), str(spec_path)],
+            registered_model_name=settings.model_name,
+        )
     version = str(info.registered_model_version)
     logger.info("registered %s version %s", settings.model_name, version)
     return version
@@ -146,36 +154,82 @@ def _version(package: str) -> str:
     return version(package)
 
 
+@dataclass(frozen=True)
+class GateFold:
+    """One fold's protocol test set and the challenger's score on it."""
+
+    test_start: datetime
+    test_end: datetime
+    features: np.ndarray
+    labels: np.ndarray
+    challenger_score: float
+
+
 def apply_gate(
     client: MlflowClient,
     settings: Settings,
     version: str,
-    test_features: np.ndarray,
-    test_labels: np.ndarray,
-    challenger_score: float,
+    folds: list[GateFold],
     workdir: Path,
 ) -> GateDecision:
-    """Tag the new version challenger; promote it if it beats the champion on this test window."""
+    """Tag the new version challenger; promote it if it beats the champion on the same folds.
+
+    The champion is scored on each fold's protocol test set and both means of `GATE_METRIC`
+    are compared, over the folds whose test window the champion did not train on (its run's
+    `window_train_start` and `window_train_end`): an older champion would otherwise be scored
+    on its own training days. With no such fold the champion stays.
+    """
     name = settings.model_name
     client.set_registered_model_alias(name, CHALLENGER, version)
     current = champion_version(client, name)
+    used = list(range(len(folds)))
     champion_score = None
     if current is not None:
-        scorer = load_scorer(settings, current, workdir / f"champion-{current}")
-        champion_score = average_precision(test_labels, scorer.score(test_features))
-    promoted = passes_gate(challenger_score, champion_score)
+        trained = _training_window(client, name, current)
+        used = [i for i, fold in enumerate(folds) if not _overlaps(fold, trained)]
+        if used:
+            scorer = load_scorer(settings, current, workdir / f"champion-{current}")
+            champion_score = float(
+                np.mean(
+                    [
+                        average_precision(folds[i].labels, scorer.score(folds[i].features))
+                        for i in used
+                    ]
+                )
+            )
+    challenger_score = float(np.mean([folds[i].challenger_score for i in used])) if used else 0.0
+    promoted = bool(used) and passes_gate(challenger_score, champion_score)
     if promoted:
         promote(client, name, version, action=GATE)
         client.delete_registered_model_alias(name, CHALLENGER)
-    decision = GateDecision(version, promoted, challenger_score, current, champion_score)
+    decision = GateDecision(
+        version, promoted, challenger_score, current, champion_score, tuple(used)
+    )
     client.set_model_version_tag(name, version, "gate", json.dumps(asdict(decision)))
     logger.info(
-        "gate: version %s %s=%.4f vs champion %s %s -> %s",
+        "gate: version %s %s=%.4f vs champion %s %s over folds %s -> %s",
         version,
         GATE_METRIC,
         challenger_score,
         current,
         "n/a" if champion_score is None else f"{champion_score:.4f}",
+        used or "none (the champion trained on every test window)",
         "champion" if promoted else "stays challenger",
     )
     return decision
+
+
+def _training_window(
+    client: MlflowClient, name: str, version: str
+) -> tuple[datetime, datetime] | None:
+    """The training window a version's run logged, if it did."""
+    run_id = client.get_model_version(name, version).run_id
+    params = client.get_run(run_id).data.params if run_id else {}
+    if "window_train_start" not in params or "window_train_end" not in params:
+        return None
+    start = datetime.fromisoformat(params["window_train_start"])
+    return start, datetime.fromisoformat(params["window_train_end"])
+
+
+def _overlaps(fold: GateFold, window: tuple[datetime, datetime] | None) -> bool:
+    return window is not None and fold.test_start < window[1] and window[0] < fold.test_end

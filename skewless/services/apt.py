@@ -10,6 +10,8 @@ import subprocess
 from skewless.services.process import ServiceError
 
 logger = logging.getLogger(__name__)
+apt_output = logging.getLogger("apt-get")
+"""apt-get's own output: not one of our packages, so the log file has it and the console not."""
 
 
 def ensure_package(binary: str, package: str) -> str:
@@ -22,13 +24,20 @@ def ensure_package(binary: str, package: str) -> str:
             f"{binary} is not installed; install the Debian package '{package}' "
             f"(sudo apt-get install -y {package}) and run the command again"
         )
-    logger.info("installing Debian package %s", package)
+    logger.info("installing Debian package %s (apt-get; its output goes to the log file)", package)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", package], check=True, env=env
-    )
+    _apt(["apt-get", "update", "-q"], env)
+    _apt(["apt-get", "install", "-y", "-q", "--no-install-recommends", package], env)
     found = shutil.which(binary)
     if not found:
         raise ServiceError(f"installed {package} but {binary} is still not on PATH")
     return found
+
+
+def _apt(argv: list[str], env: dict[str, str]) -> None:
+    """Run apt-get with its output in the log file; a failure raises with the output's tail."""
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    apt_output.info("%s:\n%s%s", " ".join(argv), result.stdout, result.stderr)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+        raise ServiceError(f"{' '.join(argv)} failed (exit {result.returncode}):\n{tail}")

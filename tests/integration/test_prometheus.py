@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,16 +11,20 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 
-from serving.http import ScoringHttpServer
 from serving.metrics import ScoringMetrics
-from serving.scoring import build_core
-from serving.validation import EventLimits
 from serving.worker import build_worker
 from skewless import services
 from skewless.services import prometheus_server
 from skewless.services.process import wait_for
 from skewless.settings import Settings
-from tests.conftest import TrainedPlatform, event_body, free_port, private_settings
+from tests.conftest import (
+    TrainedPlatform,
+    event_body,
+    free_port,
+    private_settings,
+    start_enricher,
+    stop_enricher,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -61,14 +64,7 @@ def test_prometheus_scrapes_the_worker_and_the_enricher(trained_platform: Traine
     worker = build_worker(settings, metrics)
     metrics_server = metrics.serve(settings.metrics_port)
     assert metrics_server is not None
-    enricher = ScoringHttpServer(
-        ("127.0.0.1", settings.http_port),
-        build_core(settings),
-        ScoringMetrics(),
-        0.5,
-        EventLimits.from_settings(settings),
-    )
-    threading.Thread(target=enricher.serve_forever, daemon=True).start()
+    enricher = start_enricher(settings, port=settings.http_port, threshold=0.5)
     try:
         prometheus_server.start(settings)
         status = {row.name: row for row in services.status(settings)}
@@ -107,9 +103,6 @@ def test_prometheus_scrapes_the_worker_and_the_enricher(trained_platform: Traine
         assert "SkewlessFeatureDriftPSI" in page
     finally:
         prometheus_server.stop(settings)
-        enricher.shutdown()
-        enricher.server_close()
-        enricher.core.watcher.stop()
-        metrics_server.shutdown()
-        metrics_server.server_close()
+        stop_enricher(enricher)
+        metrics_server.stop()
     assert not prometheus_server.is_ready(settings)

@@ -15,10 +15,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from mlflow import MlflowClient
 
 from skewless import registry
+from skewless.registry import RegistryClient
+from skewless.services import mlflow_server
 from skewless.settings import Settings, load_settings
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -28,38 +30,43 @@ HEAVY_PACKAGES = ("torch", "sklearn", "onnx", "onnxruntime", "feast")
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """A SQLite MLflow store with three registered versions of MODEL and no champion."""
-    root = tmp_path_factory.mktemp("registry")
-    settings = load_settings(runtime_dir=root / "runtime", model_name=MODEL)
+def store(mlflow_service: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The session's MLflow store (SQLite, served by the session's MLflow server) with three
+    registered versions of MODEL and no champion."""
+    artifacts = tmp_path_factory.mktemp("registry-artifacts")
+    settings = load_settings(**(mlflow_service.model_dump() | {"model_name": MODEL}))
     client = registry.client(settings)
-    experiment = client.create_experiment("registry-test", (root / "artifacts").as_uri())
+    experiment = client.create_experiment("registry-test", artifacts.as_uri())
     client.create_registered_model(MODEL)
     for i in range(3):
         run = client.create_run(experiment)
-        client.log_metric(run.info.run_id, "test_average_precision", 0.5 + i / 10)
+        client.log_metric(run.info.run_id, "test_protocol_average_precision", 0.5 + i / 10)
         client.set_terminated(run.info.run_id)
-        client.create_model_version(MODEL, (root / "artifacts").as_uri(), run.info.run_id)
+        client.create_model_version(MODEL, artifacts.as_uri(), run.info.run_id)
     return settings
 
 
-@pytest.fixture
-def fresh_model(store: Settings) -> Iterator[MlflowClient]:
-    """The store's client, with the model's champion alias and history removed after the test."""
-    client = registry.client(store)
-    yield client
-    model = client.get_registered_model(MODEL)
+@pytest.fixture(params=["sqlite", "rest"])
+def fresh_model(store: Settings, request: pytest.FixtureRequest) -> Iterator[RegistryClient]:
+    """A client of the store, MLflow's own on the SQLite file or the REST one through the
+    server; the model's champion alias and history are removed after the test."""
+    if request.param == "rest":
+        yield registry.RestRegistry(mlflow_server.url(store))
+    else:
+        yield registry.client(store)
+    direct = registry.client(store)
+    model = direct.get_registered_model(MODEL)
     for key in model.tags:
-        client.delete_registered_model_tag(MODEL, key)
+        direct.delete_registered_model_tag(MODEL, key)
     if registry.CHAMPION in model.aliases:
-        client.delete_registered_model_alias(MODEL, registry.CHAMPION)
+        direct.delete_registered_model_alias(MODEL, registry.CHAMPION)
 
 
-def _moves(client: MlflowClient) -> list[tuple[str, str | None, str]]:
+def _moves(client: RegistryClient) -> list[tuple[str, str | None, str]]:
     return [(m.action, m.from_version, m.to_version) for m in registry.history(client, MODEL)]
 
 
-def test_champion_history_keeps_every_move(fresh_model: MlflowClient) -> None:
+def test_champion_history_keeps_every_move(fresh_model: RegistryClient) -> None:
     client = fresh_model
     started = datetime.now(UTC).replace(microsecond=0)
     registry.promote(client, MODEL, "1", action=registry.GATE)
@@ -92,7 +99,7 @@ def test_champion_history_keeps_every_move(fresh_model: MlflowClient) -> None:
     ]
 
 
-def test_promoting_the_champion_again_records_nothing(fresh_model: MlflowClient) -> None:
+def test_promoting_the_champion_again_records_nothing(fresh_model: RegistryClient) -> None:
     registry.promote(fresh_model, MODEL, "2")
     registry.promote(fresh_model, MODEL, "2")
     assert _moves(fresh_model) == [("promote", None, "2")]
@@ -100,7 +107,7 @@ def test_promoting_the_champion_again_records_nothing(fresh_model: MlflowClient)
         registry.promote(fresh_model, MODEL, "9")
 
 
-def test_history_in_the_older_format_is_kept_and_appended_to(fresh_model: MlflowClient) -> None:
+def test_history_in_the_older_format_is_kept_and_appended_to(fresh_model: RegistryClient) -> None:
     client = fresh_model
     client.set_registered_model_tag(MODEL, registry.HISTORY_TAG, '["1", "2"]')
     client.set_registered_model_alias(MODEL, registry.CHAMPION, "2")
@@ -109,11 +116,13 @@ def test_history_in_the_older_format_is_kept_and_appended_to(fresh_model: Mlflow
     assert client.get_registered_model(MODEL).tags[registry.HISTORY_TAG] == '["1", "2"]'
 
 
-def _skewless(settings: Settings, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+def _skewless(
+    settings: Settings, *args: str, mlflow_port: int
+) -> tuple[subprocess.CompletedProcess[str], float]:
     env = {
         **os.environ,
         "SKEWLESS_RUNTIME_DIR": str(settings.runtime_dir),
-        "SKEWLESS_MLFLOW_TRACKING_URI": settings.tracking_uri,
+        "SKEWLESS_MLFLOW_PORT": str(mlflow_port),
         "SKEWLESS_MODEL_NAME": MODEL,
         "COLUMNS": "200",
     }
@@ -147,18 +156,27 @@ def _heavy(imported: set[str]) -> set[str]:
     }
 
 
+@pytest.mark.parametrize("server", ["answers", "absent"])
 def test_model_commands_import_no_training_stack(
-    store: Settings, fresh_model: MlflowClient
+    store: Settings, fresh_model: RegistryClient, server: str
 ) -> None:
+    """With the MLflow server up the commands speak REST and do not even import `mlflow`;
+    without it they read the SQLite store through MLflowClient, with the same answers."""
+    port = store.mlflow_port if server == "answers" else free_port()
     registry.promote(fresh_model, MODEL, "1")
     registry.promote(fresh_model, MODEL, "2")
     for args in (("model", "list"), ("model", "rollback"), ("model", "history")):
-        result, seconds = _skewless(store, *args)
+        result, seconds = _skewless(store, *args, mlflow_port=port)
         assert result.returncode == 0, result.stderr[-2000:]
         imported = _imported(result.stderr)
-        assert "mlflow" in imported  # the check reads what it should
+        assert "skewless.registry" in imported  # the check reads what it should
+        assert ("mlflow" in imported) == (server == "absent"), args
         assert _heavy(imported) == set(), args
-        print(f"skewless {' '.join(args)}: {seconds:.2f} s")
-    listed, _ = _skewless(store, "model", "list")
-    assert re.search(r"│ 1 +│ champion", listed.stdout), listed.stdout
+        print(f"skewless {' '.join(args)} (server {server}): {seconds:.2f} s")
+    listed, _ = _skewless(store, "model", "list", mlflow_port=port)
+    assert re.search(r"│ 1 +│ champion +│ - +│ 0\.5000", listed.stdout), listed.stdout
+    assert re.search(r"│ 3 +│ +│ - +│ 0\.7000", listed.stdout), listed.stdout
     assert _moves(fresh_model)[-1] == ("rollback", "2", "1")
+    promoted, _ = _skewless(store, "model", "promote", "9", mlflow_port=port)
+    assert promoted.returncode == 1
+    assert "has no version 9" in promoted.stderr

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import uuid
 
 import pytest
@@ -10,7 +13,9 @@ from kafka.structs import OffsetAndMetadata
 
 from skewless import services
 from skewless.services import kafka, mlflow_server, redis_server
-from skewless.settings import Settings
+from skewless.services.process import ManagedProcess
+from skewless.settings import Settings, load_settings
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +96,26 @@ def test_mlflow_server_answers(mlflow_service: Settings) -> None:
     status = {s.name: s for s in services.status(mlflow_service)}
     assert status["mlflow"].healthy
     assert status["mlflow"].pid is not None
+
+
+def test_a_redis_client_waits_out_a_redis_kill_9_and_restart(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The platform's client retries a reset connection and Redis loading its AOF; what was
+    acknowledged before the kill is there after it (appendfsync always)."""
+    settings = load_settings(
+        runtime_dir=tmp_path_factory.mktemp("redis-kill"), redis_port=free_port()
+    )
+    redis_server.start(settings)
+    try:
+        client = redis_server.client(settings)
+        client.set("acknowledged", "1")
+        pid = ManagedProcess(redis_server.NAME, settings.runtime_dir).pid()
+        assert pid is not None
+        os.killpg(pid, signal.SIGKILL)
+        restart = threading.Timer(1.0, redis_server.start, args=(settings,))
+        restart.start()
+        assert client.get("acknowledged") == b"1"  # retried until the restarted server answers
+        restart.join()
+    finally:
+        redis_server.stop(settings)

@@ -114,6 +114,54 @@ def test_point_in_time_features_ignore_what_was_not_known(
     assert (original["terminal_risk_30d"] > 0).any()
 
 
+def test_same_second_transactions_get_their_own_backfill_rows(
+    redis_service: Settings, transactions: pd.DataFrame, tmp_path: Path
+) -> None:
+    """Two transactions of one card in the same second: one row each, each with its own
+    features, equal to the backfill's rows for that transaction (the point-in-time join on
+    (entity, time) alone gave two rows each, or the other one's features)."""
+    day = pd.Timestamp(datetime(2026, 5, 20, tzinfo=UTC))
+    on_day = transactions[transactions["tx_datetime"].between(day, day + pd.Timedelta(days=1))]
+    first, second = on_day.iloc[10], on_day.iloc[50]
+    next_id = int(transactions["transaction_id"].max()) + 1
+    twins = pd.DataFrame(
+        [
+            # Same card and second as `first`, another terminal; then same card, same terminal
+            # and same second as `second`.
+            {**first.to_dict(), "transaction_id": next_id, "terminal_id": second["terminal_id"]},
+            {**second.to_dict(), "transaction_id": next_id + 1, "tx_amount": 3.0},
+        ]
+    ).astype(transactions.dtypes.to_dict())
+    frame = pd.concat([transactions, twins]).sort_values(["tx_datetime", "transaction_id"])
+    settings = _settings(redis_service, tmp_path)
+    data = write_transactions(frame, settings.data_dir / "raw" / "transactions.parquet")
+    run_backfill(settings, data)
+    feature_store.apply(settings)
+    store = feature_store.open_store(settings)
+    service = store.get_feature_service(settings.feature_service)
+    start, end = day.to_pydatetime(), (day + pd.Timedelta(days=1)).to_pydatetime()
+    entities = offline_store.entity_frame(spark_session(settings), data, start, end)
+    features = offline_store.historical_features(store, service, entities)
+
+    asked = frame[(frame["tx_datetime"] >= day) & (frame["tx_datetime"] < end)]
+    assert len(features) == len(asked)
+    assert sorted(features["transaction_id"]) == sorted(asked["transaction_id"])
+    rows = features.set_index("transaction_id")
+    pairs = [(int(first["transaction_id"]), next_id), (int(second["transaction_id"]), next_id + 1)]
+    for earlier, later in pairs:
+        assert rows.loc[earlier, "tx_datetime"] == rows.loc[later, "tx_datetime"]
+        # The later id counts the earlier one in its windows, not the other way round.
+        counts = rows["customer_tx_count_1d"].astype(float)
+        assert counts[later] == counts[earlier] + 1
+    for declaration in feature_store.load_declarations(settings):
+        table = pd.read_parquet(feature_store.offline_table_path(settings, declaration.name))
+        table = table.set_index("transaction_id").loc[rows.index]
+        names = list(declaration.feature_names)
+        pd.testing.assert_frame_equal(
+            rows[names], table[names], check_dtype=False, check_names=False
+        )
+
+
 def test_train_registers_a_version_with_everything_logged(
     trained: tuple[Settings, TrainSummary, Path],
 ) -> None:
@@ -125,7 +173,9 @@ def test_train_registers_a_version_with_everything_logged(
     assert set(summary.metrics) == set(registry.METRICS)
     for name in registry.METRICS:
         assert 0.0 <= run.data.metrics[name] <= 1.0
-    assert run.data.metrics["test_auc_roc"] > 0.6
+    assert run.data.metrics["test_protocol_auc_roc"] > 0.6
+    assert 0 < summary.rows["test_protocol"] < summary.rows["test"]
+    assert run.data.tags["rows_test_protocol"] == str(summary.rows["test_protocol"])
     history = client.get_metric_history(summary.run_id, "val_average_precision")
     assert len(history) >= 2
     assert {"window_train_start", "window_test_end", "train_days", "delay_days", "seed"} <= set(
@@ -140,9 +190,16 @@ def test_train_registers_a_version_with_everything_logged(
 
     artifacts = Path(mlflow.artifacts.download_artifacts(run_id=summary.run_id))
     predictions = pd.read_parquet(artifacts / "test_predictions.parquet")
-    assert list(predictions.columns) == ["transaction_id", "score"]
+    assert list(predictions.columns) == ["transaction_id", "score", "known_compromised"]
     assert len(predictions) == summary.rows["test"]
+    assert (~predictions["known_compromised"]).sum() == summary.rows["test_protocol"]
     assert predictions["transaction_id"].is_unique
+    raw = pd.read_parquet(data)
+    windows = {key: pd.Timestamp(value) for key, value in summary.windows.items()}
+    in_test = raw["tx_datetime"].between(windows["test_start"], windows["test_end"], "left")
+    assert sorted(predictions["transaction_id"]) == sorted(raw.loc[in_test, "transaction_id"])
+    in_train = raw["tx_datetime"].between(windows["train_start"], windows["train_end"], "left")
+    assert summary.rows["train"] + summary.rows["validation"] == in_train.sum()
     for name in ("roc_curve.png", "pr_curve.png", "input_validation.json"):
         assert (artifacts / name).stat().st_size > 0
     statistics = json.loads((artifacts / "reference_statistics.json").read_text())
@@ -227,3 +284,46 @@ def test_model_and_reference_downloads_leave_no_temporary_folder(
     # What was read from the removed folders is still usable.
     assert model.score(np.zeros((2, len(model.feature_names)), dtype=np.float32)).shape[0] == 2
     assert "score" in statistics
+
+
+def test_prequential_folds_are_nested_runs_and_the_gate_reads_them_all(
+    redis_service: Settings, tmp_path: Path, private_tempdir: Path
+) -> None:
+    """Two folds a week apart: each a nested run, means and deviations on the parent, the
+    latest fold's model registered; a second training is gated on the same two folds."""
+    params = SimulationParams(n_customers=300, n_terminals=600, n_days=66, start_date=START)
+    settings = _settings(redis_service, tmp_path)
+    data = write_transactions(
+        simulate(params).transactions, settings.data_dir / "raw" / "transactions.parquet"
+    )
+    options = TrainOptions(
+        data=data, params=replace(TrainingParams(), max_epochs=3), materialize=False, folds=2
+    )
+    first = run_training(settings, options)
+    client = tracking.configure(settings)
+    run = client.get_run(first.run_id)
+    children = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{first.run_id}'"
+    )
+    by_fold = {child.data.params["fold"]: child for child in children}
+    assert set(by_fold) == {"0", "1"}
+    starts = [pd.Timestamp(by_fold[k].data.params["window_test_start"]) for k in ("0", "1")]
+    assert starts[0] - starts[1] == pd.Timedelta(days=7)
+    assert starts[0] == pd.Timestamp(first.windows["test_start"])
+    assert len(first.fold_metrics) == 2
+    for key in registry.METRICS:
+        values = [by_fold[k].data.metrics[key] for k in ("0", "1")]
+        assert run.data.metrics[key] == pytest.approx(values[0])  # the registered fold's
+        assert run.data.metrics[f"{key}_mean"] == pytest.approx(np.mean(values))
+        assert run.data.metrics[f"{key}_std"] == pytest.approx(np.std(values))
+    assert run.data.params["folds"] == "2"
+    assert client.get_metric_history(by_fold["1"].info.run_id, "val_average_precision")
+
+    second = run_training(settings, replace(options, params=replace(options.params, seed=3)))
+    gate = json.loads(client.get_model_version(settings.model_name, second.version).tags["gate"])
+    # The champion trained on fold 0's training days, which no test window of the folds
+    # overlaps: both are scored on both folds.
+    assert gate["folds"] == [0, 1]
+    assert gate["champion_version"] == first.version
+    assert gate["challenger_score"] == pytest.approx(second.metrics[f"{registry.GATE_METRIC}_mean"])
+    assert gate["champion_score"] is not None

@@ -23,18 +23,20 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from monitoring.feature_log import feature_log_rows
 from serving.delivery import DeliveryStoppedError
-from serving.http import ScoringHttpServer
-from serving.metrics import ScoringMetrics
 from serving.replay import replay
-from serving.scoring import build_core
-from serving.validation import EventLimits
 from serving.worker import build_worker
 from skewless import registry
 from skewless.feature_store import feast_environment, offline_table_path
 from skewless.services.process import wait_for
 from skewless.settings import Settings
 from skewless.spark import spark_session
-from tests.conftest import TrainedPlatform, event_body, free_port, private_settings
+from tests.conftest import (
+    TrainedPlatform,
+    event_body,
+    private_settings,
+    start_enricher,
+    stop_enricher,
+)
 from training import tracking
 from training.pipeline import materialize_with_progress
 
@@ -232,12 +234,8 @@ def test_http_and_stream_give_the_same_score(trained_platform: TrainedPlatform) 
         for _, b in _read_all(settings, settings.topic_scores, len(events))
     }
 
-    port = free_port()
-    limits = EventLimits.from_settings(settings)
-    server = ScoringHttpServer(
-        ("127.0.0.1", port), build_core(settings), ScoringMetrics(), 0.5, limits
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = start_enricher(settings, threshold=0.5)
+    port = server.port
     try:
         body = json.dumps([event_body(row) for _, row in events.iterrows()]).encode()
         request = urllib.request.Request(
@@ -254,8 +252,7 @@ def test_http_and_stream_give_the_same_score(trained_platform: TrainedPlatform) 
             urllib.request.urlopen(bad, timeout=30)
         assert caught.value.code == 422
     finally:
-        server.shutdown()
-        server.server_close()
+        stop_enricher(server)
     assert len(answers) == len(events)
     for answer in answers:
         assert answer["score"] == pytest.approx(stream[answer["transaction_id"]], rel=1e-6)

@@ -25,14 +25,16 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from serving.events import Label, encode_label
-from serving.http import ScoringHttpServer
-from serving.metrics import ScoringMetrics
-from serving.scoring import build_core
-from serving.validation import EventLimits
 from serving.worker import build_worker
 from skewless.services.process import wait_for
 from skewless.settings import Settings
-from tests.conftest import TrainedPlatform, event_body, free_port, private_settings
+from tests.conftest import (
+    TrainedPlatform,
+    event_body,
+    private_settings,
+    start_enricher,
+    stop_enricher,
+)
 from tests.integration.test_worker import _read_all, _window
 
 pytestmark = pytest.mark.integration
@@ -339,15 +341,8 @@ def test_the_http_door_answers_422_with_the_reason_for_the_same_records(
 ) -> None:
     settings = _settings(trained_platform)
     row = _good(trained_platform, 1).iloc[0]
-    server = ScoringHttpServer(
-        ("127.0.0.1", free_port()),
-        build_core(settings),
-        ScoringMetrics(),
-        settings.score_threshold,
-        EventLimits.from_settings(settings),
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/score"
+    server = start_enricher(settings)
+    url = f"http://127.0.0.1:{server.port}/score"
 
     def post(body: bytes) -> tuple[int, Any]:
         request = urllib.request.Request(url, data=body, method="POST")
@@ -375,5 +370,4 @@ def test_the_http_door_answers_422_with_the_reason_for_the_same_records(
         assert status == 200
         assert 0.0 <= answer["score"] <= 1.0
     finally:
-        server.shutdown()
-        server.server_close()
+        stop_enricher(server)

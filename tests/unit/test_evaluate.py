@@ -110,19 +110,40 @@ def test_auc_and_average_precision_on_a_worked_example() -> None:
 
 
 def test_evaluate_returns_exactly_the_logged_keys(three_days: pd.DataFrame) -> None:
-    metrics = evaluate(three_days)
+    metrics = evaluate(three_days, np.zeros(len(three_days), dtype=bool))
     assert tuple(metrics) == METRIC_KEYS
     assert set(metrics) == {
-        "test_auc_roc",
-        "test_average_precision",
-        "test_card_precision_at_100",
+        f"test_{scope}_{name}"
+        for scope in ("protocol", "all")
+        for name in ("auc_roc", "average_precision", "card_precision_at_100")
     }
-    assert metrics["test_auc_roc"] == pytest.approx(
+    assert metrics["test_all_auc_roc"] == pytest.approx(
         auc_roc(three_days["tx_fraud"], three_days["score"])
     )
     # k = 100 exceeds the cards of any day, so every compromised card is detected on its day:
     # day 1 finds A and C, day 2 finds B (A, C removed), day 3 finds E -> (2 + 1 + 1) / 3 / 100.
-    assert metrics["test_card_precision_at_100"] == pytest.approx(4 / 300)
+    assert metrics["test_all_card_precision_at_100"] == pytest.approx(4 / 300)
+    # Nothing known compromised: the protocol's figures are the whole window's.
+    for name in ("auc_roc", "average_precision", "card_precision_at_100"):
+        assert metrics[f"test_protocol_{name}"] == metrics[f"test_all_{name}"]
+
+
+def test_protocol_figures_leave_out_the_known_compromised_rows(three_days: pd.DataFrame) -> None:
+    # Card C known compromised on days 2 and 3 (as if its day-1 fraud had been labelled).
+    known = (three_days["customer_id"] == C) & (three_days["tx_datetime"] >= "2026-05-02")
+    metrics = evaluate(three_days, known.to_numpy())
+    kept = three_days[~known]
+    assert metrics["test_protocol_auc_roc"] == pytest.approx(
+        auc_roc(kept["tx_fraud"], kept["score"])
+    )
+    assert metrics["test_protocol_average_precision"] == pytest.approx(
+        average_precision(kept["tx_fraud"], kept["score"])
+    )
+    # Day 1 finds A and C, day 2 only B, day 3 only E (C is gone) -> (2 + 1 + 1) / 300.
+    assert metrics["test_protocol_card_precision_at_100"] == pytest.approx(4 / 300)
+    assert metrics["test_protocol_auc_roc"] != metrics["test_all_auc_roc"]
+    with pytest.raises(ValueError, match="one known-compromised flag per row"):
+        evaluate(three_days, known.to_numpy()[1:])
 
 
 def test_plots_write_png_files(tmp_path: Path) -> None:

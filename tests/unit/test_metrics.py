@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from serving.metrics import BatchHistogram
+from serving.metrics import BatchHistogram, ScoringMetrics
+from serving.web import AppServer
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0)
 
@@ -70,3 +73,28 @@ def test_a_feast_import_does_not_make_registries_share_their_counters(tmp_path: 
         env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(chosen)},
     )  # fmt: skip
     assert refused.returncode != 0 and "PROMETHEUS_MULTIPROC_DIR" in refused.stderr
+
+
+def test_health_reports_the_faults_being_waited_out() -> None:
+    metrics = ScoringMetrics()
+    server = metrics.serve(port=0)
+    assert server is None  # port 0: no server
+    server = AppServer(metrics.app(), "127.0.0.1", 0).start()
+
+    def get(path: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=10) as r:
+            return bytes(r.read())
+
+    try:
+        assert json.loads(get("/health")) == {"status": "ok"}
+        metrics.fault("redis", ConnectionError("Connection refused"))
+        assert json.loads(get("/health")) == {
+            "status": "degraded",
+            "faults": {"redis": "ConnectionError: Connection refused"},
+        }
+        assert b'skewless_degraded{dependency="redis"} 1.0' in get("/metrics")
+        metrics.recovered("redis")
+        assert json.loads(get("/health")) == {"status": "ok"}
+        assert b'skewless_degraded{dependency="redis"} 0.0' in get("/metrics")
+    finally:
+        server.stop()

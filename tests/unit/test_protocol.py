@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from training.protocol import last_complete_day_end, split
+from training.protocol import last_complete_day_end, prequential_folds, split
 
 DELAY_DAYS = 7
 
@@ -42,3 +42,28 @@ def test_refuses_windows_without_feature_history_or_past_the_data() -> None:
         split(START, END, DELAY_DAYS, train_start=date(2026, 4, 10), history_days=37)
     with pytest.raises(ValueError, match="after the data"):
         split(START, END, DELAY_DAYS, train_start=date(2026, 9, 20))
+
+
+def test_prequential_folds_shift_back_one_test_window_each() -> None:
+    latest = split(START, END, DELAY_DAYS)
+    folds = prequential_folds(latest, 4, START, history_days=37)
+    assert folds[0] == latest
+    assert [fold.test_start for fold in folds] == [
+        datetime(2026, 9, 24, tzinfo=UTC),
+        datetime(2026, 9, 17, tzinfo=UTC),
+        datetime(2026, 9, 10, tzinfo=UTC),
+        datetime(2026, 9, 3, tzinfo=UTC),
+    ]
+    assert folds[3].train_start == datetime(2026, 8, 20, tzinfo=UTC)
+    assert {(f.train_end - f.train_start, f.delay, f.test_end - f.test_start) for f in folds} == {
+        (latest.train_end - latest.train_start, latest.delay, latest.test_end - latest.test_start)
+    }
+
+
+def test_prequential_folds_need_history_for_the_oldest() -> None:
+    latest = split(START, END, DELAY_DAYS, train_start=date(2026, 5, 20))
+    assert len(prequential_folds(latest, 2, START, history_days=37)) == 2
+    with pytest.raises(ValueError, match="history"):
+        prequential_folds(latest, 3, START, history_days=37)
+    with pytest.raises(ValueError, match="at least one fold"):
+        prequential_folds(latest, 0, START)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from monitoring.drift import FeatureDrift, drift_report
-from monitoring.monitor import MonitorResult, verdict
+from monitoring.monitor import MonitorResult, live_quality, verdict
 from monitoring.report import distribution_bars, render_report, summary_json
 from monitoring.skew import skew_report
 from skewless.statistics import reference_statistics
@@ -71,7 +71,7 @@ def inputs(drifted: bool) -> dict[str, Any]:
             "auc_roc": pd.Series([0.87, None], dtype=object),  # one class only on day 2
             "average_precision": [0.61, 0.55],
             "card_precision_at_100": [0.29, 0.27],
-            "test_auc_roc": [0.876, 0.876],
+            "test_protocol_auc_roc": [0.876, 0.876],
         }
     )
     return {
@@ -195,3 +195,25 @@ def test_a_red_headline_says_what_to_do_next() -> None:
     assert "Next: do not trust these scores" in verdict(result)
     result.skew_breaches, result.drift = [], []
     assert verdict(result).startswith("OK: no drift alert over 1,000 served events")
+
+
+def test_live_quality_leaves_out_cards_known_compromised_that_day() -> None:
+    """Card 1's fraud on 10-01 is known from 10-09 (7-day delay): out of that day's figures."""
+    days = ["2026-10-01", "2026-10-08", "2026-10-09"]
+    rows = [
+        (day, card, score, int((card == 1) == (day == days[0]) and card <= 2))
+        for day in days
+        for card, score in ((1, 0.9), (2, 0.8), (3, 0.1), (4, 0.2))
+    ]
+    served = pd.DataFrame(rows, columns=["day", "customer_id", "score", "tx_fraud"])
+    served["tx_datetime"] = pd.to_datetime(served["day"], utc=True) + pd.Timedelta(hours=12)
+    served["transaction_id"] = range(len(served))
+    labels = served[["transaction_id", "tx_fraud"]]
+    test = {"test_protocol_auc_roc": 0.9}
+    live = live_quality(served.drop(columns=["tx_fraud", "day"]), labels, test, delay_days=7)
+    assert live is not None
+    assert list(live["events"]) == [4, 4, 4]
+    assert list(live["protocol_events"]) == [4, 4, 3]  # card 1 from 10-09 on; card 2: too late
+    # 10-09 without card 1 (0.9, genuine that day): card 2 ranks first -> AP 1.0; with it 0.5.
+    assert list(live["average_precision"]) == [1.0, 0.5, 1.0]
+    assert list(live["test_protocol_auc_roc"]) == [0.9, 0.9, 0.9]

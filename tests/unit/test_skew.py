@@ -89,6 +89,14 @@ def test_repeated_transaction_ids_keep_the_last_row() -> None:
     assert skew.mismatches == 0
 
 
+def test_repeated_transaction_ids_offline_are_refused() -> None:
+    """The recomputation gives one row per transaction: a repeat there is a bug, not noise."""
+    online = frame([1, 2], x=[1.0, 2.0])
+    offline = frame([1, 1, 2], x=[9.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="1 repeated transaction ids"):
+        skew_report(online, offline, ["x"])
+
+
 def test_missing_feature_is_an_error() -> None:
     with pytest.raises(ValueError, match="offline frame lacks"):
         skew_report(frame([1], x=[1.0], y=[2.0]), frame([1], x=[1.0]), ["x", "y"])
