@@ -21,8 +21,10 @@ after the transactions were fetched is in the state. Labels published later may 
 fault is waited out), logging every `SLOW_CATCH_UP_S`.
 
 Committed offsets: the reader belongs to the consumer group `<consumer group>-labels` and starts
-from its committed offsets (from the beginning when there are none). It commits its positions
-at most every `COMMIT_EVERY_S`. Reading labels again after a restart is harmless: the state's
+from its committed offsets (from the beginning when there are none). The worker commits its
+positions (`maybe_commit`, at most every `COMMIT_EVERY_S`) only after a batch whose labels are
+in the state and whose dead letters Kafka acknowledged; after a batch that failed it reads
+again from the committed positions (`rewind`). Reading labels again is harmless: the state's
 label members are keyed by transaction id.
 """
 
@@ -78,6 +80,8 @@ class LabelReader:
         self.partitions = [TopicPartition(topic, p) for p in sorted(partitions)]
         self.consumer.assign(self.partitions)
         self._committed_at = time.monotonic()
+        self._safe: dict[TopicPartition, int] = {}
+        """Positions known committed: where `rewind` goes back to."""
 
     def catch_up(self) -> Labels:
         """Every label up to each partition's end as of this call, from the last position."""
@@ -85,6 +89,8 @@ class LabelReader:
         if not self.partitions:
             return read
         consumer = self.consumer
+        if not self._safe:  # where this reader started: the group's committed positions
+            self._safe = {tp: consumer.position(tp) for tp in self.partitions}
         ends = consumer.end_offsets(self.partitions)
         started = warned = time.monotonic()
         while True:
@@ -100,9 +106,22 @@ class LabelReader:
                 logger.warning(
                     "labels: still behind the end on %s after %.0f s", behind, now - started
                 )
+        return read
+
+    def maybe_commit(self) -> None:
+        """Commit the positions if the last commit is older than `COMMIT_EVERY_S`.
+
+        The worker calls it only once the labels read so far are in the state (whose writes
+        Redis acknowledges after its fsync) and their dead letters acknowledged by Kafka, so a
+        committed label is never lost.
+        """
         if time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
             self.commit()
-        return read
+
+    def rewind(self) -> None:
+        """Read again from the committed positions (after a batch that was not committed)."""
+        for tp, offset in self._safe.items():
+            self.consumer.seek(tp, offset)
 
     def commit(self) -> None:
         """Commit the current positions of the label partitions."""
@@ -115,6 +134,8 @@ class LabelReader:
             )
         except KafkaError as exc:  # the next commit carries these positions too
             logger.warning("labels: offsets not committed this time: %r", exc)
+        else:
+            self._safe = positions
         self._committed_at = time.monotonic()
 
     def close(self) -> None:

@@ -31,12 +31,15 @@ from types import FrameType
 import numpy as np
 import orjson
 import pandas as pd
+import redis
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from serving.delivery import Delivery, DeliveryError
+from serving.delivery import Delivery, DeliveryError, DeliveryStoppedError
 from serving.events import (
+    REASON_PROCESSING_FAILED,
     ParsedBatch,
     dead_letter,
     dead_letter_key,
@@ -63,6 +66,46 @@ DRIFT_WINDOW_EVENTS = 10_000
 
 DRIFT_REFRESH_S = 1.0
 """The drift gauges are recomputed at most this often."""
+
+FAULT_FIRST_BACKOFF_S = 0.2
+FAULT_MAX_BACKOFF_S = 10.0
+"""A batch stopped by a fault of a server is read again after a wait that doubles from the
+first to the largest backoff while the fault lasts."""
+
+ISOLATION_LIMIT = 3
+"""Events of one batch that may each fail alone and go to the dead-letter topic; beyond that
+the failure is taken for a fault of the scoring itself (every event would fail) and waited out,
+so that a broken model or state never empties the stream into the dead-letter topic."""
+
+BATCH_DEPENDENCIES = ("redis", "kafka", "scoring")
+"""Faults a committed batch proves over (the registry's are the champion watcher's)."""
+
+_REDIS_FAULT_REPLIES = ("OOM", "READONLY", "MASTERDOWN", "LOADING", "NOSCRIPT", "BUSY")
+
+
+class ScoringFaultError(RuntimeError):
+    """Too many events of one batch failed alone: the scoring fails, not the events."""
+
+
+def fault_dependency(exc: BaseException) -> str | None:
+    """Which server's fault `exc` is (redis, kafka, scoring), or None when it is not a fault
+    to wait out: a bad event (isolated by bisecting) or a stopped producer (fatal).
+
+    Faults: Redis unreachable or restarting (after the client's own retries) or answering that
+    it cannot write now; any Kafka error or failed delivery; `ScoringFaultError`.
+    """
+    if isinstance(exc, DeliveryError | KafkaError) and not isinstance(exc, DeliveryStoppedError):
+        return "kafka"
+    if isinstance(exc, ScoringFaultError):
+        return "scoring"
+    reply = str(exc)
+    redis_fault = isinstance(
+        exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
+    ) or (
+        isinstance(exc, redis.exceptions.ResponseError)
+        and (reply.startswith(_REDIS_FAULT_REPLIES) or "function not found" in reply.lower())
+    )
+    return "redis" if redis_fault else None
 
 
 @dataclass
@@ -188,6 +231,8 @@ class Worker:
         )
         self.clock = StreamClock(EventLimits.from_settings(settings))
         self.delivery = Delivery(settings, self.consumer, client_id="skewless-worker")
+        self._label_dead_letters: list[tuple[bytes, str]] = []
+        """Dead-letter records of the malformed labels read since the last batch, and codes."""
         self._sampler = np.random.default_rng(0)
         self._drift: RollingDrift | None = None
         self._drift_version = ""
@@ -217,9 +262,12 @@ class Worker:
         if not labels.values:
             return 0
         parsed = parse_labels(labels.values)
-        for index, exc in parsed.rejected:
+        for index, exc in parsed.rejected:  # sent with the next batch, in its transaction
             tp, offset = labels.origins[index]
-            logger.warning("skipping malformed label at %s@%d: %s", tp, offset, exc)
+            value = labels.values[index]
+            self._label_dead_letters.append(
+                (dead_letter(value, exc.reason, tp.topic, tp.partition, offset), exc.code)
+            )
         stored = self.core.state.add_labels(parsed.columns) if len(parsed) else 0
         if stored:
             self.metrics.labels_in.inc(stored)
@@ -230,6 +278,7 @@ class Worker:
         stats = WorkerStats()
         started = time.monotonic()
         last_event = started
+        backoff = FAULT_FIRST_BACKOFF_S
         try:
             while not self._stopping:
                 if max_events is not None and stats.consumed >= max_events:
@@ -246,15 +295,113 @@ class Worker:
                         break
                     continue
                 last_event = time.monotonic()
-                stats.labels += self.drain_labels()
                 try:
-                    stats.add(self._process(records))
-                except DeliveryError as exc:
-                    self._rewind(records, exc)
+                    labels = self.drain_labels()
+                    batch_stats = self._process_isolating(records)
+                except Exception as exc:
+                    dependency = fault_dependency(exc)
+                    if dependency is None:
+                        raise
+                    self._wait_out(records, dependency, exc, backoff)
                     stats.rewound += 1
+                    backoff = min(backoff * 2, FAULT_MAX_BACKOFF_S)
+                    continue
+                backoff = FAULT_FIRST_BACKOFF_S
+                for dependency in BATCH_DEPENDENCIES:
+                    self.metrics.recovered(dependency)
+                stats.labels += labels
+                stats.add(batch_stats)
+                self.labels.maybe_commit()  # its labels are in the state, their DLQ records acked
         finally:
             self.close()
             stats.seconds = time.monotonic() - started
+        return stats
+
+    def _wait_out(
+        self, records: list[ConsumerRecord], dependency: str, exc: Exception, backoff: float
+    ) -> None:
+        """A fault of `dependency` stopped the batch: show it, wait, read the batch again."""
+        logger.warning("%s fault, batch of %d events read again in %.1f s: %r",
+                       dependency, len(records), backoff, exc)  # fmt: skip
+        self.metrics.fault(dependency, exc)
+        self.metrics.batches_rewound.inc()
+        try:
+            self._rewind(records, None)
+        except Exception as rewind_failure:  # Kafka may be the one down: seeking is local
+            logger.warning("rewind after a fault: %r", rewind_failure)
+        deadline = time.monotonic() + backoff
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _process_isolating(self, records: list[ConsumerRecord]) -> WorkerStats:
+        """`_process`, and if it fails for a reason that is not a fault of a server, the batch
+        is bisected until the events that fail alone are found; each goes to the dead-letter
+        topic with the error as its reason, the others are scored (`ISOLATION_LIMIT`)."""
+        try:
+            return self._process(records)
+        except DeliveryError:
+            raise
+        except Exception as exc:
+            if fault_dependency(exc) is not None:
+                raise
+            self.delivery.abort()
+            logger.warning("batch of %d events failed (%r): isolating the cause",
+                           len(records), exc)  # fmt: skip
+        failed: list[ConsumerRecord] = []
+        stats = self._bisect(records, failed)
+        return stats
+
+    def _bisect(self, records: list[ConsumerRecord], failed: list[ConsumerRecord]) -> WorkerStats:
+        if len(records) == 1:
+            return self._dead_letter_alone(records[0], failed)
+        stats = WorkerStats()
+        middle = len(records) // 2
+        for half in (records[:middle], records[middle:]):
+            try:
+                stats.add(self._process(half))
+            except DeliveryError:
+                raise
+            except Exception as exc:
+                if fault_dependency(exc) is not None:
+                    raise
+                self.delivery.abort()
+                stats.add(self._bisect(half, failed))
+        return stats
+
+    def _dead_letter_alone(
+        self, record: ConsumerRecord, failed: list[ConsumerRecord]
+    ) -> WorkerStats:
+        """One event that fails on its own: to the dead-letter topic, its offset committed.
+
+        More than `ISOLATION_LIMIT` such events in one batch mean the fault is not theirs (a
+        model or a state that fails for everything): the batch is then a fault to wait out.
+        """
+        try:
+            self._process([record])
+            raise AssertionError("unreachable")  # pragma: no cover
+        except DeliveryError:
+            raise
+        except Exception as exc:
+            if fault_dependency(exc) is not None:
+                raise
+            self.delivery.abort()
+            failed.append(record)
+            if len(failed) > ISOLATION_LIMIT:
+                raise ScoringFaultError(
+                    f"{len(failed)} events of one batch failed alone, the last with {exc!r}"
+                ) from exc
+            reason = f"{REASON_PROCESSING_FAILED}: {type(exc).__name__}: {exc}"
+        stats = WorkerStats(consumed=1, dead_letters=1, batches=1)
+        self.delivery.begin()
+        self.delivery.send(
+            self.settings.topic_dead_letter,
+            dead_letter(record.value, reason, record.topic, record.partition, record.offset),
+            key=dead_letter_key(record.key),
+        )
+        self.delivery.commit(_next_offsets([record]))
+        self.metrics.dead_letters.labels(reason=REASON_PROCESSING_FAILED).inc()
+        self.metrics.events_in.inc()
+        logger.warning("%s@%d to the dead-letter topic: %s", record.topic, record.offset, reason)
         return stats
 
     def _process(self, records: list[ConsumerRecord]) -> WorkerStats:
@@ -277,6 +424,9 @@ class Worker:
                 ),
                 key=dead_letter_key(record.key),
             )
+        label_dead_letters, self._label_dead_letters = self._label_dead_letters, []
+        for value, _ in label_dead_letters:
+            self.delivery.send(self.settings.topic_dead_letter, value)
         stats.consumed = len(records)
         self.metrics.consumer_lag.set(self._lag())
         batch = None
@@ -292,7 +442,9 @@ class Worker:
         self.metrics.end_to_end.observe_many(np.maximum(0.0, acked_ms - entered_ms) / 1000)
         for _, exc in parsed.rejected:
             self.metrics.dead_letters.labels(reason=exc.code).inc()
-        stats.dead_letters = len(parsed.rejected)
+        for _, code in label_dead_letters:
+            self.metrics.dead_letters.labels(reason=code).inc()
+        stats.dead_letters = len(parsed.rejected) + len(label_dead_letters)
         stats.batches = 1
         self.metrics.events_in.inc(len(records))
         self.metrics.batch_size.observe(len(records))
@@ -301,13 +453,18 @@ class Worker:
             self.metrics.events_degraded.inc(int(batch.degraded.sum()))
         return stats
 
-    def _rewind(self, records: list[ConsumerRecord], failure: DeliveryError) -> None:
-        """Drop a batch that was not committed and read it again from its first offsets.
+    def _rewind(self, records: list[ConsumerRecord], failure: DeliveryError | None) -> None:
+        """Drop a batch that was not committed and read it again from its first offsets, with
+        the labels from their committed positions (dead letters of malformed labels were in
+        the dropped batch).
 
         Partitions the group has meanwhile given to another worker are left to it.
         """
-        logger.warning("batch of %d events not committed, reading it again: %s",
-                       len(records), failure)  # fmt: skip
+        if failure is not None:
+            logger.warning("batch of %d events not committed, reading it again: %s",
+                           len(records), failure)  # fmt: skip
+        self._label_dead_letters.clear()
+        self.labels.rewind()
         self.delivery.abort()
         first: dict[TopicPartition, int] = {}
         for record in records:
