@@ -1,15 +1,51 @@
 """Streaming window state in Redis, derived from the same declarations as the Spark backfill.
 
-Each entity of a declaration keeps its recent events in a Redis sorted set (score: event time
-in microseconds; member: event time as little-endian int64, order key as big-endian offset
-binary, value columns as little-endian float64). Redis orders members of equal score by their
-bytes, so with this layout a range read comes back already in (event time, order key) order
-and nothing is sorted in Python. A declaration without delay is fed by transactions; a delayed
-one (its values include the label) is fed by label events. Features are computed from the
-members with exactly the semantics of `skewless.aggregation`: for an event at `t`, members
-with `t - d - w < e <= t - d`, and with `d = 0` only members at or before the event in
-(event time, order key) order. Members are idempotent (a replayed event re-adds the same
-bytes), so at-least-once delivery never double counts.
+The windows are computed inside Redis, by a Redis Function (`assets/stream_state.lua`, loaded
+with `FUNCTION LOAD REPLACE` under a versioned library name, so an upgrade replaces it): a read
+returns each window's count and sums, never the events, and costs the same whatever the
+entity's history.
+
+**Keys.** Each entity of a declaration has, under the hash tag `{declaration:entity}` (one
+Redis Cluster slot per entity):
+- `...:e`, a sorted set of its events (score: event time in microseconds; member: event time as
+  little-endian int64, order key as big-endian offset binary, value columns as little-endian
+  float64). It is what makes writes idempotent: an event goes into the tiles only when its
+  member was new to the set, so a replayed event is never counted twice.
+- `...:t`, a hash of *top tiles* (by default a day): field = tile number, value = the packed
+  count and sums of the tile's events; plus `meta`, the entity's watermark (latest event time
+  plus the declaration's delay) and the first tile kept.
+- `...:t:<tile>`, one hash per top tile holding its finer tiles (by default the 24 hours and
+  the minutes that have events), fields `<level>:<index within the top tile>`.
+Tile widths are declared next to the aggregations (`STATE_TILES`, `skewless.aggregation`).
+
+**Exact windows.** For an event at `t`, a window of `w` covers `t - d - w < e <= t - d`
+(`skewless.aggregation`). With `U = t - d`, `L = U - w` and `P(x)` the events of x's top tile
+up to `x` included:
+
+    window = (top tiles from tile(L) to tile(U) - 1) + P(U) - P(L)
+
+and `P(x)` is the finer tiles of that top tile before x's, level by level, plus the events of
+x's finest tile up to `x`, read from the sorted set (with `d = 0`, events at exactly `U` count
+only up to the event's own order key, so equal timestamps follow `(event_time, order_key)`). A
+top tile with at most `raw_scan_max` events is read from its events directly. A window thus
+reads the whole top tiles between its edges (cached for the call) and, per edge, at most
+(fan-out - 1) tiles per finer level and the events of one finest tile: with day, hour and
+minute tiles, at most 23 + 59 tiles and a minute's events, whatever the history. Counts are
+exact (integers in doubles); sums differ from a direct sum by rounding only.
+
+**Removal.** Each write moves the entity's watermark; top tiles (with their finer tiles and
+events) that end before `watermark - horizon - allowed lateness` are deleted in the same call,
+so memory stops growing once a horizon has passed. Events older than the first tile kept are
+dropped on arrival (the worker already sends events later than the allowed lateness to the
+dead-letter topic); a window reaching below a tile whose events were removed or dropped is NaN
+rather than short.
+
+**Round trips.** One `FCALL` per entity of the batch and declaration, all in one pipelined
+write: the call adds the entity's events of the batch, removes what is too old, then computes
+the windows of the batch's events that need them, so reads see the batch's own events. A
+declaration without delay is fed by transactions; a delayed one (its values include the label)
+is fed by label events. Times must lie within 2**53 microseconds of the epoch (years 1685 to
+2255): Lua numbers are doubles.
 """
 
 from __future__ import annotations
@@ -17,29 +53,31 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from itertools import chain
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import redis
 
 from skewless import redis_batch
-from skewless.aggregation import Function, WindowAggregation
+from skewless.aggregation import Function, StateTiles, WindowAggregation
 from skewless.redis_batch import Command
 
 logger = logging.getLogger(__name__)
 
 MICROS_PER_DAY = 86_400 * 1_000_000
 KEY_PREFIX = "skewless:state"
-LAYOUT = "m2"
-"""Part of every key: a member layout change gets new keys instead of misreading old ones."""
+LAYOUT = "t1"
+"""Part of every key: a layout change gets new keys instead of misreading old ones."""
+LIBRARY = Path(__file__).parent / "assets" / "stream_state.lua"
+FUNCTION = b"skewless_state_v1"
+"""The function's name, versioned with its library: a new version loads next to the old."""
+DEFAULT_LATENESS = timedelta(days=7)
+MAX_EVENTS_PER_CALL = 5_000
+"""An entity's events are added at most this many per call (Redis runs one call at a time)."""
 _ORDER_BIAS = np.uint64(1 << 63)
-_MAX_KEY = (1 << 63) - 1
-"""Keys of `StreamAggregation.compute` (entity slot * time span + time offset) stay below it."""
-_SCAN_LONG_SEGMENT = 64
-"""`segment_cumsum` scans segments up to this long by doubling, longer ones one by one."""
-
+_MAX_MICROS = 1 << 53
 
 Columns = Mapping[str, np.ndarray]
 """A batch of events as one array per column; event times as int64 microseconds (UTC)."""
@@ -63,22 +101,36 @@ def as_columns(events: pd.DataFrame | Columns) -> Columns:
     return columns
 
 
+def _micros(span: timedelta) -> int:
+    return span // timedelta(microseconds=1)
+
+
 @dataclass(frozen=True)
 class StreamAggregation:
-    """How one declaration is kept in Redis and computed from its members."""
+    """How one declaration is kept in Redis: keys, packed members, the function's arguments."""
 
     declaration: WindowAggregation
     prefix: str = KEY_PREFIX
+    tiles: StateTiles = field(default_factory=StateTiles)
+    allowed_lateness: timedelta = DEFAULT_LATENESS
     dtype: np.dtype = field(init=False, repr=False, compare=False)
+    config: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
     _key_head: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError(f"state prefix {self.prefix!r}: braces would break the hash tags")
+        decl = self.declaration
         columns = [("time", "<i8"), ("order", ">u8")]
-        columns += [(name, "<f8") for name in self.declaration.value_columns]
+        columns += [(name, "<f8") for name in decl.value_columns]
+        widths = [_micros(width) for width in self.tiles.widths]
+        windows = [days * MICROS_PER_DAY for days in decl.windows_days]
+        config = [len(widths), *widths, len(windows), *windows, decl.delay_days * MICROS_PER_DAY]
+        config += [self.horizon_micros, _micros(self.allowed_lateness), len(decl.value_columns)]
+        config.append(self.tiles.raw_scan_max)
         object.__setattr__(self, "dtype", np.dtype(columns))
-        object.__setattr__(
-            self, "_key_head", f"{self.prefix}:{LAYOUT}:{self.declaration.name}:".encode()
-        )
+        object.__setattr__(self, "config", tuple(b"%d" % value for value in config))
+        object.__setattr__(self, "_key_head", f"{self.prefix}:{LAYOUT}:{{{decl.name}:".encode())
 
     @property
     def fed_by_labels(self) -> bool:
@@ -89,221 +141,137 @@ class StreamAggregation:
     def horizon_micros(self) -> int:
         return self.declaration.horizon.days * MICROS_PER_DAY
 
-    def key_bytes(self, entity_id: int) -> bytes:
-        return b"%s%d" % (self._key_head, entity_id)
+    def keys(self, entity_id: int) -> tuple[bytes, bytes]:
+        """The entity's events key and tiles key (its per-tile keys extend the latter)."""
+        head = b"%s%d}:" % (self._key_head, entity_id)
+        return head + b"e", head + b"t"
 
     def pack(
         self, times: np.ndarray, orders: np.ndarray, values: Mapping[str, np.ndarray]
-    ) -> list[bytes]:
-        """One member per event: its time, order key and value columns as packed bytes."""
+    ) -> bytes:
+        """The events' members, back to back: time, order key and value columns, packed."""
+        if len(times) and int(np.abs(times).max()) >= _MAX_MICROS:
+            raise ValueError("event times must lie within 2**53 microseconds of the epoch")
         records = np.empty(len(times), dtype=self.dtype)
         records["time"] = times
         records["order"] = orders.astype(np.int64).view(np.uint64) ^ _ORDER_BIAS
         for name in self.declaration.value_columns:
             records[name] = values[name]
-        size = self.dtype.itemsize
-        raw = records.tobytes()
-        return [raw[i : i + size] for i in range(0, len(raw), size)]
+        return records.tobytes()
 
-    def compute(
-        self,
-        event_entities: np.ndarray,
-        event_times: np.ndarray,
-        event_orders: np.ndarray,
-        entity_ids: np.ndarray,
-        members: bytes,
-        member_counts: np.ndarray,
-    ) -> np.ndarray:
-        """The declaration's features for each event, from its entity's members.
+    def call(self, entity_id: int, members: bytes, queries: bytes) -> Command:
+        """The FCALL adding `members` to the entity and computing the windows of `queries`."""
+        return (FCALL, FUNCTION, b"2", *self.keys(entity_id), *self.config, members, queries)
 
-        `entity_ids` are the batch's entities in ascending order; `members` holds their packed
-        members one entity after the other, `member_counts[i]` of them for `entity_ids[i]`.
-        Vectorised over the batch: members of all entities are laid out in one array sorted
-        by (entity, time, order) under one int64 key, `entity slot * shift + time offset`, and
-        each window bound is one `searchsorted`. The shift is the batch's time span, so any span
-        fits; when the entities times the span would overflow int64 (events decades apart),
-        the entities are computed in groups small enough for the key (results are the same:
-        each entity's features depend on its own members only).
+    def features(self, aggregates: np.ndarray) -> np.ndarray:
+        """The declaration's features from the function's (count, sums) per window.
+
+        `aggregates` has one row per event, and per window its count then one sum per value
+        column. A NaN count (the window reached below what the state keeps) gives NaN features.
         """
         decl = self.declaration
-        result = np.zeros((len(event_times), len(decl.feature_names)))
-        if len(event_times) == 0:
-            return result
-        stacked = np.frombuffer(members, dtype=self.dtype)
-        member_times = stacked["time"]
-        base = int(event_times.min()) - self.horizon_micros - 1
-        top = int(event_times.max())
-        if len(stacked):
-            base = min(base, int(member_times.min()) - 1)
-            top = max(top, int(member_times.max()))
-        shift = top - base + 1
-        per_group = max(1, min(len(entity_ids), _MAX_KEY // shift - 1))
-        member_ends = np.cumsum(member_counts)
-        member_starts = member_ends - member_counts
-        event_slot = np.searchsorted(entity_ids, event_entities)
-        for first in range(0, len(entity_ids), per_group):
-            last = min(first + per_group, len(entity_ids))
-            mine = (event_slot >= first) & (event_slot < last)
-            if not mine.any():
-                continue
-            low, high = int(member_starts[first]), int(member_ends[last - 1])
-            result[mine] = self._compute_group(
-                event_slot[mine] - first,
-                event_times[mine],
-                event_orders[mine],
-                stacked[low:high],
-                np.asarray(member_counts[first:last]),
-                base,
-                shift,
-            )
-        return result
-
-    def _compute_group(
-        self,
-        event_slot: np.ndarray,
-        event_times: np.ndarray,
-        event_orders: np.ndarray,
-        stacked: np.ndarray,
-        member_counts: np.ndarray,
-        base: int,
-        shift: int,
-    ) -> np.ndarray:
-        """`compute` for entities whose keys fit int64: `slot * shift + time - base`."""
-        decl = self.declaration
-        result = np.zeros((len(event_times), len(decl.feature_names)))
-        owner = np.repeat(np.arange(len(member_counts)), member_counts)
-        member_times = stacked["time"]
-        member_orders = (stacked["order"].astype(np.uint64) ^ _ORDER_BIAS).view(np.int64)
-        keys = owner * shift + (member_times - base)
-        if len(keys) > 1 and (np.diff(keys) < 0).any():  # not as Redis promises: sort here
-            order = np.lexsort((member_orders, member_times, owner))
-            stacked, owner, keys = stacked[order], owner[order], keys[order]
-            member_orders = member_orders[order]
-        event_keys = event_slot * shift + (event_times - base)
-        delay = decl.delay_days * MICROS_PER_DAY
-        if decl.delay_days == 0:
-            upper = _after_own_member(keys, member_orders, event_keys, event_orders)
-        else:
-            upper = np.searchsorted(keys, event_keys - delay, side="right")
-        # Running sums restart at each entity, so one entity's values (however large) never
-        # touch another's sums: a window's sum is inclusive[last] - exclusive[first].
-        starts = np.flatnonzero(np.diff(owner, prepend=-1))
-        running = {name: segment_cumsum(stacked[name], starts) for name in decl.value_columns}
+        width = 1 + len(decl.value_columns)
+        result = np.empty((len(aggregates), len(decl.feature_names)))
         column = 0
-        for days in decl.windows_days:
-            lower_key = event_keys - delay - days * MICROS_PER_DAY
-            lower = np.searchsorted(keys, lower_key, side="right")
-            lower = np.minimum(lower, upper)
-            count = upper - lower
+        for window in range(len(decl.windows_days)):
+            count = aggregates[:, window * width]
             for output in decl.outputs:
                 if output.function is Function.COUNT:
                     result[:, column] = count
                 else:
                     assert output.column is not None
-                    result[:, column] = output.empty_value
-                    has = np.flatnonzero(count > 0)
-                    if len(has):
-                        values = stacked[output.column]
-                        inclusive = running[output.column]
-                        first, last = lower[has], upper[has] - 1
-                        sums = inclusive[last] - (inclusive[first] - values[first])
-                        result[has, column] = sums / count[has]
+                    at = window * width + 1 + decl.value_columns.index(output.column)
+                    sums = aggregates[:, at]
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        means = np.where(count > 0, sums / np.maximum(count, 1), output.empty_value)
+                    result[:, column] = np.where(np.isnan(count), np.nan, means)
                 column += 1
         return result
 
 
-def segment_cumsum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Running sums of `values` that restart at each of the segment `starts` (ascending, 0 first).
-
-    Each element sums only its own segment's values up to it, so a huge value in one segment
-    cannot cost another segment any precision. Segments up to `_SCAN_LONG_SEGMENT` long are
-    scanned together by doubling (at most log2 of that many numpy passes over them); longer
-    ones are summed one by one with `np.cumsum`.
-    """
-    sums = np.array(values, dtype=np.float64)
-    if len(sums) == 0:
-        return sums
-    ends = np.append(starts[1:], len(sums))
-    lengths = ends - starts
-    short = np.repeat(lengths <= _SCAN_LONG_SEGMENT, lengths)
-    scanned = sums[short]
-    owner = np.repeat(np.arange(len(starts)), lengths)[short]
-    step = 1
-    longest_short = int(lengths[lengths <= _SCAN_LONG_SEGMENT].max(initial=0))
-    while step < longest_short:
-        same = owner[step:] == owner[:-step]
-        scanned[step:] = scanned[step:] + np.where(same, scanned[:-step], 0.0)
-        step *= 2
-    sums[short] = scanned
-    long = lengths > _SCAN_LONG_SEGMENT
-    for start, end in zip(starts[long].tolist(), ends[long].tolist(), strict=True):
-        sums[start:end] = np.cumsum(values[start:end])
-    return sums
-
-
-def _after_own_member(
-    keys: np.ndarray, member_orders: np.ndarray, event_keys: np.ndarray, event_orders: np.ndarray
-) -> np.ndarray:
-    """Index just past each event's own member (the event is in the state before it is scored).
-
-    Members are sorted by (entity and time key, order key); an event's own member is the one
-    with its key and its order key, and the members before it at the same time are those with
-    a smaller order key.
-    """
-    first = np.searchsorted(keys, event_keys, side="left")
-    last = np.searchsorted(keys, event_keys, side="right")
-    upper = last.copy()
-    tied = np.flatnonzero(last - first != 1)
-    single = np.flatnonzero(last - first == 1)
-    missing = member_orders[first[single]] != event_orders[single]
-    for index in tied.tolist():  # several members at the same microsecond (or none): rare
-        orders = member_orders[first[index] : last[index]]
-        if event_orders[index] not in orders:
-            missing = np.append(missing, True)
-        upper[index] = first[index] + int(np.count_nonzero(orders <= event_orders[index]))
-    if missing.any():
-        raise KeyError("an event being scored is missing from its entity's state")
-    return upper
+FCALL = b"FCALL"
 
 
 class StreamState:
-    """All declarations' streaming state in one Redis, one pipeline per batch."""
+    """All declarations' streaming state in one Redis, one pipelined write per batch."""
 
     def __init__(
         self,
         client: redis.Redis,
         declarations: Sequence[WindowAggregation],
         prefix: str = KEY_PREFIX,
+        tiles: StateTiles | None = None,
+        allowed_lateness: timedelta = DEFAULT_LATENESS,
     ) -> None:
         self.client = client
-        self.aggregations = tuple(StreamAggregation(d, prefix) for d in declarations)
+        self.aggregations = tuple(
+            StreamAggregation(d, prefix, tiles or StateTiles(), allowed_lateness)
+            for d in declarations
+        )
+        self._loaded = False
 
-    def _additions(self, agg: StreamAggregation, events: Columns) -> list[Command]:
-        """One ZADD per entity of `events`, with every member of that entity."""
+    def load_function(self) -> None:
+        """Load (or replace) the state's Redis Function library."""
+        self.client.function_load(LIBRARY.read_text(), replace=True)
+        self._loaded = True
+
+    def _execute(self, commands: list[Command]) -> list:
+        """Run the calls; a Redis that lost the function (restarted empty) gets it again."""
+        if not self._loaded:
+            self.load_function()
+        try:
+            return redis_batch.execute(self.client, commands)
+        except redis.ResponseError as error:
+            if "function not found" not in str(error).lower():
+                raise
+            logger.warning("the state's Redis Function was missing: loading it again")
+            self.load_function()
+            return redis_batch.execute(self.client, commands)
+
+    def _calls(
+        self, agg: StreamAggregation, events: Columns | None, queries: Columns | None
+    ) -> tuple[list[Command], np.ndarray, np.ndarray]:
+        """One call per entity (more for one with very many events) adding its `events` and
+        computing its `queries`; with the query rows in the order the replies give them and
+        the number of queries of each call."""
         decl = agg.declaration
-        entities = np.asarray(events[decl.entity_key], dtype=np.int64)
-        if len(entities) == 0:
-            return []
-        by_entity = np.argsort(entities, kind="stable")
-        entities = entities[by_entity]
-        times = np.asarray(events[decl.event_time], dtype=np.int64)[by_entity]
-        orders = np.asarray(events[decl.order_key], dtype=np.int64)[by_entity]
-        values = {
-            name: np.asarray(events[name], dtype=np.float64)[by_entity]
-            for name in decl.value_columns
-        }
-        members = agg.pack(times, orders, values)
-        arguments: list[bytes] = [b""] * (2 * len(members))
-        arguments[0::2] = [b"%d" % when for when in times.tolist()]
-        arguments[1::2] = members
-        starts = np.flatnonzero(np.diff(entities, prepend=entities[:1] - 1))
-        ends = np.append(starts[1:], len(entities))
-        return [
-            (b"ZADD", agg.key_bytes(entity), *arguments[2 * start : 2 * end])
-            for entity, start, end in zip(
-                entities[starts].tolist(), starts.tolist(), ends.tolist(), strict=True
+        parts: dict[int, list[tuple[int, bytes, bytes]]] = {}
+        rows_of: dict[int, np.ndarray] = {}
+        size = agg.dtype.itemsize
+        if events is not None and len(events[decl.entity_key]):
+            entities = np.asarray(events[decl.entity_key], dtype=np.int64)
+            by_entity = np.argsort(entities, kind="stable")
+            packed = agg.pack(
+                np.asarray(events[decl.event_time], dtype=np.int64)[by_entity],
+                np.asarray(events[decl.order_key], dtype=np.int64)[by_entity],
+                {c: np.asarray(events[c], dtype=np.float64)[by_entity] for c in decl.value_columns},
             )
-        ]
+            for entity, start, end in _runs(entities[by_entity]):
+                for first in range(start, end, MAX_EVENTS_PER_CALL):
+                    last = min(end, first + MAX_EVENTS_PER_CALL)
+                    members = packed[first * size : last * size]
+                    parts.setdefault(entity, []).append((0, members, b""))
+        if queries is not None and len(queries[decl.entity_key]):
+            entities = np.asarray(queries[decl.entity_key], dtype=np.int64)
+            by_entity = np.argsort(entities, kind="stable")
+            records = np.empty(len(entities), dtype=[("time", "<i8"), ("order", ">u8")])
+            records["time"] = np.asarray(queries[decl.event_time], dtype=np.int64)[by_entity]
+            orders = np.asarray(queries[decl.order_key], dtype=np.int64)[by_entity]
+            records["order"] = orders.view(np.uint64) ^ _ORDER_BIAS
+            packed = records.tobytes()
+            for entity, start, end in _runs(entities[by_entity]):
+                rows_of[entity] = by_entity[start:end]
+                calls = parts.setdefault(entity, [(0, b"", b"")])
+                calls[-1] = (end - start, calls[-1][1], packed[16 * start : 16 * end])
+        commands, rows, counts = [], [], []
+        for entity, calls in parts.items():
+            for count, members, asked in calls:
+                commands.append(agg.call(entity, members, asked))
+                counts.append(count)
+            if entity in rows_of:
+                rows.append(rows_of[entity])
+        order = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
+        return commands, order, np.asarray(counts, dtype=np.int64)
 
     def add_labels(self, labels: pd.DataFrame | Columns) -> int:
         """Store label events (keys, tx_datetime, tx_fraud) for the delayed declarations."""
@@ -311,8 +279,8 @@ class StreamState:
         commands = []
         for agg in self.aggregations:
             if agg.fed_by_labels:
-                commands += self._additions(agg, events)
-        redis_batch.execute(self.client, commands)
+                commands += self._calls(agg, events, None)[0]
+        self._execute(commands)
         return len(next(iter(events.values()), ()))
 
     def score_features(
@@ -320,49 +288,32 @@ class StreamState:
     ) -> dict[str, np.ndarray]:
         """Add the batch's transactions to the state and compute every window feature.
 
-        One Redis round trip: the additions and the range reads of every entity involved go
-        in order in one write (Redis runs them in order, so reads see the batch's own events).
-        Rows where `skip` is true are added to the state but not computed (NaN), and their
-        entities are not read unless another row needs them: the cheap path of a worker that
-        fell behind.
+        One round trip: one call per entity and declaration, in one write. Rows where `skip`
+        is true are added to the state but not computed (NaN), and their entities' windows are
+        not read unless another row needs them: the cheap path of a worker that fell behind.
         """
         events = as_columns(transactions)
         wanted = np.ones(len(events["transaction_id"]), bool) if skip is None else ~skip
+        asked = {name: np.asarray(column)[wanted] for name, column in events.items()}
         commands: list[Command] = []
         plans = []
         for agg in self.aggregations:
-            decl = agg.declaration
-            if not agg.fed_by_labels:
-                commands += self._additions(agg, events)
-            times = np.asarray(events[decl.event_time], dtype=np.int64)[wanted]
-            if len(times) == 0:
-                continue
-            delay = decl.delay_days * MICROS_PER_DAY  # members after t - delay are never used
-            low = b"(%d" % (int(times.min()) - agg.horizon_micros)
-            high = b"%d" % (int(times.max()) - delay)
-            entity_of_row = np.asarray(events[decl.entity_key], dtype=np.int64)[wanted]
-            entities = np.unique(entity_of_row)
-            first_read = len(commands)
-            commands += [
-                (b"ZRANGEBYSCORE", agg.key_bytes(entity), low, high) for entity in entities.tolist()
-            ]
-            plans.append((agg, times, entity_of_row, entities, first_read))
-        replies = redis_batch.execute(self.client, commands)
+            calls, rows, counts = self._calls(agg, None if agg.fed_by_labels else events, asked)
+            plans.append((agg, len(commands), rows, counts))
+            commands += calls
+        replies = self._execute(commands)
         features = {
             agg.declaration.name: np.full((len(wanted), len(agg.declaration.feature_names)), np.nan)
             for agg in self.aggregations
         }
-        for agg, times, entity_of_row, entities, first_read in plans:
-            decl = agg.declaration
-            reads = replies[first_read : first_read + len(entities)]
-            features[decl.name][wanted] = agg.compute(
-                entity_of_row,
-                times,
-                np.asarray(events[decl.order_key], dtype=np.int64)[wanted],
-                entities,
-                b"".join(chain.from_iterable(reads)),
-                np.fromiter(map(len, reads), dtype=np.int64, count=len(reads)),
-            )
+        for agg, first, rows, counts in plans:
+            mine = replies[first : first + len(counts)]
+            blob = b"".join(reply[1] for reply in mine)
+            width = len(agg.declaration.windows_days) * (1 + len(agg.declaration.value_columns))
+            aggregates = np.frombuffer(blob, dtype="<f8").reshape(-1, width)
+            computed = np.empty_like(aggregates)
+            computed[rows] = aggregates
+            features[agg.declaration.name][wanted] = agg.features(computed)
         return features
 
     def initialize(self, raw: pd.DataFrame, until: datetime, label_delay_days: int) -> int:
@@ -384,8 +335,16 @@ class StreamState:
                 known = (times + delay < end) & (times > end - horizon)
             else:
                 known = (times < end) & (times > end - horizon)
-            commands += self._additions(agg, as_columns(raw[known]))
+            ordered = raw[known].sort_values([decl.event_time, decl.order_key], kind="stable")
+            commands += self._calls(agg, as_columns(ordered), None)[0]
             added += int(known.sum())
-        redis_batch.execute(self.client, commands)
+        self._execute(commands)
         logger.info("stream state initialised with %d events up to %s", added, end.isoformat())
         return added
+
+
+def _runs(sorted_keys: np.ndarray) -> list[tuple[int, int, int]]:
+    """(key, start, end) of each run of equal keys in `sorted_keys`."""
+    starts = np.flatnonzero(np.diff(sorted_keys, prepend=sorted_keys[:1] - 1))
+    ends = np.append(starts[1:], len(sorted_keys))
+    return list(zip(sorted_keys[starts].tolist(), starts.tolist(), ends.tolist(), strict=True))
