@@ -50,6 +50,7 @@ is fed by label events. Times must lie within 2**53 microseconds of the epoch (y
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,7 +70,8 @@ logger = logging.getLogger(__name__)
 MICROS_PER_DAY = 86_400 * 1_000_000
 KEY_PREFIX = "skewless:state"
 LAYOUT = "t1"
-"""Part of every key: a layout change gets new keys instead of misreading old ones."""
+"""Part of every key, with a digest of the tiles: a change of either gets new keys instead of
+misreading old ones (the state is then loaded again, `skewless materialize`)."""
 LIBRARY = Path(__file__).parent / "assets" / "stream_state.lua"
 FUNCTION = b"skewless_state_v1"
 """The function's name, versioned with its library: a new version loads next to the old."""
@@ -114,7 +116,8 @@ class StreamAggregation:
     tiles: StateTiles = field(default_factory=StateTiles)
     allowed_lateness: timedelta = DEFAULT_LATENESS
     dtype: np.dtype = field(init=False, repr=False, compare=False)
-    config: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
+    config: bytes = field(init=False, repr=False, compare=False)
+    """The function's configuration argument: the numbers below as packed doubles."""
     _key_head: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -129,8 +132,10 @@ class StreamAggregation:
         config += [self.horizon_micros, _micros(self.allowed_lateness), len(decl.value_columns)]
         config.append(self.tiles.raw_scan_max)
         object.__setattr__(self, "dtype", np.dtype(columns))
-        object.__setattr__(self, "config", tuple(b"%d" % value for value in config))
-        object.__setattr__(self, "_key_head", f"{self.prefix}:{LAYOUT}:{{{decl.name}:".encode())
+        object.__setattr__(self, "config", np.asarray(config, dtype="<f8").tobytes())
+        tiles = hashlib.blake2s(repr(self.tiles).encode(), digest_size=3).hexdigest()
+        head = f"{self.prefix}:{LAYOUT}.{tiles}:{{{decl.name}:"
+        object.__setattr__(self, "_key_head", head.encode())
 
     @property
     def fed_by_labels(self) -> bool:
@@ -161,7 +166,7 @@ class StreamAggregation:
 
     def call(self, entity_id: int, members: bytes, queries: bytes) -> Command:
         """The FCALL adding `members` to the entity and computing the windows of `queries`."""
-        return (FCALL, FUNCTION, b"2", *self.keys(entity_id), *self.config, members, queries)
+        return (FCALL, FUNCTION, b"2", *self.keys(entity_id), self.config, members, queries)
 
     def features(self, aggregates: np.ndarray) -> np.ndarray:
         """The declaration's features from the function's (count, sums) per window.

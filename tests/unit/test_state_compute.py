@@ -25,8 +25,10 @@ def test_tiles_must_nest_and_be_positive() -> None:
 def test_every_key_of_an_entity_shares_one_hash_tag() -> None:
     agg = StreamAggregation(TERMINAL_RISK, "p")
     events, tiles = agg.keys(42)
-    assert events == b"p:t1:{terminal_risk:42}:e"
-    assert tiles == b"p:t1:{terminal_risk:42}:t"
+    assert events.startswith(b"p:t1.") and events.endswith(b":{terminal_risk:42}:e")
+    assert tiles == events[:-1] + b"t"
+    other = StreamAggregation(TERMINAL_RISK, "p", StateTiles(raw_scan_max=3)).keys(42)[0]
+    assert other != events  # other tiles, other keys
     with pytest.raises(ValueError, match="braces"):
         StreamAggregation(TERMINAL_RISK, "p{x}")
 
@@ -63,8 +65,18 @@ def test_features_from_counts_and_sums_with_empty_and_incomplete_windows() -> No
 def test_function_arguments_carry_the_declaration() -> None:
     agg = StreamAggregation(TERMINAL_RISK, tiles=StateTiles(raw_scan_max=3))
     day = 86_400 * 10**6
-    assert agg.config == tuple(
-        b"%d" % v
-        for v in (3, day, day // 24, day // 1440, 3, day, 7 * day, 30 * day, 7 * day,
-                  37 * day, 7 * day, 1, 3)
-    )  # fmt: skip
+    assert np.frombuffer(agg.config, "<f8").tolist() == [
+        3,
+        day,
+        day // 24,
+        day // 1440,
+        3,
+        day,
+        7 * day,
+        30 * day,
+        7 * day,
+        37 * day,
+        7 * day,
+        1,
+        3,
+    ]
