@@ -2,50 +2,56 @@
 
 The windows are computed inside Redis, by a Redis Function (`assets/stream_state.lua`, loaded
 with `FUNCTION LOAD REPLACE` under a versioned library name, so an upgrade replaces it): a read
-returns each window's count and sums, never the events, and costs the same whatever the
+returns each window's count and sums, never the events, and its cost does not grow with the
 entity's history.
 
 **Keys.** Each entity of a declaration has, under the hash tag `{declaration:entity}` (one
-Redis Cluster slot per entity):
+Redis Cluster slot per entity; the key head also carries a digest of the tiles, so changed
+tiles get new keys):
 - `...:e`, a sorted set of its events (score: event time in microseconds; member: event time as
   little-endian int64, order key as big-endian offset binary, value columns as little-endian
   float64). It is what makes writes idempotent: an event goes into the tiles only when its
   member was new to the set, so a replayed event is never counted twice.
-- `...:t`, a hash of *top tiles* (by default a day): field = tile number, value = the packed
-  count and sums of the tile's events; plus `meta`, the entity's watermark (latest event time
-  plus the declaration's delay) and the first tile kept.
-- `...:t:<tile>`, one hash per top tile holding its finer tiles (by default the 24 hours and
-  the minutes that have events), fields `<level>:<index within the top tile>`.
-Tile widths are declared next to the aggregations (`STATE_TILES`, `skewless.aggregation`).
+- `...:t`, a hash: `days`, the entity's *top tiles* (by default days) as one packed array of
+  running aggregates (entry i: count and sums of the top tiles from the first kept to it), and
+  `meta`: the watermark (latest event time plus the declaration's delay), the first top tile
+  kept, and the tile below which events were ever removed or dropped.
+- `...:t:<tile>`, for a top tile holding more than `raw_scan_max` events only: the packed
+  array of its sub-tiles one level finer (by default its 24 hours), and for each of those
+  holding more than `raw_scan_max` events the array of its own sub-tiles (its 60 minutes).
+  Such arrays are built from the events when their tile goes over the limit, then kept up.
+Tile widths and the limit are declared next to the aggregations (`STATE_TILES`).
 
 **Exact windows.** For an event at `t`, a window of `w` covers `t - d - w < e <= t - d`
-(`skewless.aggregation`). With `U = t - d`, `L = U - w` and `P(x)` the events of x's top tile
-up to `x` included:
+(`skewless.aggregation`). With `S(x)` the events up to `x` included (from the first kept
+tile), `U = t - d` and `L = U - w`, the window is `S(U) - S(L)`, and
 
-    window = (top tiles from tile(L) to tile(U) - 1) + P(U) - P(L)
+    S(x) = running aggregate of the top tile before x's + P(x)
 
-and `P(x)` is the finer tiles of that top tile before x's, level by level, plus the events of
-x's finest tile up to `x`, read from the sorted set (with `d = 0`, events at exactly `U` count
-only up to the event's own order key, so equal timestamps follow `(event_time, order_key)`). A
-top tile with at most `raw_scan_max` events is read from its events directly. A window thus
-reads the whole top tiles between its edges (cached for the call) and, per edge, at most
-(fan-out - 1) tiles per finer level and the events of one finest tile: with day, hour and
-minute tiles, at most 23 + 59 tiles and a minute's events, whatever the history. Counts are
-exact (integers in doubles); sums differ from a direct sum by rounding only.
+where `P(x)`, the events of x's top tile up to `x`, is read level by level: the sub-tiles of
+the parent before x's sub-tile (or, when fewer, the parent minus its sub-tiles from x's on),
+then x's sub-tile becomes the parent; a parent with at most `raw_scan_max` events is read from
+the sorted set, up to `x`. With `d = 0`, events at exactly `U` count only up to the event's own
+order key, so equal timestamps follow `(event_time, order_key)`. A window thus costs two
+entries of the top array and, per edge, at most half a parent's sub-tiles per level plus the
+events of one small tile: with day, hour and minute tiles, at most 12 + 30 tiles and 16
+events (or a minute's events), whatever the history. Counts are exact (integers in doubles);
+sums differ from a direct sum by rounding only (differences of sums over the kept range).
 
-**Removal.** Each write moves the entity's watermark; top tiles (with their finer tiles and
+**Removal.** Each write moves the entity's watermark; top tiles (with their sub-tiles and
 events) that end before `watermark - horizon - allowed lateness` are deleted in the same call,
 so memory stops growing once a horizon has passed. Events older than the first tile kept are
 dropped on arrival (the worker already sends events later than the allowed lateness to the
 dead-letter topic); a window reaching below a tile whose events were removed or dropped is NaN
 rather than short.
 
-**Round trips.** One `FCALL` per entity of the batch and declaration, all in one pipelined
-write: the call adds the entity's events of the batch, removes what is too old, then computes
-the windows of the batch's events that need them, so reads see the batch's own events. A
-declaration without delay is fed by transactions; a delayed one (its values include the label)
-is fed by label events. Times must lie within 2**53 microseconds of the epoch (years 1685 to
-2255): Lua numbers are doubles.
+**Round trips.** One pipelined write per batch: per declaration, `FCALL`s of up to
+`MAX_ENTITIES_PER_CALL` entities each (all keys of an entity in one slot; a cluster client
+would group the entities of a call by slot). For each entity the call adds its events of the
+batch, removes what is too old, then computes the windows of the batch's events that need
+them, so reads see the batch's own events. A declaration without delay is fed by
+transactions; a delayed one (its values include the label) is fed by label events. Times must
+lie within 2**53 microseconds of the epoch (years 1685 to 2255): Lua numbers are doubles.
 """
 
 from __future__ import annotations
@@ -77,7 +83,9 @@ FUNCTION = b"skewless_state_v1"
 """The function's name, versioned with its library: a new version loads next to the old."""
 DEFAULT_LATENESS = timedelta(days=7)
 MAX_EVENTS_PER_CALL = 5_000
-"""An entity's events are added at most this many per call (Redis runs one call at a time)."""
+"""Events added by one call at most (Redis runs one call at a time: others wait meanwhile)."""
+MAX_ENTITIES_PER_CALL = 200
+"""Entities of one call at most."""
 _ORDER_BIAS = np.uint64(1 << 63)
 _MAX_MICROS = 1 << 53
 
@@ -164,9 +172,12 @@ class StreamAggregation:
             records[name] = values[name]
         return records.tobytes()
 
-    def call(self, entity_id: int, members: bytes, queries: bytes) -> Command:
-        """The FCALL adding `members` to the entity and computing the windows of `queries`."""
-        return (FCALL, FUNCTION, b"2", *self.keys(entity_id), self.config, members, queries)
+    def call(self, parts: Sequence[tuple[int, bytes, bytes]]) -> Command:
+        """One FCALL adding each (entity, members, queries)'s members to the entity and
+        computing the windows of its queries, in that order."""
+        keys = [key for entity, _, _ in parts for key in self.keys(entity)]
+        arguments = [blob for _, members, queries in parts for blob in (members, queries)]
+        return (FCALL, FUNCTION, b"%d" % len(keys), *keys, self.config, *arguments)
 
     def features(self, aggregates: np.ndarray) -> np.ndarray:
         """The declaration's features from the function's (count, sums) per window.
@@ -235,13 +246,13 @@ class StreamState:
 
     def _calls(
         self, agg: StreamAggregation, events: Columns | None, queries: Columns | None
-    ) -> tuple[list[Command], np.ndarray, np.ndarray]:
-        """One call per entity (more for one with very many events) adding its `events` and
-        computing its `queries`; with the query rows in the order the replies give them and
-        the number of queries of each call."""
+    ) -> tuple[list[Command], np.ndarray]:
+        """Calls adding `events` and computing `queries`, entity by entity (in ascending order,
+        an entity with very many events over several calls); with the query rows in the order
+        of the replies' results."""
         decl = agg.declaration
-        parts: dict[int, list[tuple[int, bytes, bytes]]] = {}
-        rows_of: dict[int, np.ndarray] = {}
+        parts: dict[int, list[tuple[bytes, bytes]]] = {}
+        rows: list[np.ndarray] = []
         size = agg.dtype.itemsize
         if events is not None and len(events[decl.entity_key]):
             entities = np.asarray(events[decl.entity_key], dtype=np.int64)
@@ -252,10 +263,10 @@ class StreamState:
                 {c: np.asarray(events[c], dtype=np.float64)[by_entity] for c in decl.value_columns},
             )
             for entity, start, end in _runs(entities[by_entity]):
-                for first in range(start, end, MAX_EVENTS_PER_CALL):
-                    last = min(end, first + MAX_EVENTS_PER_CALL)
-                    members = packed[first * size : last * size]
-                    parts.setdefault(entity, []).append((0, members, b""))
+                parts[entity] = [
+                    (packed[first * size : min(end, first + MAX_EVENTS_PER_CALL) * size], b"")
+                    for first in range(start, end, MAX_EVENTS_PER_CALL)
+                ]
         if queries is not None and len(queries[decl.entity_key]):
             entities = np.asarray(queries[decl.entity_key], dtype=np.int64)
             by_entity = np.argsort(entities, kind="stable")
@@ -265,18 +276,27 @@ class StreamState:
             records["order"] = orders.view(np.uint64) ^ _ORDER_BIAS
             packed = records.tobytes()
             for entity, start, end in _runs(entities[by_entity]):
-                rows_of[entity] = by_entity[start:end]
-                calls = parts.setdefault(entity, [(0, b"", b"")])
-                calls[-1] = (end - start, calls[-1][1], packed[16 * start : 16 * end])
-        commands, rows, counts = [], [], []
-        for entity, calls in parts.items():
-            for count, members, asked in calls:
-                commands.append(agg.call(entity, members, asked))
-                counts.append(count)
-            if entity in rows_of:
-                rows.append(rows_of[entity])
+                calls = parts.setdefault(entity, [(b"", b"")])
+                calls[-1] = (calls[-1][0], packed[16 * start : 16 * end])
+        commands: list[Command] = []
+        group: list[tuple[int, bytes, bytes]] = []
+        events_in_group = 0
+        for entity in sorted(parts):
+            for members, asked in parts[entity]:
+                if group and (
+                    len(group) >= MAX_ENTITIES_PER_CALL
+                    or events_in_group + len(members) // size > MAX_EVENTS_PER_CALL
+                ):
+                    commands.append(agg.call(group))
+                    group, events_in_group = [], 0
+                group.append((entity, members, asked))
+                events_in_group += len(members) // size
+        if group:
+            commands.append(agg.call(group))
+        if queries is not None and len(queries[decl.entity_key]):
+            rows = [by_entity]  # entities ascending, each entity's rows in their order
         order = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
-        return commands, order, np.asarray(counts, dtype=np.int64)
+        return commands, order
 
     def add_labels(self, labels: pd.DataFrame | Columns) -> int:
         """Store label events (keys, tx_datetime, tx_fraud) for the delayed declarations."""
@@ -293,7 +313,7 @@ class StreamState:
     ) -> dict[str, np.ndarray]:
         """Add the batch's transactions to the state and compute every window feature.
 
-        One round trip: one call per entity and declaration, in one write. Rows where `skip`
+        One round trip: calls of many entities per declaration, in one write. Rows where `skip`
         is true are added to the state but not computed (NaN), and their entities' windows are
         not read unless another row needs them: the cheap path of a worker that fell behind.
         """
@@ -303,16 +323,16 @@ class StreamState:
         commands: list[Command] = []
         plans = []
         for agg in self.aggregations:
-            calls, rows, counts = self._calls(agg, None if agg.fed_by_labels else events, asked)
-            plans.append((agg, len(commands), rows, counts))
+            calls, rows = self._calls(agg, None if agg.fed_by_labels else events, asked)
+            plans.append((agg, len(commands), len(calls), rows))
             commands += calls
         replies = self._execute(commands)
         features = {
             agg.declaration.name: np.full((len(wanted), len(agg.declaration.feature_names)), np.nan)
             for agg in self.aggregations
         }
-        for agg, first, rows, counts in plans:
-            mine = replies[first : first + len(counts)]
+        for agg, first, count, rows in plans:
+            mine = replies[first : first + count]
             blob = b"".join(reply[1] for reply in mine)
             width = len(agg.declaration.windows_days) * (1 + len(agg.declaration.value_columns))
             aggregates = np.frombuffer(blob, dtype="<f8").reshape(-1, width)

@@ -1,29 +1,30 @@
 #!lua name=skewless_state_v1
--- Streaming window state of one entity of one declaration: events in, window aggregates out.
+-- Streaming window state of a declaration's entities: events in, window aggregates out.
 -- The design (keys, tiles, window formula, removal) is in skewless/stream_state.py.
 --
--- FCALL skewless_state_v1 2 <events key> <tiles key> <config> <events> <queries>
+-- FCALL skewless_state_v1 <2n> <events key 1> <tiles key 1> ... <config> <events 1> <queries 1> ...
 --   config: packed <f8: levels, level widths (us, coarsest first), windows, window widths (us),
 --           delay (us), horizon (us), allowed lateness (us), value columns, raw scan limit
 --   events: packed members (time <i8, order >u8 biased, one <f8 per value column), any order
 --   queries: packed (time <i8, order >u8 biased), one per event to compute
--- Reply: {events that were new, packed <f8 (count, sums...) per query per window}
+-- Reply: {events that were new, packed <f8 (count, sums...) per query per window, entity by
+-- entity}.
 --
--- A tile's aggregate is `width` doubles: its count, then one sum per value column. Tiles are
--- kept as packed arrays: the top tiles of the entity in the `days` field of the tiles hash
--- (after their first tile number), and, in the hash `<tiles key>:<top tile>`, for each tile
--- holding more than `raw scan limit` events the array of its sub-tiles one level finer, field
--- `<level>:<index of the tile at its own level within the top tile>`. A tile holding at most
--- that many events is read from the sorted set of events instead.
+-- An aggregate is `width` doubles: a count, then one sum per value column. The top tiles of an
+-- entity are one packed array of *running* aggregates (entry i: tiles base..base+i) in the
+-- `days` field of its tiles hash, after `base` (so a run of whole tiles costs two entries).
+-- In the hash `<tiles key>:<top tile>`, each tile holding more than `raw scan limit` events
+-- has the packed array of its sub-tiles one level finer, field `<level>:<index of the tile at
+-- its own level within the top tile>`. A tile holding at most that many events is read from
+-- the sorted set of events instead. Allocation is what costs most in Redis's Lua: the code
+-- reuses tables and reads packed entries in place.
 
-local function number(x)
-  return string.format('%.17g', x)
-end
-
--- Caches kept between calls (allocation is what costs most in this Lua): format strings by
--- length, decoded configurations by their packed bytes.
 local formats = {}
 local configs = {}
+local numbers = {}
+local numbers_size = 0
+-- Scratch tables, reused by every entity of every call (calls never run concurrently).
+local up_to, below, row, parent, carry = {}, {}, {}, {}, {}
 
 local function doubles(n)
   local format = formats[n]
@@ -34,16 +35,33 @@ local function doubles(n)
   return format
 end
 
+local function number(x)
+  return string.format('%.17g', x)
+end
+
+-- `number` of a tile start, remembered (the same few tile starts come back call after call).
+local function start_number(x)
+  local text = numbers[x]
+  if not text then
+    if numbers_size > 100000 then
+      numbers, numbers_size = {}, 0
+    end
+    text = number(x)
+    numbers[x] = text
+    numbers_size = numbers_size + 1
+  end
+  return text
+end
+
 local function read_config(packed)
   local config = configs[packed]
   if config then return config end
   config = {widths = {}, windows = {}}
   local numbers = {struct.unpack(doubles(#packed / 8), packed)}
-  local at = 1
+  local at = 0
   local function take()
-    local value = numbers[at]
     at = at + 1
-    return value
+    return numbers[at]
   end
   for _ = 1, take() do config.widths[#config.widths + 1] = take() end
   for _ = 1, take() do config.windows[#config.windows + 1] = take() end
@@ -58,16 +76,10 @@ local function read_config(packed)
   return config
 end
 
--- Entries [from, to] (0-based) of a packed array, as one flat list of doubles.
-local function entries(packed, from, to, width)
-  if to < from then return {} end
-  return {struct.unpack(doubles((to - from + 1) * width), packed, from * width * 8 + 1)}
-end
-
-local function pack_flat(flat, count)
+local function pack_flat(flat, from, to)
   local out = {}
-  for first = 1, count, 200 do
-    local last = math.min(first + 199, count)
+  for first = from, to, 240 do
+    local last = math.min(first + 239, to)
     out[#out + 1] = struct.pack(doubles(last - first + 1), unpack(flat, first, last))
   end
   return table.concat(out)
@@ -95,7 +107,7 @@ local function add_to_array(key, level, start, top_start, events, fresh, fetch, 
     flat = {}
     for i = 1, fanout * width do flat[i] = 0 end
   else
-    flat = entries(redis.call('HGET', key, field), 0, fanout - 1, width)
+    flat = {struct.unpack(doubles(fanout * width), redis.call('HGET', key, field))}
   end
   local by_entry = {}
   for _, event in ipairs(events) do
@@ -108,13 +120,12 @@ local function add_to_array(key, level, start, top_start, events, fresh, fetch, 
     list[#list + 1] = event
     for j = 1, width do flat[index * width + j] = flat[index * width + j] + event[2][j] end
   end
-  redis.call('HSET', key, field, pack_flat(flat, fanout * width))
+  redis.call('HSET', key, field, pack_flat(flat, 1, fanout * width))
   for index, list in pairs(by_entry) do
     local after = flat[index * width + 1]
     if after > config.raw_scan_max then
-      local before = after - #list
       local entry_start = start + index * sub
-      if fresh or before > config.raw_scan_max then
+      if fresh or after - #list > config.raw_scan_max then
         add_to_array(key, level + 1, entry_start, top_start, list, fresh, fetch, config)
       else
         local all = fetch(entry_start, sub)
@@ -124,11 +135,10 @@ local function add_to_array(key, level, start, top_start, events, fresh, fetch, 
   end
 end
 
-local function apply(keys, args)
-  local config = read_config(args[1])
-  local events_key, tiles_key = keys[1], keys[2]
+-- One entity: add its events, remove what is too old, append its queries' windows to `out`.
+local function entity(config, events_key, tiles_key, events, queries, out)
   local widths, width, top = config.widths, config.width, config.widths[1]
-  local events, size = args[2], config.member_size
+  local size, raw_scan_max = config.member_size, config.raw_scan_max
 
   -- All events of [start, start + span), as {time, values}.
   local function events_between(start, span)
@@ -142,20 +152,15 @@ local function apply(keys, args)
   end
 
   -- Watermark (latest event time + delay), the first top tile kept, the top tile below which
-  -- events were removed or dropped (-inf: none ever were); the top tiles as a packed array.
+  -- events were removed or dropped (-inf: none ever were); the top tiles' running aggregates.
   local stored = redis.call('HMGET', tiles_key, 'meta', 'days')
   local mark, keep, lost
   if stored[1] then mark, keep, lost = struct.unpack('<ddd', stored[1]) else lost = -math.huge end
-  local base, days = nil, {}  -- days[(tile - base) * width + j]
-  local day_count = 0
-  if stored[2] then
-    base = struct.unpack('<d', stored[2])
-    day_count = (#stored[2] - 8) / (8 * width)
-    if day_count > 0 then
-      days = {struct.unpack(doubles(day_count * width), stored[2], 9)}
-    else
-      base = nil
-    end
+  local days, base, day_count = stored[2], nil, 0
+  if days then
+    base = struct.unpack('<d', days)
+    day_count = (#days - 8) / (8 * width)
+    if day_count == 0 then base = nil end
   end
   local old_mark, old_keep, old_lost = mark, keep, lost
 
@@ -171,18 +176,35 @@ local function apply(keys, args)
     if keep == nil or cut > keep then keep = cut end
   end
 
-  -- Removal: top tiles before `keep`, their sub-tile arrays and their events.
+  -- The running aggregates: `flat` holds entries from..day_count-1 (0-based) once decoded;
+  -- an in-order write decodes and re-encodes only the entries from the one before its tile.
+  local flat, from = nil, 0
+  local function decode(first)
+    first = math.max(0, math.min(first, day_count - 1))
+    local n = day_count - first
+    flat = n > 0 and {struct.unpack(doubles(n * width), days, 9 + first * width * 8)} or {}
+    from = first
+  end
   local changed = false
+
+  -- Removal: top tiles before `keep`, their sub-tile arrays and their events.
   if base ~= nil and base < keep then
     local drop = math.min(keep - base, day_count)
+    decode(0)
+    local previous = 0
     for i = 0, drop - 1 do
-      local tile_count = days[i * width + 1]
+      local tile_count = flat[i * width + 1] - previous
+      previous = flat[i * width + 1]
       if tile_count > 0 then lost = keep end
-      if tile_count > config.raw_scan_max then redis.call('DEL', tiles_key .. ':' .. (base + i)) end
+      if tile_count > raw_scan_max then redis.call('DEL', tiles_key .. ':' .. (base + i)) end
     end
     local rest = {}
-    for i = drop * width + 1, day_count * width do rest[#rest + 1] = days[i] end
-    days, base, day_count = rest, keep, day_count - drop
+    for i = drop * width + 1, day_count * width do
+      local j = (i - 1) % width + 1
+      rest[#rest + 1] = flat[i] - flat[(drop - 1) * width + j]
+    end
+    flat, base, day_count = rest, keep, day_count - drop
+    if day_count == 0 then base = nil end
     redis.call('ZREMRANGEBYSCORE', events_key, '-inf', '(' .. number(keep * top))
     changed = true
   end
@@ -191,6 +213,7 @@ local function apply(keys, args)
   local added = 0
   local new_by_tile = {}
   local lowest = keep and keep * top
+  local first_tile, last_tile
   for i = 1, count do
     local time = times[i]
     if time < lowest then
@@ -204,55 +227,86 @@ local function apply(keys, args)
         if not list then
           list = {}
           new_by_tile[tile] = list
+          if first_tile == nil or tile < first_tile then first_tile = tile end
+          if last_tile == nil or tile > last_tile then last_tile = tile end
         end
         list[#list + 1] = {time, member_values(member, config)}
       end
     end
   end
-  for tile in pairs(new_by_tile) do  -- grow the array of top tiles to cover every new tile
+  if first_tile ~= nil then
     if base == nil then
-      base, day_count = tile, 1
-      for j = 1, width do days[j] = 0 end
-    elseif tile < base then
+      base, day_count, flat, from = first_tile, 0, {}, 0
+    elseif first_tile < base then  -- grow downward: leading zero aggregates
+      if not flat then decode(0) end
       local grown = {}
-      for i = 1, (base - tile) * width do grown[i] = 0 end
-      for i = 1, day_count * width do grown[#grown + 1] = days[i] end
-      days, day_count, base = grown, day_count + base - tile, tile
-    elseif tile >= base + day_count then
-      for i = day_count * width + 1, (tile - base + 1) * width do days[i] = 0 end
-      day_count = tile - base + 1
+      for i = 1, (base - first_tile) * width do grown[i] = 0 end
+      for i = 1, day_count * width do grown[#grown + 1] = flat[i] end
+      flat, day_count, base = grown, day_count + base - first_tile, first_tile
+    elseif not flat then
+      decode(first_tile - base - 1)
     end
-  end
-  for tile, list in pairs(new_by_tile) do
-    local at = (tile - base) * width
-    local before = days[at + 1]
-    for _, event in ipairs(list) do
-      for j = 1, width do days[at + j] = days[at + j] + event[2][j] end
+    -- flat[(e - from) * width + j]: entry e, column j
+    local function entry(e, j)
+      if e < 0 then return 0 end
+      return flat[(e - from) * width + j]
     end
-    if days[at + 1] > config.raw_scan_max then
-      local key, start = tiles_key .. ':' .. tile, tile * top
-      if before > config.raw_scan_max then
-        add_to_array(key, 1, start, start, list, false, events_between, config)
-      else
-        redis.call('DEL', key)
-        add_to_array(key, 1, start, start, events_between(start, top), true, events_between,
-          config)
+    if last_tile >= base + day_count then  -- grow upward: repeat the last running aggregate
+      for e = day_count, last_tile - base do
+        for j = 1, width do flat[(e - from) * width + j] = entry(e - 1, j) end
       end
+      day_count = last_tile - base + 1
+    end
+    for j = 1, width do carry[j] = 0 end
+    for tile = first_tile, base + day_count - 1 do
+      local e = tile - base
+      local list = new_by_tile[tile]
+      if list then
+        -- (the entry before already carries the batch's events of the tiles before this one)
+        local before = entry(e, 1) - (e > 0 and entry(e - 1, 1) - carry[1] or 0)
+        for _, event in ipairs(list) do
+          for j = 1, width do carry[j] = carry[j] + event[2][j] end
+        end
+        if before + #list > raw_scan_max then
+          local key, start = tiles_key .. ':' .. tile, tile * top
+          if before > raw_scan_max then
+            add_to_array(key, 1, start, start, list, false, events_between, config)
+          else
+            redis.call('DEL', key)
+            add_to_array(key, 1, start, start, events_between(start, top), true, events_between,
+              config)
+          end
+        end
+      end
+      for j = 1, width do flat[(e - from) * width + j] = entry(e, j) + carry[j] end
     end
     changed = true
   end
+  if changed then
+    local head = from > 0 and string.sub(days, 1, 8 + from * width * 8)
+      or struct.pack('<d', base or 0)
+    days = head .. pack_flat(flat, 1, (day_count - from) * width)
+  end
   if changed or mark ~= old_mark or keep ~= old_keep or lost ~= old_lost then
-    redis.call('HSET', tiles_key, 'meta', struct.pack('<ddd', mark, keep, lost),
-      'days', struct.pack('<d', base or 0) .. pack_flat(days, day_count * width))
+    redis.call('HSET', tiles_key, 'meta', struct.pack('<ddd', mark, keep, lost), 'days', days)
   end
 
-  local queries = args[3]
   local query_count = #queries / 16
-  if query_count == 0 then return {added, ''} end
+  if query_count == 0 then return added end
+
+  -- Running aggregate of top tile `tile` (all tiles base..tile) into `into`, times `sign`.
+  local function running(into, sign, tile)
+    if base == nil or tile < base then return end
+    local i = math.min(tile, base + day_count - 1) - base
+    local at = 9 + i * width * 8
+    for j = 1, width do
+      into[j] = into[j] + sign * struct.unpack('<d', days, at + (j - 1) * 8)
+    end
+  end
 
   -- Events with low <= time <= high (at time == high only order keys up to `tie`) into `into`.
   local function scan(into, sign, low, high, tie_high, tie_low)
-    local members = redis.call('ZRANGEBYSCORE', events_key, number(low), number(high))
+    local members = redis.call('ZRANGEBYSCORE', events_key, start_number(low), number(high))
     for _, member in ipairs(members) do
       local inside = true
       if tie_high ~= nil and struct.unpack('<i8', member) == high then
@@ -269,15 +323,6 @@ local function apply(keys, args)
   end
 
   local arrays = {}
-  local function array(key, field)
-    local name = key .. '|' .. field
-    local packed = arrays[name]
-    if packed == nil then
-      packed = redis.call('HGET', key, field)
-      arrays[name] = packed
-    end
-    return packed
-  end
 
   -- Events of x's top tile up to x (ties: up to the order key), added into `into` times sign.
   -- Level by level: the sub-tiles of the parent before x's sub-tile, or (when fewer) the
@@ -285,73 +330,51 @@ local function apply(keys, args)
   local function prefix(into, sign, x, tie_high, tie_low)
     local tile = math.floor(x / top)
     if base == nil or tile < base or tile >= base + day_count then return end
-    local parent = {}
-    for j = 1, width do parent[j] = days[(tile - base) * width + j] end
+    for j = 1, width do parent[j] = 0 end
+    running(parent, 1, tile)
+    running(parent, -1, tile - 1)
     local start = tile * top
     local parent_start = start
-    local key = tiles_key .. ':' .. tile
+    local key
     for level = 1, #widths - 1 do
       if parent[1] == 0 then return end
-      if parent[1] <= config.raw_scan_max then break end
+      if parent[1] <= raw_scan_max then break end
+      key = key or tiles_key .. ':' .. tile
       local sub = widths[level + 1]
       local fanout = widths[level] / sub
-      local packed = array(key, level .. ':' .. math.floor((parent_start - start) / widths[level]))
+      local field = level .. ':' .. math.floor((parent_start - start) / widths[level])
+      local name = key .. '|' .. field
+      local packed = arrays[name]
+      if not packed then
+        packed = redis.call('HGET', key, field)
+        arrays[name] = packed
+      end
       local at = math.floor((x - parent_start) / sub)
-      local flat
       if at <= fanout - at then
-        flat = entries(packed, 0, at, width)
-        for i = 0, at * width - 1, width do
-          for j = 1, width do into[j] = into[j] + sign * flat[i + j] end
+        for i = 0, at - 1 do
+          for j = 1, width do
+            into[j] = into[j] + sign * struct.unpack('<d', packed, 1 + ((i * width) + j - 1) * 8)
+          end
         end
-        for j = 1, width do parent[j] = flat[at * width + j] end
       else
-        flat = entries(packed, at, fanout - 1, width)
         for j = 1, width do into[j] = into[j] + sign * parent[j] end
-        for i = 0, (fanout - at) * width - 1, width do
-          for j = 1, width do into[j] = into[j] - sign * flat[i + j] end
+        for i = at, fanout - 1 do
+          for j = 1, width do
+            into[j] = into[j] - sign * struct.unpack('<d', packed, 1 + ((i * width) + j - 1) * 8)
+          end
         end
-        for j = 1, width do parent[j] = flat[j] end
+      end
+      for j = 1, width do
+        parent[j] = struct.unpack('<d', packed, 1 + ((at * width) + j - 1) * 8)
       end
       parent_start = parent_start + at * sub
     end
     if parent[1] > 0 then scan(into, sign, parent_start, x, tie_high, tie_low) end
   end
 
-  -- Sums of the top tiles [lowest, upper - 1], accumulated downward once per upper tile.
-  local runs = {}
-  local function tiles_between(lowest, upper)
-    local run = runs[upper]
-    if not run then
-      run = {next = upper - 1, sums = {}, at = {}}
-      for j = 1, width do run.sums[j] = 0 end
-      runs[upper] = run
-    end
-    local done = run.at[lowest]
-    if done then return done end
-    local sums = run.sums
-    if lowest > run.next + 1 then  -- a shorter span than already summed: sum it alone
-      sums = {}
-      for j = 1, width do sums[j] = 0 end
-      for tile = math.max(lowest, base), math.min(upper - 1, base + day_count - 1) do
-        for j = 1, width do sums[j] = sums[j] + days[(tile - base) * width + j] end
-      end
-      return sums
-    end
-    for tile = run.next, lowest, -1 do
-      if tile >= base and tile < base + day_count then
-        for j = 1, width do sums[j] = sums[j] + days[(tile - base) * width + j] end
-      end
-    end
-    run.next = math.min(run.next, lowest - 1)
-    done = {unpack(sums, 1, width)}
-    run.at[lowest] = done
-    return done
-  end
-
-  local out = {}
   local complete_from = lost * top
-  local row_format = doubles(#config.windows * width)
-  local up_to, values, row = {}, {}, {}
+  local windows = config.windows
+  local row_format = doubles(#windows * width)
   for q = 1, query_count do
     local time = struct.unpack('<i8', queries, (q - 1) * 16 + 1)
     local tie_high, tie_low
@@ -361,23 +384,32 @@ local function apply(keys, args)
     local upper = time - config.delay
     local upper_tile = math.floor(upper / top)
     for j = 1, width do up_to[j] = 0 end
+    running(up_to, 1, upper_tile - 1)
     prefix(up_to, 1, upper, tie_high, tie_low)
-    for w, window in ipairs(config.windows) do
-      local lower = upper - window
+    for w = 1, #windows do
+      local lower = upper - windows[w]
       local at = (w - 1) * width
       if lower + 1 < complete_from then
         for j = 1, width do row[at + j] = 0 / 0 end
       else
-        for j = 1, width do values[j] = up_to[j] end
-        if base ~= nil then
-          local between = tiles_between(math.floor(lower / top), upper_tile)
-          for j = 1, width do values[j] = values[j] + between[j] end
-        end
-        prefix(values, -1, lower)
-        for j = 1, width do row[at + j] = values[j] end
+        -- (L, U] = running(tile(U) - 1) + P(U) - running(tile(L) - 1) - P(L)
+        for j = 1, width do below[j] = 0 end
+        running(below, 1, math.floor(lower / top) - 1)
+        prefix(below, 1, lower)
+        for j = 1, width do row[at + j] = up_to[j] - below[j] end
       end
     end
-    out[q] = struct.pack(row_format, unpack(row, 1, #config.windows * width))
+    out[#out + 1] = struct.pack(row_format, unpack(row, 1, #windows * width))
+  end
+  return added
+end
+
+local function apply(keys, args)
+  local config = read_config(args[1])
+  local out = {}
+  local added = 0
+  for i = 1, #keys / 2 do
+    added = added + entity(config, keys[2 * i - 1], keys[2 * i], args[2 * i], args[2 * i + 1], out)
   end
   return {added, table.concat(out)}
 end
