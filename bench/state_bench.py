@@ -5,7 +5,7 @@ services up`), stopped at the end; no Kafka, no model. Three parts, each usable 
 
 - `history`: one customer and one terminal with N events in their horizon (N = 100, 10k, 100k,
   300k), then 200 transactions of that customer at that terminal scored one per batch (one
-  round trip each): the mean wall time per transaction, both declarations.
+  round trip each): the mean wall time per transaction after the first 20, both declarations.
 - `memory`: the default demo data (183 days) streamed through the state as the worker does
   (labels due, then a batch of transactions), Redis `used_memory` after 1, 3 and 6 months.
 - `hot`: a synthetic stream of 41,000 transactions a day where one terminal carries 20% of
@@ -44,6 +44,7 @@ from skewless.stream_state import StreamState, as_columns
 
 HISTORY_SIZES = (100, 10_000, 100_000, 300_000)
 HISTORY_SCORED = 200
+WARM_UP = 20
 START = pd.Timestamp(datetime(2026, 4, 1, tzinfo=UTC))
 DAY = pd.Timedelta(days=1)
 HORIZON_DAYS = 37
@@ -117,10 +118,12 @@ def history_cost(client: redis.Redis, declarations: tuple[WindowAggregation, ...
         scored = as_columns(raw[raw["tx_datetime"] >= until].drop(columns=["tx_fraud"]))
         rows = [{name: column[i : i + 1] for name, column in scored.items()}
                 for i in range(HISTORY_SCORED)]  # fmt: skip
-        started = time.perf_counter()
-        for row in rows:
+        for row in rows[:WARM_UP]:  # the first calls load the function, warm the caches
             state.score_features(row)
-        per_event = (time.perf_counter() - started) / len(rows)
+        started = time.perf_counter()
+        for row in rows[WARM_UP:]:
+            state.score_features(row)
+        per_event = (time.perf_counter() - started) / (len(rows) - WARM_UP)
         print(f"| {size:,} | {per_event * 1e6:,.0f} |", flush=True)
         clear(client, state)
 
