@@ -14,8 +14,8 @@ tiles get new keys):
   member was new to the set, so a replayed event is never counted twice.
 - `...:t`, a hash: `days`, the entity's *top tiles* (by default days) as one packed array of
   running aggregates (entry i: count and sums of the top tiles from the first kept to it), and
-  `meta`: the watermark (latest event time plus the declaration's delay), the first top tile
-  kept, and the tile below which events were ever removed or dropped.
+  `meta`: the watermark, the first top tile kept, and the tile below which events were ever
+  removed or dropped.
 - `...:t:<tile>`, for a top tile holding more than `raw_scan_max` events only: the packed
   array of its sub-tiles one level finer (by default its 24 hours), and for each of those
   holding more than `raw_scan_max` events the array of its own sub-tiles (its 60 minutes).
@@ -38,12 +38,15 @@ events of one small tile: with day, hour and minute tiles, at most 12 + 30 tiles
 events (or a minute's events), whatever the history. Counts are exact (integers in doubles);
 sums differ from a direct sum by rounding only (differences of sums over the kept range).
 
-**Removal.** Each write moves the entity's watermark; top tiles (with their sub-tiles and
-events) that end before `watermark - horizon - allowed lateness` are deleted in the same call,
-so memory stops growing once a horizon has passed. Events older than the first tile kept are
-dropped on arrival (the worker already sends events later than the allowed lateness to the
-dead-letter topic); a window reaching below a tile whose events were removed or dropped is NaN
-rather than short.
+**Removal.** The entity's watermark is the latest time it was computed at, or, for a
+declaration without delay, the latest event added (labels do not move it: a worker may read
+them days ahead of the transactions it scores). Top tiles (with their sub-tiles and events)
+that end before `watermark - horizon - allowed lateness` are deleted in the call that moves
+it, so memory stops growing once a horizon has passed: a later event at `t` is at most the
+allowed lateness behind the watermark and needs nothing before `t - horizon`. Events older
+than the first tile kept are dropped on arrival (the worker already sends events later than
+the allowed lateness to the dead-letter topic); a window reaching below a tile whose events
+were removed or dropped is NaN rather than short.
 
 **Round trips.** One pipelined write per batch: per declaration, `FCALL`s of up to
 `MAX_ENTITIES_PER_CALL` entities each (all keys of an entity in one slot; a cluster client

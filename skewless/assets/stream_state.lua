@@ -151,29 +151,35 @@ local function entity(config, events_key, tiles_key, events, queries, out)
     return found
   end
 
-  -- Watermark (latest event time + delay), the first top tile kept, the top tile below which
-  -- events were removed or dropped (-inf: none ever were); the top tiles' running aggregates.
+  -- Watermark, the first top tile kept, the top tile below which events were removed or
+  -- dropped (-inf: none ever were); the top tiles' running aggregates.
   local stored = redis.call('HMGET', tiles_key, 'meta', 'days')
-  local mark, keep, lost
-  if stored[1] then mark, keep, lost = struct.unpack('<ddd', stored[1]) else lost = -math.huge end
+  local mark, keep, lost = -math.huge, -math.huge, -math.huge  -- (-inf: none yet)
+  if stored[1] then mark, keep, lost = struct.unpack('<ddd', stored[1]) end
   local days, base, day_count = stored[2], nil, 0
   if days then
     base = struct.unpack('<d', days)
     day_count = (#days - 8) / (8 * width)
     if day_count == 0 then base = nil end
   end
-  local old_mark, old_keep, old_lost = mark, keep, lost
+  local old_keep, old_lost = keep, lost
 
+  -- The watermark is the stream's time as the entity sees it: the latest event computed, or
+  -- added when the declaration has no delay. Labels (delayed declarations) do not move it: a
+  -- worker may read them ahead of the transactions it scores.
   local count = #events / size
   local times = {}
   for i = 1, count do
     local time = struct.unpack('<i8', events, (i - 1) * size + 1)
     times[i] = time
-    if mark == nil or time + config.delay > mark then mark = time + config.delay end
+    if config.delay == 0 and time > mark then mark = time end
   end
-  if mark ~= nil then
-    local cut = math.floor((mark - config.horizon - config.lateness) / top)
-    if keep == nil or cut > keep then keep = cut end
+  for q = 1, #queries / 16 do
+    local time = struct.unpack('<i8', queries, (q - 1) * 16 + 1)
+    if time > mark then mark = time end
+  end
+  if mark > -math.huge then
+    keep = math.max(keep, math.floor((mark - config.horizon - config.lateness) / top))
   end
 
   -- The running aggregates: `flat` holds entries from..day_count-1 (0-based) once decoded;
@@ -212,7 +218,7 @@ local function entity(config, events_key, tiles_key, events, queries, out)
   -- Events: a member new to the sorted set goes into its tiles, once.
   local added = 0
   local new_by_tile = {}
-  local lowest = keep and keep * top
+  local lowest = keep * top
   local first_tile, last_tile
   for i = 1, count do
     local time = times[i]
@@ -287,8 +293,14 @@ local function entity(config, events_key, tiles_key, events, queries, out)
       or struct.pack('<d', base or 0)
     days = head .. pack_flat(flat, 1, (day_count - from) * width)
   end
-  if changed or mark ~= old_mark or keep ~= old_keep or lost ~= old_lost then
-    redis.call('HSET', tiles_key, 'meta', struct.pack('<ddd', mark, keep, lost), 'days', days)
+  -- (the watermark alone is kept only with other changes: it matters through `keep`)
+  if changed or keep ~= old_keep or lost ~= old_lost then
+    local meta = struct.pack('<ddd', mark, keep, lost)
+    if days then
+      redis.call('HSET', tiles_key, 'meta', meta, 'days', days)
+    else
+      redis.call('HSET', tiles_key, 'meta', meta)
+    end
   end
 
   local query_count = #queries / 16

@@ -101,6 +101,23 @@ def test_streamed_windows_match_the_reference_on_any_tile_path(
     _assert_matches(streamed, _expected(raw))
 
 
+def test_labels_read_days_ahead_of_the_transactions_remove_nothing_needed(
+    redis_service: Settings, raw: pd.DataFrame
+) -> None:
+    """A worker started after a replay was published reads every label of the period before
+    its first transactions: labels must not move what the state keeps."""
+    start = pd.Timestamp(datetime(2026, 5, 15, tzinfo=UTC))
+    end = start + pd.Timedelta(days=12)
+    state = _state(redis_service)
+    state.initialize(raw, start.to_pydatetime(), label_delay_days=7)
+    label_times = raw["tx_datetime"] + DELAY
+    state.add_labels(raw[(label_times >= start) & (label_times < end)])
+    stream = raw[(raw["tx_datetime"] >= start) & (raw["tx_datetime"] < end)]
+    batches = [stream.iloc[part] for part in np.array_split(np.arange(len(stream)), 40)]
+    got = [_frame(state.score_features(batch), batch.index) for batch in batches]
+    _assert_matches(pd.concat(got), _expected(raw))
+
+
 def test_out_of_order_arrival_gives_the_same_windows(redis_service: Settings) -> None:
     """Transactions and labels arrive shuffled across batches; once all are in, every event's
     windows are those of the reference (each window is read from (time, order), not arrival)."""
