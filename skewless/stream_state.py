@@ -14,7 +14,7 @@ tiles get new keys):
   member was new to the set, so a replayed event is never counted twice.
 - `...:t`, a hash: `days`, the entity's *top tiles* (by default days) as one packed array of
   running aggregates (entry i: count and sums of the top tiles from the first kept to it), and
-  `meta`: the watermark, the first top tile kept, and the tile below which events were ever
+  `meta`: the watermark, the first top tile kept, and the time of the latest event ever
   removed or dropped.
 - `...:t:<tile>`, for a top tile holding more than `raw_scan_max` events only: the packed
   array of its sub-tiles one level finer (by default its 24 hours), and for each of those
@@ -45,8 +45,11 @@ that end before `watermark - horizon - allowed lateness` are deleted in the call
 it, so memory stops growing once a horizon has passed: a later event at `t` is at most the
 allowed lateness behind the watermark and needs nothing before `t - horizon`. Events older
 than the first tile kept are dropped on arrival (the worker already sends events later than
-the allowed lateness to the dead-letter topic); a window reaching below a tile whose events
-were removed or dropped is NaN rather than short.
+the allowed lateness to the dead-letter topic); a window that would hold an event removed or
+dropped is NaN rather than short. Loading the state for a stream starting at `until`
+(`initialize`) sets the watermark to `until`, even back in time: a replay of an earlier period
+over a state that went further gets every event after `until - horizon` again, and windows
+from `until` on are complete.
 
 **Round trips.** One pipelined write per batch: per declaration, `FCALL`s of up to
 `MAX_ENTITIES_PER_CALL` entities each (all keys of an entity in one slot; a cluster client
@@ -61,6 +64,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -129,6 +134,7 @@ class StreamAggregation:
     dtype: np.dtype = field(init=False, repr=False, compare=False)
     config: bytes = field(init=False, repr=False, compare=False)
     """The function's configuration argument: the numbers below as packed doubles."""
+    _config_head: bytes = field(init=False, repr=False, compare=False)
     _key_head: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -143,7 +149,8 @@ class StreamAggregation:
         config += [self.horizon_micros, _micros(self.allowed_lateness), len(decl.value_columns)]
         config.append(self.tiles.raw_scan_max)
         object.__setattr__(self, "dtype", np.dtype(columns))
-        object.__setattr__(self, "config", np.asarray(config, dtype="<f8").tobytes())
+        object.__setattr__(self, "_config_head", np.asarray(config, dtype="<f8").tobytes())
+        object.__setattr__(self, "config", self._config_head + struct.pack("<d", -math.inf))
         tiles = hashlib.blake2s(repr(self.tiles).encode(), digest_size=3).hexdigest()
         head = f"{self.prefix}:{LAYOUT}.{tiles}:{{{decl.name}:"
         object.__setattr__(self, "_key_head", head.encode())
@@ -175,12 +182,15 @@ class StreamAggregation:
             records[name] = values[name]
         return records.tobytes()
 
-    def call(self, parts: Sequence[tuple[int, bytes, bytes]]) -> Command:
+    def call(self, parts: Sequence[tuple[int, bytes, bytes]], until: int | None = None) -> Command:
         """One FCALL adding each (entity, members, queries)'s members to the entity and
-        computing the windows of its queries, in that order."""
+        computing the windows of its queries, in that order. With `until` (microseconds), the
+        members are the load for a stream starting then: the entity's watermark goes to `until`
+        even if it was later (a replay of an earlier period over a state that went further)."""
         keys = [key for entity, _, _ in parts for key in self.keys(entity)]
         arguments = [blob for _, members, queries in parts for blob in (members, queries)]
-        return (FCALL, FUNCTION, b"%d" % len(keys), *keys, self.config, *arguments)
+        config = self.config if until is None else self._config_head + struct.pack("<d", until)
+        return (FCALL, FUNCTION, b"%d" % len(keys), *keys, config, *arguments)
 
     def features(self, aggregates: np.ndarray) -> np.ndarray:
         """The declaration's features from the function's (count, sums) per window.
@@ -248,7 +258,11 @@ class StreamState:
             return redis_batch.execute(self.client, commands)
 
     def _calls(
-        self, agg: StreamAggregation, events: Columns | None, queries: Columns | None
+        self,
+        agg: StreamAggregation,
+        events: Columns | None,
+        queries: Columns | None,
+        until: int | None = None,
     ) -> tuple[list[Command], np.ndarray]:
         """Calls adding `events` and computing `queries`, entity by entity (in ascending order,
         an entity with very many events over several calls); with the query rows in the order
@@ -290,12 +304,12 @@ class StreamState:
                     len(group) >= MAX_ENTITIES_PER_CALL
                     or events_in_group + len(members) // size > MAX_EVENTS_PER_CALL
                 ):
-                    commands.append(agg.call(group))
+                    commands.append(agg.call(group, until))
                     group, events_in_group = [], 0
                 group.append((entity, members, asked))
                 events_in_group += len(members) // size
         if group:
-            commands.append(agg.call(group))
+            commands.append(agg.call(group, until))
         if queries is not None and len(queries[decl.entity_key]):
             rows = [by_entity]  # entities ascending, each entity's rows in their order
         order = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
@@ -349,7 +363,8 @@ class StreamState:
 
         Transactions with time < until feed the undelayed declarations; labels that were
         published before `until` (time + delay < until) feed the delayed ones. Only events
-        within each declaration's horizon are kept.
+        within each declaration's horizon are loaded; the watermark of every entity loaded
+        becomes `until`, even if the state had gone further (a replay from an earlier time).
         """
         end = until.astimezone(UTC)
         added = 0
@@ -364,11 +379,15 @@ class StreamState:
             else:
                 known = (times < end) & (times > end - horizon)
             ordered = raw[known].sort_values([decl.event_time, decl.order_key], kind="stable")
-            commands += self._calls(agg, as_columns(ordered), None)[0]
+            commands += self._calls(agg, as_columns(ordered), None, _micros_of(end))[0]
             added += int(known.sum())
         self._execute(commands)
         logger.info("stream state initialised with %d events up to %s", added, end.isoformat())
         return added
+
+
+def _micros_of(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 def _runs(sorted_keys: np.ndarray) -> list[tuple[int, int, int]]:

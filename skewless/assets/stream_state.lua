@@ -4,7 +4,8 @@
 --
 -- FCALL skewless_state_v1 <2n> <events key 1> <tiles key 1> ... <config> <events 1> <queries 1> ...
 --   config: packed <f8: levels, level widths (us, coarsest first), windows, window widths (us),
---           delay (us), horizon (us), allowed lateness (us), value columns, raw scan limit
+--           delay (us), horizon (us), allowed lateness (us), value columns, raw scan limit,
+--           and for a load of the state a stream starting at `until` needs: until (us; else -inf)
 --   events: packed members (time <i8, order >u8 biased, one <f8 per value column), any order
 --   queries: packed (time <i8, order >u8 biased), one per event to compute
 -- Reply: {events that were new, packed <f8 (count, sums...) per query per window, entity by
@@ -21,6 +22,7 @@
 
 local formats = {}
 local configs = {}
+local configs_size = 0
 local numbers = {}
 local numbers_size = 0
 -- Scratch tables, reused by every entity of every call (calls never run concurrently).
@@ -70,9 +72,14 @@ local function read_config(packed)
   config.lateness = take()
   config.columns = take()
   config.raw_scan_max = take()
+  config.reload_until = take()
   config.width = 1 + config.columns
   config.member_size = 16 + 8 * config.columns
+  if configs_size > 1000 then  -- (each load for a new `until` has a configuration of its own)
+    configs, configs_size = {}, 0
+  end
   configs[packed] = config
+  configs_size = configs_size + 1
   return config
 end
 
@@ -151,8 +158,8 @@ local function entity(config, events_key, tiles_key, events, queries, out)
     return found
   end
 
-  -- Watermark, the first top tile kept, the top tile below which events were removed or
-  -- dropped (-inf: none ever were); the top tiles' running aggregates.
+  -- Watermark, the first top tile kept, one past the latest event removed or dropped (-inf:
+  -- none ever was; a window reaching below it is incomplete); the top tiles' running aggregates.
   local stored = redis.call('HMGET', tiles_key, 'meta', 'days')
   local mark, keep, lost = -math.huge, -math.huge, -math.huge  -- (-inf: none yet)
   if stored[1] then mark, keep, lost = struct.unpack('<ddd', stored[1]) end
@@ -178,7 +185,13 @@ local function entity(config, events_key, tiles_key, events, queries, out)
     local time = struct.unpack('<i8', queries, (q - 1) * 16 + 1)
     if time > mark then mark = time end
   end
-  if mark > -math.huge then
+  if config.reload_until > -math.huge then
+    -- A load for a stream starting at `until` (maybe earlier than the entity's watermark, for a
+    -- replay): it brings every event after `until - horizon`, so from there nothing is lost.
+    mark = config.reload_until
+    keep = math.floor((mark - config.horizon - config.lateness) / top)
+    lost = math.min(lost, mark - config.horizon + 1)
+  elseif mark > -math.huge then
     keep = math.max(keep, math.floor((mark - config.horizon - config.lateness) / top))
   end
 
@@ -198,10 +211,11 @@ local function entity(config, events_key, tiles_key, events, queries, out)
     local drop = math.min(keep - base, day_count)
     decode(0)
     local previous = 0
+    local removed = false
     for i = 0, drop - 1 do
       local tile_count = flat[i * width + 1] - previous
       previous = flat[i * width + 1]
-      if tile_count > 0 then lost = keep end
+      if tile_count > 0 then removed = true end
       if tile_count > raw_scan_max then redis.call('DEL', tiles_key .. ':' .. (base + i)) end
     end
     local rest = {}
@@ -211,7 +225,13 @@ local function entity(config, events_key, tiles_key, events, queries, out)
     end
     flat, base, day_count = rest, keep, day_count - drop
     if day_count == 0 then base = nil end
-    redis.call('ZREMRANGEBYSCORE', events_key, '-inf', '(' .. number(keep * top))
+    local bound = '(' .. number(keep * top)
+    if removed then  -- windows reaching below the latest removed event are incomplete from now
+      local last = redis.call('ZREVRANGEBYSCORE', events_key, bound, '-inf', 'WITHSCORES', 'LIMIT',
+        0, 1)
+      if last[2] then lost = math.max(lost, tonumber(last[2]) + 1) end
+    end
+    redis.call('ZREMRANGEBYSCORE', events_key, '-inf', bound)
     changed = true
   end
 
@@ -223,7 +243,7 @@ local function entity(config, events_key, tiles_key, events, queries, out)
   for i = 1, count do
     local time = times[i]
     if time < lowest then
-      lost = math.max(lost, keep)
+      lost = math.max(lost, time + 1)
     else
       local member = string.sub(events, (i - 1) * size + 1, i * size)
       if redis.call('ZADD', events_key, 'NX', number(time), member) == 1 then
@@ -384,7 +404,7 @@ local function entity(config, events_key, tiles_key, events, queries, out)
     if parent[1] > 0 then scan(into, sign, parent_start, x, tie_high, tie_low) end
   end
 
-  local complete_from = lost * top
+  local complete_from = lost
   local windows = config.windows
   local row_format = doubles(#windows * width)
   for q = 1, query_count do

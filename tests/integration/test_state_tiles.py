@@ -118,6 +118,22 @@ def test_labels_read_days_ahead_of_the_transactions_remove_nothing_needed(
     _assert_matches(pd.concat(got), _expected(raw))
 
 
+def test_a_replay_from_an_earlier_time_over_a_state_that_went_further(
+    redis_service: Settings, raw: pd.DataFrame
+) -> None:
+    """`materialize --until` an earlier day on the state of a stream that ran to the end of the
+    data (and removed what it no longer needed): the replay's windows are exact again."""
+    state = _state(redis_service, CROSSING)
+    late = pd.Timestamp(datetime(2026, 5, 1, tzinfo=UTC))
+    state.initialize(raw, late.to_pydatetime(), label_delay_days=7)
+    _stream(state, raw, late, seed=4)  # to the end of the data: removal ran
+    early = pd.Timestamp(datetime(2026, 5, 10, tzinfo=UTC))
+    state.initialize(raw, early.to_pydatetime(), label_delay_days=7)
+    replayed = _stream(state, raw[raw["tx_datetime"] < early + pd.Timedelta(days=5)], early, 5)
+    assert len(replayed) > 300
+    _assert_matches(replayed, _expected(raw))
+
+
 def test_out_of_order_arrival_gives_the_same_windows(redis_service: Settings) -> None:
     """Transactions and labels arrive shuffled across batches; once all are in, every event's
     windows are those of the reference (each window is read from (time, order), not arrival)."""
