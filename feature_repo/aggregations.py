@@ -44,5 +44,6 @@ STATE_TILES = StateTiles(
     raw_scan_max=16,
 )
 """Every window and the delay are whole days, so both edges of a window fall at the event's time
-of day and the days between them are whole day tiles. An edge costs at most 23 hour tiles, 59
-minute tiles and the events of one minute (a terminal with 8,000 events a day has about 6)."""
+of day and the days between them are whole day tiles. An edge costs at most 12 hour tiles and 30
+minute tiles (read from the nearer end of their parent), then at most 16 events or those of one
+minute (a terminal with 8,000 events a day has about 6 a minute)."""

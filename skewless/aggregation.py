@@ -123,9 +123,9 @@ class StateTiles:
     """How the streaming state tiles each entity's events (the backfill does not read it).
 
     `widths` go coarsest first, each a whole multiple of the next (e.g. a day, an hour, a
-    minute). A window is read as whole coarsest tiles plus, at each edge, the finer tiles of
-    the coarsest tile the edge falls in and the events of the finest tile it falls in. A
-    coarsest tile holding at most `raw_scan_max` events is read from its events directly.
+    minute). A window is read as whole coarsest tiles plus, at each edge, level by level, the
+    finer tiles of the tile the edge falls in, down to the events of the finest tile. A tile
+    holding at most `raw_scan_max` events has no finer tiles: it is read from its events.
     """
 
     widths: tuple[timedelta, ...] = (timedelta(days=1), timedelta(hours=1), timedelta(minutes=1))
