@@ -11,7 +11,7 @@ export UV_PYTHON_DOWNLOADS := never
 export MLFLOW_DISABLE_TELEMETRY := true
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: help setup config services-up services-status services-down mlflow-ui data apply plan feast-ui train retrain materialize replay serve serve-http monitor bench demo lint unit integration test
+.PHONY: help setup config services-up services-status services-down mlflow-ui data apply plan feast-ui train retrain materialize replay serve serve-http monitor bench bench-state demo lint unit integration test
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -74,8 +74,12 @@ monitor: ## skew, drift, data quality, live quality: HTML report + JSON summary
 	$(SKEWLESS) monitor sink
 	$(SKEWLESS) monitor report
 
-bench: services-up ## end-to-end streaming benchmark against the naive per-event baseline
+bench: services-up ## end-to-end streaming benchmark against the naive per-event baseline, then the hot-entity state load
 	$(RUN) python bench/stream_bench.py
+	$(RUN) python bench/state_bench.py --parts hot
+
+bench-state: setup ## the window state alone: cost against history, memory over 6 months, hot entity (private Redis)
+	$(RUN) python bench/state_bench.py
 
 demo: services-up data ## fresh machine: install, start the services and run the whole loop once
 	$(SKEWLESS) demo

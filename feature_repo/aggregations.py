@@ -1,10 +1,13 @@
 """The window aggregations of fraud_model_v1, declared once.
 
 The Spark backfill (training), the streaming updater (serving) and the pure reference all read
-these two objects; the Feast feature views take their schemas from them.
+these two objects; the Feast feature views take their schemas from them. `STATE_TILES` is how
+the streaming state tiles their events (the backfill and the reference do not read it).
 """
 
-from skewless.aggregation import Function, Output, WindowAggregation
+from datetime import timedelta
+
+from skewless.aggregation import Function, Output, StateTiles, WindowAggregation
 
 LABEL_DELAY_DAYS = 7
 """A transaction's fraud label is known this many days after the transaction."""
@@ -35,3 +38,12 @@ TERMINAL_RISK = WindowAggregation(
 )
 
 AGGREGATIONS = (CUSTOMER_SPENDING, TERMINAL_RISK)
+
+STATE_TILES = StateTiles(
+    widths=(timedelta(days=1), timedelta(hours=1), timedelta(minutes=1)),
+    raw_scan_max=16,
+)
+"""Every window and the delay are whole days, so both edges of a window fall at the event's time
+of day and the days between them are whole day tiles. An edge costs at most 12 hour tiles and 30
+minute tiles (read from the nearer end of their parent), then at most 16 events or those of one
+minute (a terminal with 8,000 events a day has about 6 a minute)."""

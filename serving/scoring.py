@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
@@ -177,11 +178,15 @@ class ScoringCore:
 def build_core(settings: Settings) -> ScoringCore:
     """State, champion model (loaded with retries, watched for alias moves) and core."""
     from serving.champion import load_with_retry
-    from skewless.feature_store import load_declarations
+    from skewless.feature_store import load_declarations, load_state_tiles
     from skewless.services import redis_server
 
     state = StreamState(
-        redis_server.client(settings), load_declarations(settings), settings.stream_state_prefix
+        redis_server.client(settings),
+        load_declarations(settings),
+        settings.stream_state_prefix,
+        load_state_tiles(settings),
+        timedelta(seconds=settings.state_allowed_lateness_s),
     )
     model = load_with_retry(settings, deadline_s=settings.service_start_timeout_s)
     check_contract(model, state)  # before the watcher starts: a refused model stops here

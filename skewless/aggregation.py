@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from itertools import pairwise
 
 
 class Function(StrEnum):
@@ -115,6 +116,29 @@ class WindowAggregation:
     def count_features(self) -> tuple[str, ...]:
         """The features that are counts (integers); the others are means."""
         return tuple(name for name, output in self.features if output.function is Function.COUNT)
+
+
+@dataclass(frozen=True)
+class StateTiles:
+    """How the streaming state tiles each entity's events (the backfill does not read it).
+
+    `widths` go coarsest first, each a whole multiple of the next (e.g. a day, an hour, a
+    minute). A window is read as whole coarsest tiles plus, at each edge, level by level, the
+    finer tiles of the tile the edge falls in, down to the events of the finest tile. A tile
+    holding at most `raw_scan_max` events has no finer tiles: it is read from its events.
+    """
+
+    widths: tuple[timedelta, ...] = (timedelta(days=1), timedelta(hours=1), timedelta(minutes=1))
+    raw_scan_max: int = 16
+
+    def __post_init__(self) -> None:
+        micros = [width // timedelta(microseconds=1) for width in self.widths]
+        if not micros or min(micros) <= 0:
+            raise ValueError("tile widths must be positive")
+        if any(coarse % fine for coarse, fine in pairwise(micros)):
+            raise ValueError("each tile width must be a whole multiple of the next")
+        if self.raw_scan_max < 0:
+            raise ValueError("raw_scan_max cannot be negative")
 
 
 def label_delay_days(declarations: Iterable[WindowAggregation]) -> int:

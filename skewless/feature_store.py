@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from skewless.aggregation import WindowAggregation
+from skewless.aggregation import StateTiles, WindowAggregation
 from skewless.logs import prints_to_log
 from skewless.settings import Settings, load_settings
 
@@ -97,6 +97,16 @@ def load_declarations(settings: Settings) -> tuple[WindowAggregation, ...]:
     ):
         raise TypeError(f"{settings.feature_repo}/aggregations.py must define AGGREGATIONS")
     return declarations
+
+
+def load_state_tiles(settings: Settings) -> StateTiles:
+    """The streaming state's tiles declared next to the aggregations (defaults if none)."""
+    tiles = getattr(_load_repo_module(settings.feature_repo, "aggregations"), "STATE_TILES", None)
+    if tiles is None:
+        return StateTiles()
+    if not isinstance(tiles, StateTiles):
+        raise TypeError(f"{settings.feature_repo}/aggregations.py: STATE_TILES is no StateTiles")
+    return tiles
 
 
 def _load_repo_module(repo: Path, name: str) -> ModuleType:

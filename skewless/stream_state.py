@@ -1,45 +1,101 @@
 """Streaming window state in Redis, derived from the same declarations as the Spark backfill.
 
-Each entity of a declaration keeps its recent events in a Redis sorted set (score: event time
-in microseconds; member: event time as little-endian int64, order key as big-endian offset
-binary, value columns as little-endian float64). Redis orders members of equal score by their
-bytes, so with this layout a range read comes back already in (event time, order key) order
-and nothing is sorted in Python. A declaration without delay is fed by transactions; a delayed
-one (its values include the label) is fed by label events. Features are computed from the
-members with exactly the semantics of `skewless.aggregation`: for an event at `t`, members
-with `t - d - w < e <= t - d`, and with `d = 0` only members at or before the event in
-(event time, order key) order. Members are idempotent (a replayed event re-adds the same
-bytes), so at-least-once delivery never double counts.
+The windows are computed inside Redis, by a Redis Function (`assets/stream_state.lua`, loaded
+with `FUNCTION LOAD REPLACE` under a versioned library name, so an upgrade replaces it): a read
+returns each window's count and sums, never the events, and its cost does not grow with the
+entity's history.
+
+**Keys.** Each entity of a declaration has, under the hash tag `{declaration:entity}` (one
+Redis Cluster slot per entity; the key head also carries a digest of the tiles, so changed
+tiles get new keys):
+- `...:e`, a sorted set of its events (score: event time in microseconds; member: event time as
+  little-endian int64, order key as big-endian offset binary, value columns as little-endian
+  float64). It is what makes writes idempotent: an event goes into the tiles only when its
+  member was new to the set, so a replayed event is never counted twice.
+- `...:t`, a hash: `days`, the entity's *top tiles* (by default days) as one packed array of
+  running aggregates (entry i: count and sums of the top tiles from the first kept to it), and
+  `meta`: the watermark, the first top tile kept, and the time of the latest event ever
+  removed or dropped.
+- `...:t:<tile>`, for a top tile holding more than `raw_scan_max` events only: the packed
+  array of its sub-tiles one level finer (by default its 24 hours), and for each of those
+  holding more than `raw_scan_max` events the array of its own sub-tiles (its 60 minutes).
+  Such arrays are built from the events when their tile goes over the limit, then kept up.
+Tile widths and the limit are declared next to the aggregations (`STATE_TILES`).
+
+**Exact windows.** For an event at `t`, a window of `w` covers `t - d - w < e <= t - d`
+(`skewless.aggregation`). With `S(x)` the events up to `x` included (from the first kept
+tile), `U = t - d` and `L = U - w`, the window is `S(U) - S(L)`, and
+
+    S(x) = running aggregate of the top tile before x's + P(x)
+
+where `P(x)`, the events of x's top tile up to `x`, is read level by level: the sub-tiles of
+the parent before x's sub-tile (or, when fewer, the parent minus its sub-tiles from x's on),
+then x's sub-tile becomes the parent; a parent with at most `raw_scan_max` events is read from
+the sorted set, up to `x`. With `d = 0`, events at exactly `U` count only up to the event's own
+order key, so equal timestamps follow `(event_time, order_key)`. A window thus costs two
+entries of the top array and, per edge, at most half a parent's sub-tiles per level plus the
+events of one small tile: with day, hour and minute tiles, at most 12 + 30 tiles and 16
+events (or a minute's events), whatever the history. Counts are exact (integers in doubles);
+sums differ from a direct sum by rounding only (differences of sums over the kept range).
+
+**Removal.** The entity's watermark is the latest time it was computed at, or, for a
+declaration without delay, the latest event added (labels do not move it: a worker may read
+them days ahead of the transactions it scores). Top tiles (with their sub-tiles and events)
+that end before `watermark - horizon - allowed lateness` are deleted in the call that moves
+it, so memory stops growing once a horizon has passed: a later event at `t` is at most the
+allowed lateness behind the watermark and needs nothing before `t - horizon`. Events older
+than the first tile kept are dropped on arrival (the worker already sends events later than
+the allowed lateness to the dead-letter topic); a window that would hold an event removed or
+dropped is NaN rather than short. Loading the state for a stream starting at `until`
+(`initialize`) sets the watermark to `until`, even back in time: a replay of an earlier period
+over a state that went further gets every event after `until - horizon` again, and windows
+from `until` on are complete.
+
+**Round trips.** One pipelined write per batch: per declaration, `FCALL`s of up to
+`MAX_ENTITIES_PER_CALL` entities each (all keys of an entity in one slot; a cluster client
+would group the entities of a call by slot). For each entity the call adds its events of the
+batch, removes what is too old, then computes the windows of the batch's events that need
+them, so reads see the batch's own events. A declaration without delay is fed by
+transactions; a delayed one (its values include the label) is fed by label events. Times must
+lie within 2**53 microseconds of the epoch (years 1685 to 2255): Lua numbers are doubles.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from itertools import chain
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import redis
 
 from skewless import redis_batch
-from skewless.aggregation import Function, WindowAggregation
+from skewless.aggregation import Function, StateTiles, WindowAggregation
 from skewless.redis_batch import Command
 
 logger = logging.getLogger(__name__)
 
 MICROS_PER_DAY = 86_400 * 1_000_000
 KEY_PREFIX = "skewless:state"
-LAYOUT = "m2"
-"""Part of every key: a member layout change gets new keys instead of misreading old ones."""
+LAYOUT = "t1"
+"""Part of every key, with a digest of the tiles: a change of either gets new keys instead of
+misreading old ones (the state is then loaded again, `skewless materialize`)."""
+LIBRARY = Path(__file__).parent / "assets" / "stream_state.lua"
+FUNCTION = b"skewless_state_v1"
+"""The function's name, versioned with its library: a new version loads next to the old."""
+DEFAULT_LATENESS = timedelta(days=7)
+MAX_EVENTS_PER_CALL = 5_000
+"""Events added by one call at most (Redis runs one call at a time: others wait meanwhile)."""
+MAX_ENTITIES_PER_CALL = 200
+"""Entities of one call at most."""
 _ORDER_BIAS = np.uint64(1 << 63)
-_MAX_KEY = (1 << 63) - 1
-"""Keys of `StreamAggregation.compute` (entity slot * time span + time offset) stay below it."""
-_SCAN_LONG_SEGMENT = 64
-"""`segment_cumsum` scans segments up to this long by doubling, longer ones one by one."""
-
+_MAX_MICROS = 1 << 53
 
 Columns = Mapping[str, np.ndarray]
 """A batch of events as one array per column; event times as int64 microseconds (UTC)."""
@@ -63,22 +119,41 @@ def as_columns(events: pd.DataFrame | Columns) -> Columns:
     return columns
 
 
+def _micros(span: timedelta) -> int:
+    return span // timedelta(microseconds=1)
+
+
 @dataclass(frozen=True)
 class StreamAggregation:
-    """How one declaration is kept in Redis and computed from its members."""
+    """How one declaration is kept in Redis: keys, packed members, the function's arguments."""
 
     declaration: WindowAggregation
     prefix: str = KEY_PREFIX
+    tiles: StateTiles = field(default_factory=StateTiles)
+    allowed_lateness: timedelta = DEFAULT_LATENESS
     dtype: np.dtype = field(init=False, repr=False, compare=False)
+    config: bytes = field(init=False, repr=False, compare=False)
+    """The function's configuration argument: the numbers below as packed doubles."""
+    _config_head: bytes = field(init=False, repr=False, compare=False)
     _key_head: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError(f"state prefix {self.prefix!r}: braces would break the hash tags")
+        decl = self.declaration
         columns = [("time", "<i8"), ("order", ">u8")]
-        columns += [(name, "<f8") for name in self.declaration.value_columns]
+        columns += [(name, "<f8") for name in decl.value_columns]
+        widths = [_micros(width) for width in self.tiles.widths]
+        windows = [days * MICROS_PER_DAY for days in decl.windows_days]
+        config = [len(widths), *widths, len(windows), *windows, decl.delay_days * MICROS_PER_DAY]
+        config += [self.horizon_micros, _micros(self.allowed_lateness), len(decl.value_columns)]
+        config.append(self.tiles.raw_scan_max)
         object.__setattr__(self, "dtype", np.dtype(columns))
-        object.__setattr__(
-            self, "_key_head", f"{self.prefix}:{LAYOUT}:{self.declaration.name}:".encode()
-        )
+        object.__setattr__(self, "_config_head", np.asarray(config, dtype="<f8").tobytes())
+        object.__setattr__(self, "config", self._config_head + struct.pack("<d", -math.inf))
+        tiles = hashlib.blake2s(repr(self.tiles).encode(), digest_size=3).hexdigest()
+        head = f"{self.prefix}:{LAYOUT}.{tiles}:{{{decl.name}:"
+        object.__setattr__(self, "_key_head", head.encode())
 
     @property
     def fed_by_labels(self) -> bool:
@@ -89,221 +164,156 @@ class StreamAggregation:
     def horizon_micros(self) -> int:
         return self.declaration.horizon.days * MICROS_PER_DAY
 
-    def key_bytes(self, entity_id: int) -> bytes:
-        return b"%s%d" % (self._key_head, entity_id)
+    def keys(self, entity_id: int) -> tuple[bytes, bytes]:
+        """The entity's events key and tiles key (its per-tile keys extend the latter)."""
+        head = b"%s%d}:" % (self._key_head, entity_id)
+        return head + b"e", head + b"t"
 
     def pack(
         self, times: np.ndarray, orders: np.ndarray, values: Mapping[str, np.ndarray]
-    ) -> list[bytes]:
-        """One member per event: its time, order key and value columns as packed bytes."""
+    ) -> bytes:
+        """The events' members, back to back: time, order key and value columns, packed."""
+        if len(times) and int(np.abs(times).max()) >= _MAX_MICROS:
+            raise ValueError("event times must lie within 2**53 microseconds of the epoch")
         records = np.empty(len(times), dtype=self.dtype)
         records["time"] = times
         records["order"] = orders.astype(np.int64).view(np.uint64) ^ _ORDER_BIAS
         for name in self.declaration.value_columns:
             records[name] = values[name]
-        size = self.dtype.itemsize
-        raw = records.tobytes()
-        return [raw[i : i + size] for i in range(0, len(raw), size)]
+        return records.tobytes()
 
-    def compute(
-        self,
-        event_entities: np.ndarray,
-        event_times: np.ndarray,
-        event_orders: np.ndarray,
-        entity_ids: np.ndarray,
-        members: bytes,
-        member_counts: np.ndarray,
-    ) -> np.ndarray:
-        """The declaration's features for each event, from its entity's members.
+    def call(self, parts: Sequence[tuple[int, bytes, bytes]], until: int | None = None) -> Command:
+        """One FCALL adding each (entity, members, queries)'s members to the entity and
+        computing the windows of its queries, in that order. With `until` (microseconds), the
+        members are the load for a stream starting then: the entity's watermark goes to `until`
+        even if it was later (a replay of an earlier period over a state that went further)."""
+        keys = [key for entity, _, _ in parts for key in self.keys(entity)]
+        arguments = [blob for _, members, queries in parts for blob in (members, queries)]
+        config = self.config if until is None else self._config_head + struct.pack("<d", until)
+        return (FCALL, FUNCTION, b"%d" % len(keys), *keys, config, *arguments)
 
-        `entity_ids` are the batch's entities in ascending order; `members` holds their packed
-        members one entity after the other, `member_counts[i]` of them for `entity_ids[i]`.
-        Vectorised over the batch: members of all entities are laid out in one array sorted
-        by (entity, time, order) under one int64 key, `entity slot * shift + time offset`, and
-        each window bound is one `searchsorted`. The shift is the batch's time span, so any span
-        fits; when the entities times the span would overflow int64 (events decades apart),
-        the entities are computed in groups small enough for the key (results are the same:
-        each entity's features depend on its own members only).
+    def features(self, aggregates: np.ndarray) -> np.ndarray:
+        """The declaration's features from the function's (count, sums) per window.
+
+        `aggregates` has one row per event, and per window its count then one sum per value
+        column. A NaN count (the window reached below what the state keeps) gives NaN features.
         """
         decl = self.declaration
-        result = np.zeros((len(event_times), len(decl.feature_names)))
-        if len(event_times) == 0:
-            return result
-        stacked = np.frombuffer(members, dtype=self.dtype)
-        member_times = stacked["time"]
-        base = int(event_times.min()) - self.horizon_micros - 1
-        top = int(event_times.max())
-        if len(stacked):
-            base = min(base, int(member_times.min()) - 1)
-            top = max(top, int(member_times.max()))
-        shift = top - base + 1
-        per_group = max(1, min(len(entity_ids), _MAX_KEY // shift - 1))
-        member_ends = np.cumsum(member_counts)
-        member_starts = member_ends - member_counts
-        event_slot = np.searchsorted(entity_ids, event_entities)
-        for first in range(0, len(entity_ids), per_group):
-            last = min(first + per_group, len(entity_ids))
-            mine = (event_slot >= first) & (event_slot < last)
-            if not mine.any():
-                continue
-            low, high = int(member_starts[first]), int(member_ends[last - 1])
-            result[mine] = self._compute_group(
-                event_slot[mine] - first,
-                event_times[mine],
-                event_orders[mine],
-                stacked[low:high],
-                np.asarray(member_counts[first:last]),
-                base,
-                shift,
-            )
-        return result
-
-    def _compute_group(
-        self,
-        event_slot: np.ndarray,
-        event_times: np.ndarray,
-        event_orders: np.ndarray,
-        stacked: np.ndarray,
-        member_counts: np.ndarray,
-        base: int,
-        shift: int,
-    ) -> np.ndarray:
-        """`compute` for entities whose keys fit int64: `slot * shift + time - base`."""
-        decl = self.declaration
-        result = np.zeros((len(event_times), len(decl.feature_names)))
-        owner = np.repeat(np.arange(len(member_counts)), member_counts)
-        member_times = stacked["time"]
-        member_orders = (stacked["order"].astype(np.uint64) ^ _ORDER_BIAS).view(np.int64)
-        keys = owner * shift + (member_times - base)
-        if len(keys) > 1 and (np.diff(keys) < 0).any():  # not as Redis promises: sort here
-            order = np.lexsort((member_orders, member_times, owner))
-            stacked, owner, keys = stacked[order], owner[order], keys[order]
-            member_orders = member_orders[order]
-        event_keys = event_slot * shift + (event_times - base)
-        delay = decl.delay_days * MICROS_PER_DAY
-        if decl.delay_days == 0:
-            upper = _after_own_member(keys, member_orders, event_keys, event_orders)
-        else:
-            upper = np.searchsorted(keys, event_keys - delay, side="right")
-        # Running sums restart at each entity, so one entity's values (however large) never
-        # touch another's sums: a window's sum is inclusive[last] - exclusive[first].
-        starts = np.flatnonzero(np.diff(owner, prepend=-1))
-        running = {name: segment_cumsum(stacked[name], starts) for name in decl.value_columns}
+        width = 1 + len(decl.value_columns)
+        result = np.empty((len(aggregates), len(decl.feature_names)))
         column = 0
-        for days in decl.windows_days:
-            lower_key = event_keys - delay - days * MICROS_PER_DAY
-            lower = np.searchsorted(keys, lower_key, side="right")
-            lower = np.minimum(lower, upper)
-            count = upper - lower
+        for window in range(len(decl.windows_days)):
+            count = aggregates[:, window * width]
             for output in decl.outputs:
                 if output.function is Function.COUNT:
                     result[:, column] = count
                 else:
                     assert output.column is not None
-                    result[:, column] = output.empty_value
-                    has = np.flatnonzero(count > 0)
-                    if len(has):
-                        values = stacked[output.column]
-                        inclusive = running[output.column]
-                        first, last = lower[has], upper[has] - 1
-                        sums = inclusive[last] - (inclusive[first] - values[first])
-                        result[has, column] = sums / count[has]
+                    at = window * width + 1 + decl.value_columns.index(output.column)
+                    sums = aggregates[:, at]
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        means = np.where(count > 0, sums / np.maximum(count, 1), output.empty_value)
+                    result[:, column] = np.where(np.isnan(count), np.nan, means)
                 column += 1
         return result
 
 
-def segment_cumsum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Running sums of `values` that restart at each of the segment `starts` (ascending, 0 first).
-
-    Each element sums only its own segment's values up to it, so a huge value in one segment
-    cannot cost another segment any precision. Segments up to `_SCAN_LONG_SEGMENT` long are
-    scanned together by doubling (at most log2 of that many numpy passes over them); longer
-    ones are summed one by one with `np.cumsum`.
-    """
-    sums = np.array(values, dtype=np.float64)
-    if len(sums) == 0:
-        return sums
-    ends = np.append(starts[1:], len(sums))
-    lengths = ends - starts
-    short = np.repeat(lengths <= _SCAN_LONG_SEGMENT, lengths)
-    scanned = sums[short]
-    owner = np.repeat(np.arange(len(starts)), lengths)[short]
-    step = 1
-    longest_short = int(lengths[lengths <= _SCAN_LONG_SEGMENT].max(initial=0))
-    while step < longest_short:
-        same = owner[step:] == owner[:-step]
-        scanned[step:] = scanned[step:] + np.where(same, scanned[:-step], 0.0)
-        step *= 2
-    sums[short] = scanned
-    long = lengths > _SCAN_LONG_SEGMENT
-    for start, end in zip(starts[long].tolist(), ends[long].tolist(), strict=True):
-        sums[start:end] = np.cumsum(values[start:end])
-    return sums
-
-
-def _after_own_member(
-    keys: np.ndarray, member_orders: np.ndarray, event_keys: np.ndarray, event_orders: np.ndarray
-) -> np.ndarray:
-    """Index just past each event's own member (the event is in the state before it is scored).
-
-    Members are sorted by (entity and time key, order key); an event's own member is the one
-    with its key and its order key, and the members before it at the same time are those with
-    a smaller order key.
-    """
-    first = np.searchsorted(keys, event_keys, side="left")
-    last = np.searchsorted(keys, event_keys, side="right")
-    upper = last.copy()
-    tied = np.flatnonzero(last - first != 1)
-    single = np.flatnonzero(last - first == 1)
-    missing = member_orders[first[single]] != event_orders[single]
-    for index in tied.tolist():  # several members at the same microsecond (or none): rare
-        orders = member_orders[first[index] : last[index]]
-        if event_orders[index] not in orders:
-            missing = np.append(missing, True)
-        upper[index] = first[index] + int(np.count_nonzero(orders <= event_orders[index]))
-    if missing.any():
-        raise KeyError("an event being scored is missing from its entity's state")
-    return upper
+FCALL = b"FCALL"
 
 
 class StreamState:
-    """All declarations' streaming state in one Redis, one pipeline per batch."""
+    """All declarations' streaming state in one Redis, one pipelined write per batch."""
 
     def __init__(
         self,
         client: redis.Redis,
         declarations: Sequence[WindowAggregation],
         prefix: str = KEY_PREFIX,
+        tiles: StateTiles | None = None,
+        allowed_lateness: timedelta = DEFAULT_LATENESS,
     ) -> None:
         self.client = client
-        self.aggregations = tuple(StreamAggregation(d, prefix) for d in declarations)
+        self.aggregations = tuple(
+            StreamAggregation(d, prefix, tiles or StateTiles(), allowed_lateness)
+            for d in declarations
+        )
+        self._loaded = False
 
-    def _additions(self, agg: StreamAggregation, events: Columns) -> list[Command]:
-        """One ZADD per entity of `events`, with every member of that entity."""
+    def load_function(self) -> None:
+        """Load (or replace) the state's Redis Function library."""
+        self.client.function_load(LIBRARY.read_text(), replace=True)
+        self._loaded = True
+
+    def _execute(self, commands: list[Command]) -> list:
+        """Run the calls; a Redis that lost the function (restarted empty) gets it again."""
+        if not self._loaded:
+            self.load_function()
+        try:
+            return redis_batch.execute(self.client, commands)
+        except redis.ResponseError as error:
+            if "function not found" not in str(error).lower():
+                raise
+            logger.warning("the state's Redis Function was missing: loading it again")
+            self.load_function()
+            return redis_batch.execute(self.client, commands)
+
+    def _calls(
+        self,
+        agg: StreamAggregation,
+        events: Columns | None,
+        queries: Columns | None,
+        until: int | None = None,
+    ) -> tuple[list[Command], np.ndarray]:
+        """Calls adding `events` and computing `queries`, entity by entity (in ascending order,
+        an entity with very many events over several calls); with the query rows in the order
+        of the replies' results."""
         decl = agg.declaration
-        entities = np.asarray(events[decl.entity_key], dtype=np.int64)
-        if len(entities) == 0:
-            return []
-        by_entity = np.argsort(entities, kind="stable")
-        entities = entities[by_entity]
-        times = np.asarray(events[decl.event_time], dtype=np.int64)[by_entity]
-        orders = np.asarray(events[decl.order_key], dtype=np.int64)[by_entity]
-        values = {
-            name: np.asarray(events[name], dtype=np.float64)[by_entity]
-            for name in decl.value_columns
-        }
-        members = agg.pack(times, orders, values)
-        arguments: list[bytes] = [b""] * (2 * len(members))
-        arguments[0::2] = [b"%d" % when for when in times.tolist()]
-        arguments[1::2] = members
-        starts = np.flatnonzero(np.diff(entities, prepend=entities[:1] - 1))
-        ends = np.append(starts[1:], len(entities))
-        return [
-            (b"ZADD", agg.key_bytes(entity), *arguments[2 * start : 2 * end])
-            for entity, start, end in zip(
-                entities[starts].tolist(), starts.tolist(), ends.tolist(), strict=True
+        parts: dict[int, list[tuple[bytes, bytes]]] = {}
+        rows: list[np.ndarray] = []
+        size = agg.dtype.itemsize
+        if events is not None and len(events[decl.entity_key]):
+            entities = np.asarray(events[decl.entity_key], dtype=np.int64)
+            by_entity = np.argsort(entities, kind="stable")
+            packed = agg.pack(
+                np.asarray(events[decl.event_time], dtype=np.int64)[by_entity],
+                np.asarray(events[decl.order_key], dtype=np.int64)[by_entity],
+                {c: np.asarray(events[c], dtype=np.float64)[by_entity] for c in decl.value_columns},
             )
-        ]
+            for entity, start, end in _runs(entities[by_entity]):
+                parts[entity] = [
+                    (packed[first * size : min(end, first + MAX_EVENTS_PER_CALL) * size], b"")
+                    for first in range(start, end, MAX_EVENTS_PER_CALL)
+                ]
+        if queries is not None and len(queries[decl.entity_key]):
+            entities = np.asarray(queries[decl.entity_key], dtype=np.int64)
+            by_entity = np.argsort(entities, kind="stable")
+            records = np.empty(len(entities), dtype=[("time", "<i8"), ("order", ">u8")])
+            records["time"] = np.asarray(queries[decl.event_time], dtype=np.int64)[by_entity]
+            orders = np.asarray(queries[decl.order_key], dtype=np.int64)[by_entity]
+            records["order"] = orders.view(np.uint64) ^ _ORDER_BIAS
+            packed = records.tobytes()
+            for entity, start, end in _runs(entities[by_entity]):
+                calls = parts.setdefault(entity, [(b"", b"")])
+                calls[-1] = (calls[-1][0], packed[16 * start : 16 * end])
+        commands: list[Command] = []
+        group: list[tuple[int, bytes, bytes]] = []
+        events_in_group = 0
+        for entity in sorted(parts):
+            for members, asked in parts[entity]:
+                if group and (
+                    len(group) >= MAX_ENTITIES_PER_CALL
+                    or events_in_group + len(members) // size > MAX_EVENTS_PER_CALL
+                ):
+                    commands.append(agg.call(group, until))
+                    group, events_in_group = [], 0
+                group.append((entity, members, asked))
+                events_in_group += len(members) // size
+        if group:
+            commands.append(agg.call(group, until))
+        if queries is not None and len(queries[decl.entity_key]):
+            rows = [by_entity]  # entities ascending, each entity's rows in their order
+        order = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
+        return commands, order
 
     def add_labels(self, labels: pd.DataFrame | Columns) -> int:
         """Store label events (keys, tx_datetime, tx_fraud) for the delayed declarations."""
@@ -311,8 +321,8 @@ class StreamState:
         commands = []
         for agg in self.aggregations:
             if agg.fed_by_labels:
-                commands += self._additions(agg, events)
-        redis_batch.execute(self.client, commands)
+                commands += self._calls(agg, events, None)[0]
+        self._execute(commands)
         return len(next(iter(events.values()), ()))
 
     def score_features(
@@ -320,49 +330,32 @@ class StreamState:
     ) -> dict[str, np.ndarray]:
         """Add the batch's transactions to the state and compute every window feature.
 
-        One Redis round trip: the additions and the range reads of every entity involved go
-        in order in one write (Redis runs them in order, so reads see the batch's own events).
-        Rows where `skip` is true are added to the state but not computed (NaN), and their
-        entities are not read unless another row needs them: the cheap path of a worker that
-        fell behind.
+        One round trip: calls of many entities per declaration, in one write. Rows where `skip`
+        is true are added to the state but not computed (NaN), and their entities' windows are
+        not read unless another row needs them: the cheap path of a worker that fell behind.
         """
         events = as_columns(transactions)
         wanted = np.ones(len(events["transaction_id"]), bool) if skip is None else ~skip
+        asked = {name: np.asarray(column)[wanted] for name, column in events.items()}
         commands: list[Command] = []
         plans = []
         for agg in self.aggregations:
-            decl = agg.declaration
-            if not agg.fed_by_labels:
-                commands += self._additions(agg, events)
-            times = np.asarray(events[decl.event_time], dtype=np.int64)[wanted]
-            if len(times) == 0:
-                continue
-            delay = decl.delay_days * MICROS_PER_DAY  # members after t - delay are never used
-            low = b"(%d" % (int(times.min()) - agg.horizon_micros)
-            high = b"%d" % (int(times.max()) - delay)
-            entity_of_row = np.asarray(events[decl.entity_key], dtype=np.int64)[wanted]
-            entities = np.unique(entity_of_row)
-            first_read = len(commands)
-            commands += [
-                (b"ZRANGEBYSCORE", agg.key_bytes(entity), low, high) for entity in entities.tolist()
-            ]
-            plans.append((agg, times, entity_of_row, entities, first_read))
-        replies = redis_batch.execute(self.client, commands)
+            calls, rows = self._calls(agg, None if agg.fed_by_labels else events, asked)
+            plans.append((agg, len(commands), len(calls), rows))
+            commands += calls
+        replies = self._execute(commands)
         features = {
             agg.declaration.name: np.full((len(wanted), len(agg.declaration.feature_names)), np.nan)
             for agg in self.aggregations
         }
-        for agg, times, entity_of_row, entities, first_read in plans:
-            decl = agg.declaration
-            reads = replies[first_read : first_read + len(entities)]
-            features[decl.name][wanted] = agg.compute(
-                entity_of_row,
-                times,
-                np.asarray(events[decl.order_key], dtype=np.int64)[wanted],
-                entities,
-                b"".join(chain.from_iterable(reads)),
-                np.fromiter(map(len, reads), dtype=np.int64, count=len(reads)),
-            )
+        for agg, first, count, rows in plans:
+            mine = replies[first : first + count]
+            blob = b"".join(reply[1] for reply in mine)
+            width = len(agg.declaration.windows_days) * (1 + len(agg.declaration.value_columns))
+            aggregates = np.frombuffer(blob, dtype="<f8").reshape(-1, width)
+            computed = np.empty_like(aggregates)
+            computed[rows] = aggregates
+            features[agg.declaration.name][wanted] = agg.features(computed)
         return features
 
     def initialize(self, raw: pd.DataFrame, until: datetime, label_delay_days: int) -> int:
@@ -370,7 +363,8 @@ class StreamState:
 
         Transactions with time < until feed the undelayed declarations; labels that were
         published before `until` (time + delay < until) feed the delayed ones. Only events
-        within each declaration's horizon are kept.
+        within each declaration's horizon are loaded; the watermark of every entity loaded
+        becomes `until`, even if the state had gone further (a replay from an earlier time).
         """
         end = until.astimezone(UTC)
         added = 0
@@ -384,8 +378,20 @@ class StreamState:
                 known = (times + delay < end) & (times > end - horizon)
             else:
                 known = (times < end) & (times > end - horizon)
-            commands += self._additions(agg, as_columns(raw[known]))
+            ordered = raw[known].sort_values([decl.event_time, decl.order_key], kind="stable")
+            commands += self._calls(agg, as_columns(ordered), None, _micros_of(end))[0]
             added += int(known.sum())
-        redis_batch.execute(self.client, commands)
+        self._execute(commands)
         logger.info("stream state initialised with %d events up to %s", added, end.isoformat())
         return added
+
+
+def _micros_of(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def _runs(sorted_keys: np.ndarray) -> list[tuple[int, int, int]]:
+    """(key, start, end) of each run of equal keys in `sorted_keys`."""
+    starts = np.flatnonzero(np.diff(sorted_keys, prepend=sorted_keys[:1] - 1))
+    ends = np.append(starts[1:], len(sorted_keys))
+    return list(zip(sorted_keys[starts].tolist(), starts.tolist(), ends.tolist(), strict=True))

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -418,7 +418,13 @@ def materialize_with_progress(
     raw = read_transactions(data)
     moment = until or (raw["tx_datetime"].max() + pd.Timedelta(microseconds=1)).to_pydatetime()
     declarations = feature_store.load_declarations(settings)
-    state = StreamState(redis_server.client(settings), declarations, settings.stream_state_prefix)
+    state = StreamState(
+        redis_server.client(settings),
+        declarations,
+        settings.stream_state_prefix,
+        feature_store.load_state_tiles(settings),
+        timedelta(seconds=settings.state_allowed_lateness_s),
+    )
     delay = label_delay_days(declarations)
     written["stream_state_events"] = state.initialize(raw, moment, label_delay_days=delay)
     feature_store.record_materialization(settings, declarations, moment)

@@ -1,0 +1,295 @@
+"""The tiled streaming state in real Redis: exact against the reference whatever the arrival order,
+the replays, the tile path taken or the entity's density, and bounded in memory."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, cast
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+
+from feature_repo.aggregations import CUSTOMER_SPENDING, TERMINAL_RISK
+from skewless.aggregation import StateTiles
+from skewless.reference import window_aggregates
+from skewless.services import redis_server
+from skewless.settings import Settings
+from skewless.simulator import SimulationParams, simulate
+from skewless.stream_state import StreamState
+
+pytestmark = pytest.mark.integration
+
+DECLARATIONS = (CUSTOMER_SPENDING, TERMINAL_RISK)
+DELAY = pd.Timedelta(days=7)
+TILE_PATH = StateTiles(raw_scan_max=0)
+"""Every top tile read through its finer tiles, never from its events directly."""
+CROSSING = StateTiles(raw_scan_max=3)
+"""Tiles go over the raw scan limit while the stream runs: their sub-tiles are built then."""
+FINE = StateTiles(
+    widths=(timedelta(hours=6), timedelta(minutes=30), timedelta(minutes=5), timedelta(seconds=5)),
+    raw_scan_max=0,
+)
+"""Four levels whose top tile does not divide a window's day: edges fall anywhere."""
+
+
+def _state(settings: Settings, tiles: StateTiles | None = None) -> StreamState:
+    client = redis_server.client(settings)
+    return StreamState(client, DECLARATIONS, f"test:{uuid.uuid4().hex}", tiles)
+
+
+def _expected(raw: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([window_aggregates(raw, decl) for decl in DECLARATIONS], axis=1)
+
+
+def _frame(features: dict[str, np.ndarray], index: pd.Index) -> pd.DataFrame:
+    return pd.DataFrame(
+        np.hstack([features[d.name] for d in DECLARATIONS]),
+        columns=[n for d in DECLARATIONS for n in d.feature_names],
+        index=index,
+    )
+
+
+def _assert_matches(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    for name in got.columns:
+        want = expected.loc[got.index, name].to_numpy(dtype=float)
+        if "count" in name:
+            np.testing.assert_array_equal(got[name].to_numpy(), want, err_msg=name)
+        else:
+            np.testing.assert_allclose(got[name].to_numpy(), want, rtol=1e-9, err_msg=name)
+
+
+def _stream(state: StreamState, raw: pd.DataFrame, start: pd.Timestamp, seed: int) -> pd.DataFrame:
+    """The worker's order: labels due, then a batch of transactions, batches of random size."""
+    stream = raw[raw["tx_datetime"] >= start]
+    labels = raw[raw["tx_datetime"] + DELAY >= start].assign(
+        label_time=lambda f: f["tx_datetime"] + DELAY
+    )
+    rng = np.random.default_rng(seed)
+    got = []
+    position = 0
+    while position < len(stream):
+        batch = stream.iloc[position : position + int(rng.integers(1, 400))]
+        position += len(batch)
+        due = labels[labels["label_time"] <= batch["tx_datetime"].max()]
+        labels = labels.drop(due.index)
+        state.add_labels(due)
+        got.append(_frame(state.score_features(batch), batch.index))
+    return pd.concat(got)
+
+
+@pytest.fixture(scope="module")
+def raw() -> pd.DataFrame:
+    return simulate(
+        SimulationParams(n_customers=120, n_terminals=40, n_days=60, start_date=date(2026, 4, 1))
+    ).transactions
+
+
+@pytest.mark.parametrize(
+    "tiles", [TILE_PATH, CROSSING, FINE], ids=["tile-path", "crossing", "four-levels"]
+)
+def test_streamed_windows_match_the_reference_on_any_tile_path(
+    redis_service: Settings, raw: pd.DataFrame, tiles: StateTiles
+) -> None:
+    start = pd.Timestamp(datetime(2026, 5, 15, tzinfo=UTC))
+    state = _state(redis_service, tiles)
+    state.initialize(raw, start.to_pydatetime(), label_delay_days=7)
+    streamed = _stream(state, raw, start, seed=1)
+    assert len(streamed) > 1000
+    _assert_matches(streamed, _expected(raw))
+
+
+def test_labels_read_days_ahead_of_the_transactions_remove_nothing_needed(
+    redis_service: Settings, raw: pd.DataFrame
+) -> None:
+    """A worker started after a replay was published reads every label of the period before
+    its first transactions: labels must not move what the state keeps."""
+    start = pd.Timestamp(datetime(2026, 5, 15, tzinfo=UTC))
+    end = start + pd.Timedelta(days=12)
+    state = _state(redis_service)
+    state.initialize(raw, start.to_pydatetime(), label_delay_days=7)
+    label_times = raw["tx_datetime"] + DELAY
+    state.add_labels(raw[(label_times >= start) & (label_times < end)])
+    stream = raw[(raw["tx_datetime"] >= start) & (raw["tx_datetime"] < end)]
+    batches = [stream.iloc[part] for part in np.array_split(np.arange(len(stream)), 40)]
+    got = [_frame(state.score_features(batch), batch.index) for batch in batches]
+    _assert_matches(pd.concat(got), _expected(raw))
+
+
+def test_a_replay_from_an_earlier_time_over_a_state_that_went_further(
+    redis_service: Settings, raw: pd.DataFrame
+) -> None:
+    """`materialize --until` an earlier day on the state of a stream that ran to the end of the
+    data (and removed what it no longer needed): the replay's windows are exact again."""
+    state = _state(redis_service, CROSSING)
+    late = pd.Timestamp(datetime(2026, 5, 1, tzinfo=UTC))
+    state.initialize(raw, late.to_pydatetime(), label_delay_days=7)
+    _stream(state, raw, late, seed=4)  # to the end of the data: removal ran
+    early = pd.Timestamp(datetime(2026, 5, 10, tzinfo=UTC))
+    state.initialize(raw, early.to_pydatetime(), label_delay_days=7)
+    replayed = _stream(state, raw[raw["tx_datetime"] < early + pd.Timedelta(days=5)], early, 5)
+    assert len(replayed) > 300
+    _assert_matches(replayed, _expected(raw))
+
+
+def test_out_of_order_arrival_gives_the_same_windows(redis_service: Settings) -> None:
+    """Transactions and labels arrive shuffled across batches; once all are in, every event's
+    windows are those of the reference (each window is read from (time, order), not arrival)."""
+    raw = simulate(
+        SimulationParams(n_customers=60, n_terminals=20, n_days=20, start_date=date(2026, 4, 1))
+    ).transactions
+    state = _state(redis_service, TILE_PATH)
+    rng = np.random.default_rng(5)
+    shuffled = raw.iloc[rng.permutation(len(raw))]
+    for part in np.array_split(np.arange(len(shuffled)), 17):
+        batch = shuffled.iloc[part]
+        state.add_labels(batch)
+        state.score_features(batch.drop(columns=["tx_fraud"]), skip=np.ones(len(batch), bool))
+    scored = raw.iloc[rng.permutation(len(raw))]
+    got = _frame(state.score_features(scored.drop(columns=["tx_fraud"])), scored.index)
+    _assert_matches(got, _expected(raw))
+
+
+def test_replayed_batches_are_never_counted_twice(
+    redis_service: Settings, raw: pd.DataFrame
+) -> None:
+    start = pd.Timestamp(datetime(2026, 5, 25, tzinfo=UTC))
+    state = _state(redis_service)
+    state.initialize(raw, start.to_pydatetime(), label_delay_days=7)
+    state.initialize(raw, start.to_pydatetime(), label_delay_days=7)  # a second load: no-op
+    first = _stream(state, raw, start, seed=2)
+    again = _stream(state, raw, start, seed=3)  # every label and transaction delivered again
+    np.testing.assert_array_equal(again.loc[first.index].to_numpy(), first.to_numpy())
+    _assert_matches(first, _expected(raw))
+    one = raw[raw["tx_datetime"] >= start].head(1)
+    client = state.client
+    for agg in state.aggregations:
+        events_key, _ = agg.keys(int(one[agg.declaration.entity_key].iloc[0]))
+        member = cast(list[bytes], client.zrangebyscore(events_key, "-inf", "+inf"))[0]
+        for new in (1, 0):  # the function tells whether the member was new
+            call = client.fcall("skewless_state_v1", 2, *agg.keys(0), agg.config, member, b"")
+            assert cast(list[Any], call)[0] == new
+
+
+def test_a_hot_entity_with_ties_at_the_same_microsecond(redis_service: Settings) -> None:
+    """One terminal and one customer with ~3 events a minute, many at the same instant."""
+    rng = np.random.default_rng(11)
+    count = 150_000
+    begin = pd.Timestamp(datetime(2026, 4, 1, tzinfo=UTC))
+    seconds = np.sort(rng.integers(0, 40 * 86_400, count))
+    seconds[1::7] = seconds[0::7][: len(seconds[1::7])]  # same-second neighbours
+    raw = pd.DataFrame({
+        "transaction_id": rng.permutation(count).astype(np.int64),  # ids not in time order
+        "tx_datetime": begin + pd.to_timedelta(np.sort(seconds), unit="s"),
+        "customer_id": np.zeros(count, np.int64),
+        "terminal_id": np.zeros(count, np.int64),
+        "tx_amount": np.round(rng.gamma(2.0, 30.0, count), 2),
+        "tx_fraud": (rng.random(count) < 0.05).astype(np.int8),
+    }).sort_values(["tx_datetime", "transaction_id"], ignore_index=True)  # fmt: skip
+    # (a stream delivers equal timestamps in id order: an event arriving after one it orders
+    # before cannot be in that one's window, here as in any streaming engine)
+    start = begin + pd.Timedelta(days=38)
+    state = _state(redis_service)
+    state.initialize(raw, start.to_pydatetime(), label_delay_days=7)
+    scored = raw[raw["tx_datetime"] >= start].head(3000)
+    label_times = raw["tx_datetime"] + DELAY
+    published = start
+    got = []
+    for part in np.array_split(np.arange(len(scored)), 30):
+        batch = scored.iloc[part]
+        now = batch["tx_datetime"].max()
+        state.add_labels(raw[(label_times >= published) & (label_times <= now)])
+        published = now
+        got.append(_frame(state.score_features(batch.drop(columns=["tx_fraud"])), batch.index))
+    _assert_matches(pd.concat(got), _expected(raw))
+
+
+def _events(client: redis.Redis, key: bytes) -> int:
+    return cast(int, client.zcard(key))
+
+
+def _keys(client: redis.Redis, state: StreamState) -> list[bytes]:
+    prefix = state.aggregations[0].prefix
+    return list(client.scan_iter(match=f"{prefix}:*", count=1000))
+
+
+def test_old_events_and_tiles_go_in_the_same_call_and_late_ones_are_dropped(
+    redis_service: Settings,
+) -> None:
+    state = StreamState(
+        redis_server.client(redis_service),
+        (CUSTOMER_SPENDING,),
+        f"test:{uuid.uuid4().hex}",
+        allowed_lateness=timedelta(days=2),
+    )
+    client = state.client
+    agg = state.aggregations[0]
+    begin = pd.Timestamp(datetime(2026, 1, 1, tzinfo=UTC))
+    sizes = []
+    for day in range(120):
+        times = begin + pd.Timedelta(days=day) + pd.to_timedelta(np.arange(0, 86_400, 3_600), "s")
+        batch = pd.DataFrame({
+            "transaction_id": np.arange(day * 24, day * 24 + 24, dtype=np.int64),
+            "tx_datetime": times, "customer_id": np.ones(24, np.int64), "tx_amount": np.ones(24),
+        })  # fmt: skip
+        features = state.score_features(batch)
+        assert features[agg.declaration.name][-1, 4] == min(24 * (day + 1), 24 * 30)
+        sizes.append((_events(client, agg.keys(1)[0]), len(_keys(client, state))))
+    # retention: horizon 30 days + lateness 2 days, counted in whole days: 32 to 33 days kept
+    assert max(size for size, _ in sizes[40:]) == sizes[-1][0] <= 33 * 24
+    assert max(keys for _, keys in sizes[40:]) <= 2 + 34
+    # an event older than what is kept is dropped, not counted, and its windows are NaN
+    late = pd.DataFrame({
+        "transaction_id": [10**9], "tx_datetime": [begin + pd.Timedelta(days=60)],
+        "customer_id": [1], "tx_amount": [5.0],
+    })  # fmt: skip
+    assert np.isnan(state.score_features(late)[agg.declaration.name]).all()
+    assert _events(client, agg.keys(1)[0]) == sizes[-1][0]
+
+
+def test_the_function_is_loaded_again_when_redis_lost_it(redis_service: Settings) -> None:
+    state = _state(redis_service)
+    row = pd.DataFrame({
+        "transaction_id": [1], "tx_datetime": [pd.Timestamp("2026-06-01", tz="UTC")],
+        "customer_id": [3], "terminal_id": [4], "tx_amount": [10.0],
+    })  # fmt: skip
+    assert state.score_features(row)["customer_spending"][0, 0] == 1
+    state.client.function_flush()
+    assert state.score_features(row)["customer_spending"][0, 0] == 1
+
+
+@pytest.mark.parametrize("year", [1700, 1969, 2250])
+def test_windows_at_the_ends_of_the_supported_time_range(
+    redis_service: Settings, year: int
+) -> None:
+    start = pd.Timestamp(datetime(year, 6, 1, tzinfo=UTC))
+    times = [start + pd.Timedelta(days=k, seconds=7) for k in range(0, 34, 3)]
+    raw = pd.DataFrame({
+        "transaction_id": np.arange(len(times), dtype=np.int64), "tx_datetime": times,
+        "customer_id": np.full(len(times), 9), "terminal_id": np.full(len(times), 9),
+        "tx_amount": np.arange(len(times), dtype=float), "tx_fraud": np.arange(len(times)) % 2,
+    })  # fmt: skip
+    state = _state(redis_service, TILE_PATH)
+    state.add_labels(raw)
+    got = _frame(state.score_features(raw.drop(columns=["tx_fraud"])), raw.index)
+    _assert_matches(got, _expected(raw))
+
+
+def test_windows_of_many_entities_do_not_mix(redis_service: Settings) -> None:
+    """One customer's huge amounts (inf sums) leave every other customer's windows exact."""
+    state = _state(redis_service, TILE_PATH)
+    day = pd.Timedelta(days=1)
+    start = pd.Timestamp(datetime(2026, 9, 1, tzinfo=UTC))
+    rows = []
+    for customer in range(1, 6):
+        for k in range(5):
+            amount = 1e308 if customer == 1 else 10.0 * customer + k
+            rows.append((customer * 10 + k, start + k * day, customer, amount))
+    raw = pd.DataFrame(rows, columns=["transaction_id", "tx_datetime", "customer_id", "tx_amount"])
+    raw["terminal_id"] = raw["customer_id"]
+    got = state.score_features(raw)["customer_spending"]
+    assert not np.isfinite(got[4, 5])
+    np.testing.assert_allclose(got[5:, 4], np.tile([1, 2, 3, 4, 5], 4))
+    np.testing.assert_allclose(got[9::5, 5], [22.0, 32.0, 42.0, 52.0])
