@@ -71,6 +71,8 @@ class ChampionWatcher:
         self.poll_s = poll_s
         self.accepts: Callable[[LoadedModel], None] = lambda model: None
         """Raises if a model must not be served (the scoring core sets its contract check)."""
+        self.on_poll: Callable[[Exception | None], None] = lambda failure: None
+        """Told each poll's outcome: None, or the exception (the worker's health shows it)."""
         self.refused: str | None = None
         """The last version `accepts` refused; not loaded again until the alias moves on."""
         self._stop = threading.Event()
@@ -116,7 +118,9 @@ class ChampionWatcher:
         while not self._stop.wait(self.poll_s):
             try:
                 self.check_once()
+                self.on_poll(None)
             except Exception as exc:  # keep serving the loaded model whatever the registry does
+                self.on_poll(exc)
                 logger.warning(
                     "champion poll failed, keeping version %s: %s", self.current.version, exc
                 )

@@ -231,6 +231,7 @@ class Worker:
         )
         self.clock = StreamClock(EventLimits.from_settings(settings))
         self.delivery = Delivery(settings, self.consumer, client_id="skewless-worker")
+        core.watcher.on_poll = self._registry_health
         self._label_dead_letters: list[tuple[bytes, str]] = []
         """Dead-letter records of the malformed labels read since the last batch, and codes."""
         self._sampler = np.random.default_rng(0)
@@ -239,6 +240,12 @@ class Worker:
         self._drift_pending: list[np.ndarray] = []
         self._drift_refreshed = 0.0
         self._load_drift_reference(core.model.version)
+
+    def _registry_health(self, failure: Exception | None) -> None:
+        if failure is None:
+            self.metrics.recovered("registry")
+        else:
+            self.metrics.fault("registry", failure)
 
     def stop(self, *_: object) -> None:
         """Finish the current batch, commit, close (SIGTERM, Ctrl-C)."""
@@ -424,7 +431,7 @@ class Worker:
                 ),
                 key=dead_letter_key(record.key),
             )
-        label_dead_letters, self._label_dead_letters = self._label_dead_letters, []
+        label_dead_letters = self._label_dead_letters  # cleared once this batch is committed
         for value, _ in label_dead_letters:
             self.delivery.send(self.settings.topic_dead_letter, value)
         stats.consumed = len(records)
@@ -437,6 +444,7 @@ class Worker:
             self.core.write_online(batch)
         # Every score and dead letter acknowledged (or in the transaction) before the commit.
         self.delivery.commit(_next_offsets(records))
+        self._label_dead_letters = []
         acked_ms = time.time() * 1000
         entered_ms = np.fromiter((r.timestamp for r in records), np.float64, len(records))
         self.metrics.end_to_end.observe_many(np.maximum(0.0, acked_ms - entered_ms) / 1000)

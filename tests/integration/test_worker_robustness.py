@@ -7,6 +7,7 @@ prefix), and checks the dead-letter topic, the scores and the committed offsets.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
@@ -25,7 +26,9 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from serving.events import Label, encode_label
-from serving.worker import build_worker
+from serving.metrics import ScoringMetrics
+from serving.scoring import ScoringCore, build_core
+from serving.worker import ISOLATION_LIMIT, Worker, build_worker
 from skewless.services.process import wait_for
 from skewless.settings import Settings
 from tests.conftest import (
@@ -371,3 +374,86 @@ def test_the_http_door_answers_422_with_the_reason_for_the_same_records(
         assert 0.0 <= answer["score"] <= 1.0
     finally:
         stop_enricher(server)
+
+
+def test_malformed_labels_are_dead_letters_with_their_reason(
+    trained_platform: TrainedPlatform,
+) -> None:
+    settings = _settings(trained_platform)
+    good = _good(trained_platform, 4)
+    row = good.iloc[0]
+    label = encode_label(
+        Label(
+            transaction_id=int(row["transaction_id"]),
+            customer_id=int(row["customer_id"]),
+            terminal_id=int(row["terminal_id"]),
+            tx_datetime=row["tx_datetime"].to_pydatetime(),
+            tx_fraud=0,
+            label_time=row["tx_datetime"].to_pydatetime() + timedelta(days=7),
+        )
+    )
+    _produce(settings, [b"{not json", None, label], topic=settings.topic_labels)
+    _produce(settings, [json.dumps(event_body(r)).encode() for _, r in good.iterrows()])
+    stats = build_worker(settings).run(max_events=len(good), idle_exit_s=10)
+    assert (stats.scored, stats.labels, stats.dead_letters) == (len(good), 1, 2)
+    letters = _dead_letters(settings, 2)
+    assert {letter["source_topic"] for letter in letters} == {settings.topic_labels}
+    assert sorted(letter["reason"].split(":")[0] for letter in letters) == [
+        "not_json",
+        "tombstone",
+    ]
+
+
+class _Poisoned(ScoringCore):
+    """The platform's core, failing on the transactions of `poison` (all when it is None)."""
+
+    def __init__(self, core: ScoringCore, poison: set[int] | None) -> None:
+        super().__init__(core.state, core.watcher)
+        self.poison = poison
+
+    def score(self, transactions: Any, degraded: Any = None) -> Any:
+        ids = set(transactions["transaction_id"].tolist())
+        if self.poison is None or ids & self.poison:
+            raise ValueError(f"cannot score {sorted(ids)[:3]}")
+        return super().score(transactions, degraded)
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_an_event_that_fails_alone_is_isolated_and_the_rest_scored_once(
+    trained_platform: TrainedPlatform, delivery: str
+) -> None:
+    settings = _settings(trained_platform, delivery)
+    good = _good(trained_platform, 40)
+    poison = int(good.iloc[17]["transaction_id"])
+    _produce(settings, [json.dumps(event_body(r)).encode() for _, r in good.iterrows()])
+    core = build_core(settings)
+    worker = Worker(settings, _Poisoned(core, {poison}), ScoringMetrics())
+    stats = worker.run(max_events=len(good), idle_exit_s=10)
+    assert (stats.consumed, stats.scored, stats.dead_letters) == (len(good), len(good) - 1, 1)
+    [letter] = _dead_letters(settings, 1)
+    assert letter["reason"].startswith("processing_failed: ValueError: cannot score")
+    assert json.loads(base64.b64decode(letter["original_b64"]))["transaction_id"] == poison
+    ids = _scored_ids(settings, len(good) - 1)
+    assert sorted(ids) == sorted(set(good["transaction_id"]) - {poison})  # each once
+    assert _committed(settings) == len(good)
+
+
+def test_a_scoring_that_fails_for_every_event_is_waited_out_not_dead_lettered(
+    trained_platform: TrainedPlatform,
+) -> None:
+    settings = _settings(trained_platform)
+    good = _good(trained_platform, 20)
+    _produce(settings, [json.dumps(event_body(r)).encode() for _, r in good.iterrows()])
+    metrics = ScoringMetrics()
+    worker = Worker(settings, _Poisoned(build_core(settings), None), metrics)
+    thread = threading.Thread(target=worker.run, kwargs={"idle_exit_s": None}, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: "scoring" in metrics.faults, 60)
+        assert metrics.health()["status"] == "degraded"
+        assert thread.is_alive()
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+    assert len(_dead_letters(settings, 0)) <= ISOLATION_LIMIT
+    assert _committed(settings) <= ISOLATION_LIMIT  # the rest is read again, not lost
