@@ -334,6 +334,8 @@ class Worker:
         self.metrics.batches_rewound.inc()
         try:
             self._rewind(records, None)
+        except DeliveryStoppedError:
+            raise  # fenced: the one Kafka failure that stops the worker
         except Exception as rewind_failure:  # Kafka may be the one down: seeking is local
             logger.warning("rewind after a fault: %r", rewind_failure)
         deadline = time.monotonic() + backoff
