@@ -261,7 +261,7 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
             with _stage(summary, "select"):
                 candidates = _select(selection_folds, features, options, delay_days)
             options = replace(options, params=search.choose(candidates).candidate.params)
-        mlflow.log_params(_model_params(options.params))
+        mlflow.log_params(tracking.model_params(options.params))
         results = []
         for fold in folds:
             with _stage(summary, "train" if fold.index == 0 else f"train_fold_{fold.index}"):
@@ -372,10 +372,6 @@ def _train_fold(
     return FoldResult(fold, model, fit, scored, metrics)
 
 
-def _model_params(params: TrainingParams) -> dict[str, str]:
-    return {"family": params.family} | {key: str(value) for key, value in vars(params).items()}
-
-
 def _select(
     folds: list[Fold], features: list[str], options: TrainOptions, delay_days: int
 ) -> list[search.CandidateResult]:
@@ -397,20 +393,12 @@ def _select(
         options.search_workers,
     )
 
-    def log_candidate(result: search.CandidateResult) -> None:
-        with mlflow.start_run(run_name=result.candidate.name, nested=True):
-            mlflow.set_tag("role", "candidate")
-            mlflow.log_params({"candidate": result.candidate.name})
-            mlflow.log_params(_model_params(result.candidate.params))
-            metrics = result.statistics()
-            for score in result.folds:
-                metrics |= {f"fold_{score.fold}_{key}": v for key, v in score.metrics.items()}
-                metrics[f"fold_{score.fold}_best_epoch"] = score.best_epoch
-                metrics[f"fold_{score.fold}_seconds"] = score.seconds
-            mlflow.log_metrics(metrics)
-
     results = search.run_search(
-        grid, selection_folds, features, options.search_workers, on_result=log_candidate
+        grid,
+        selection_folds,
+        features,
+        options.search_workers,
+        on_result=tracking.log_candidate,
     )
     chosen = search.choose(results)
     logger.info(
@@ -419,29 +407,7 @@ def _select(
         search.SELECTION_METRIC,
         chosen.score,
     )
-    mlflow.log_dict(search.search_space(), "search_space.json")
-    table = {
-        r.candidate.name: {"family": r.candidate.params.family}
-        | r.statistics()
-        | {"best_epochs": [score.best_epoch for score in r.folds]}
-        for r in results
-    }
-    mlflow.log_dict(table, "search_results.json")
-    windows = {
-        f"validation_fold_{fold.index}_{key}": value
-        for fold in folds
-        for key, value in fold.windows.as_params().items()
-    }
-    mlflow.log_params(
-        windows
-        | {
-            "selection_metric": search.SELECTION_METRIC,
-            "selection_candidates": str(len(grid)),
-            "selection_chosen": chosen.candidate.name,
-        }
-    )
-    mlflow.log_metrics(chosen.statistics())
-    mlflow.set_tag("model_family", chosen.candidate.params.family)
+    tracking.log_selection(results, chosen, [fold.windows for fold in folds])
     return results
 
 
@@ -463,8 +429,10 @@ def _baseline(
     else:
         with mlflow.start_run(run_name=f"baseline-{baseline.candidate.name}", nested=True):
             mlflow.set_tag("role", "baseline")
-            mlflow.log_params({"candidate": baseline.candidate.name})
-            mlflow.log_params(_model_params(baseline.candidate.params))
+            mlflow.log_params(
+                {"candidate": baseline.candidate.name}
+                | tracking.model_params(baseline.candidate.params)
+            )
             params = replace(options, params=baseline.candidate.params)
             fold_metrics = [
                 _train_fold(fold, features, params, delay_days, workdir, False, False).metrics
