@@ -2,10 +2,9 @@
 
 Stages: validate input -> Spark backfill (whole, or only the changed days) -> feast apply ->
 point-in-time training set -> [model selection on validation folds: `training.search`] ->
-torch training -> evaluation on the test window (on the
-handbook's protocol, and on every transaction: `training.evaluate`) -> MLflow run
-and registered version -> quality gate -> materialization into Redis. Each stage's wall time
-is kept for the summary.
+torch training -> evaluation on the test window (on the handbook's protocol, and on every
+transaction: `training.evaluate`) -> MLflow run and registered version -> quality gate ->
+materialization into Redis. Each stage's wall time is kept for the summary.
 """
 
 from __future__ import annotations
@@ -377,13 +376,11 @@ def _select(
 ) -> list[search.CandidateResult]:
     """Score the grid on the validation folds: a nested run per candidate, the search space,
     every candidate's figures and the choice on the parent run."""
-    selection_folds = []
+    prepared = []
     for fold in folds:
         fit, early_stopping = _split_train_validation(fold.train)
         known = known_compromised(fold.test, fold.first_frauds, delay_days)
-        selection_folds.append(
-            search.SelectionFold(fold.index, fit, early_stopping, fold.test, known)
-        )
+        prepared.append(search.SelectionFold(fold.index, fit, early_stopping, fold.test, known))
     grid = search.candidates(options.params)
     logger.info(
         "model selection: %d candidates x %d validation folds (test weeks %s), %d workers",
@@ -395,7 +392,7 @@ def _select(
 
     results = search.run_search(
         grid,
-        selection_folds,
+        prepared,
         features,
         options.search_workers,
         on_result=tracking.log_candidate,
@@ -421,7 +418,8 @@ def _baseline(
     workdir: Path,
 ) -> SelectionSummary:
     """The best logistic regression of the search on the test folds (a nested run, not
-    registered): its `baseline_*` means and deviations go on the parent run."""
+    registered; its exports in their own folder): its `baseline_*` means and deviations go on
+    the parent run."""
     chosen = search.choose(results)
     baseline = search.best_of_family(results, LOGISTIC_REGRESSION) or chosen
     if baseline is chosen:
@@ -434,13 +432,14 @@ def _baseline(
                 | tracking.model_params(baseline.candidate.params)
             )
             params = replace(options, params=baseline.candidate.params)
+            folder = workdir / "baseline"
             fold_metrics = [
-                _train_fold(fold, features, params, delay_days, workdir, False, False).metrics
+                _train_fold(fold, features, params, delay_days, folder, False, False).metrics
                 for fold in folds
             ]
             metrics = fold_statistics(fold_metrics)
-            for index, fold in enumerate(fold_metrics):
-                metrics |= {f"fold_{index}_{key}": value for key, value in fold.items()}
+            for index, figures in enumerate(fold_metrics):
+                metrics |= {f"fold_{index}_{key}": value for key, value in figures.items()}
             mlflow.log_metrics(metrics)
     mlflow.log_metrics(
         {f"baseline_{key}": value for key, value in fold_statistics(fold_metrics).items()}

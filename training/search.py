@@ -219,8 +219,12 @@ def run_search(
             pool.submit(_score_in_worker, grid[c].params, position): (c, position)
             for c, position in tasks
         }
-        for future, task in futures.items():  # submission order: candidates complete in order
-            collect(task, future.result())
+        try:
+            for future, task in futures.items():  # submission order: candidates in order
+                collect(task, future.result())
+        except BaseException:  # a failed task or Ctrl-C: do not train the rest first
+            pool.shutdown(cancel_futures=True)
+            raise
     return results
 
 

@@ -97,3 +97,11 @@ def test_candidates_are_scored_on_each_fold_alike_in_workers_and_here() -> None:
     pooled = search.run_search(grid, folds, ["amount", "noise"], 2)
     for a, b in zip(here, pooled, strict=True):  # deterministic per seed, whatever the process
         assert [s.metrics for s in a.folds] == [s.metrics for s in b.folds]
+
+
+def test_a_failing_candidate_stops_the_search_with_its_error() -> None:
+    good = _fold(0, 1)
+    no_frauds = replace(good, early_stopping=good.early_stopping.assign(tx_fraud=0))
+    grid = search.candidates(QUICK)[:3]
+    with pytest.raises(ValueError, match="both classes"):
+        search.run_search(grid, [no_frauds, good], ["amount", "noise"], 2)
