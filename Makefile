@@ -52,8 +52,8 @@ plan: setup ## show what apply would change (feast plan)
 feast-ui: apply ## Feast's web UI of feature_repo/ on http://127.0.0.1:8888
 	cd feature_repo && $(RUN) feast ui --host 127.0.0.1 --port 8888
 
-train: services-up data ## backfill, point-in-time training set, torch model, MLflow version, gate, materialize
-	$(SKEWLESS) train
+train: services-up data ## backfill, point-in-time training set, torch model, MLflow version, gate, materialize (SEARCH=1: model selection first)
+	$(SKEWLESS) train $(if $(SEARCH),--search)
 
 retrain: ## retrain on the newest data, changed days only (EVERY=1h to repeat, ON_DRIFT=1: only on drift)
 	$(SKEWLESS) retrain $(if $(EVERY),--every $(EVERY)) $(if $(ON_DRIFT),--on-drift)

@@ -255,6 +255,16 @@ def train_command(
             "the latest fold's model is registered, the gate compares means over the folds",
         ),
     ] = 4,
+    search: Annotated[
+        bool,
+        typer.Option(
+            help="choose the model family and hyperparameters on validation folds that end "
+            "before the test folds (training.search), with a logistic-regression baseline"
+        ),
+    ] = False,
+    search_workers: Annotated[
+        int, typer.Option(min=1, help="processes training the search's candidates")
+    ] = 2,
 ) -> None:
     """Backfill features with Spark, train the torch model, evaluate, register and gate it."""
     from dataclasses import replace
@@ -273,12 +283,39 @@ def train_command(
         params=replace(TrainingParams(), max_epochs=epochs, seed=seed),
         materialize=materialize,
         folds=folds,
+        search=search,
+        search_workers=search_workers,
     )
     summary = run_training(settings, options)
     table = Table("train", "value")
     table.add_row("model", f"{settings.model_name} version {summary.version} ({summary.alias})")
     for name, value in summary.metrics.items():
         table.add_row(name, f"{value:.4f}")
+    if len(summary.fold_metrics) > 1:
+        for index, metrics in enumerate(summary.fold_metrics):
+            table.add_row(f"fold {index} protocol AUC / AP / CP@100", _protocol_figures(metrics))
+    if summary.selection is not None:
+        selection = summary.selection
+        table.add_row("chosen on validation folds", f"{selection.chosen} ({selection.family})")
+        table.add_row(
+            "validation protocol AP (chosen)",
+            f"{selection.validation['validation_protocol_average_precision_mean']:.4f} ± "
+            f"{selection.validation['validation_protocol_average_precision_std']:.4f}"
+            f" ({selection.candidates} candidates)",
+        )
+        table.add_row("baseline", selection.baseline)
+        for index, metrics in enumerate(selection.baseline_fold_metrics):
+            table.add_row(f"baseline fold {index} AUC / AP / CP@100", _protocol_figures(metrics))
+        table.add_row(
+            "baseline mean AUC / AP / CP@100",
+            _protocol_figures(
+                {
+                    key: sum(m[key] for m in selection.baseline_fold_metrics)
+                    / len(selection.baseline_fold_metrics)
+                    for key in selection.baseline_fold_metrics[0]
+                }
+            ),
+        )
     table.add_row(
         "windows",
         f"train {summary.windows['train_start'][:10]} .. "
@@ -292,6 +329,12 @@ def train_command(
         f"MLflow UI: make mlflow-ui, then http://{settings.mlflow_host}:{settings.mlflow_port}"
         f"/#/experiments (run {summary.run_id})"
     )
+
+
+def _protocol_figures(metrics: dict[str, float]) -> str:
+    from skewless.registry import METRIC_NAMES, PROTOCOL_PREFIX
+
+    return " / ".join(f"{metrics[PROTOCOL_PREFIX + name]:.4f}" for name in METRIC_NAMES)
 
 
 @app.command("retrain")

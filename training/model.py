@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -33,8 +33,17 @@ logger = logging.getLogger(__name__)
 ONNX_OPSET = 18
 
 
+LOGISTIC_REGRESSION: Final = "logistic_regression"
+FEEDFORWARD: Final = "feedforward"
+ModelFamily = Literal["logistic_regression", "feedforward"]
+
+
 class FraudNet(nn.Module):
-    """Raw features -> fill NaN -> standardise -> MLP (ReLU, optional dropout) -> probability."""
+    """Raw features -> fill NaN -> standardise -> MLP (ReLU, optional dropout) -> probability.
+
+    Without hidden layers it is a logistic regression on the standardised features: the same
+    module, training loop and ONNX export, so serving cannot tell the families apart.
+    """
 
     fill_values: torch.Tensor
     means: torch.Tensor
@@ -73,6 +82,8 @@ class FraudNet(nn.Module):
 class TrainingParams:
     """Architecture, optimiser, early stopping and class-imbalance settings of one run.
 
+    `hidden_sizes=()` trains a logistic regression (`family`).
+
     `imbalance`: "none" (plain BCE), "pos_weight" (positives weighted by the negative/positive
     ratio in BCE) or "oversample" (positives repeated that many times per epoch); the ratio is
     capped at `max_positive_weight`. "none" is the default: on simulated fraud_model_v1 data
@@ -90,6 +101,11 @@ class TrainingParams:
     seed: int = 42
     imbalance: Literal["none", "pos_weight", "oversample"] = "none"
     max_positive_weight: float = 10.0
+
+    @property
+    def family(self) -> ModelFamily:
+        """Logistic regression without hidden layers, a feed-forward network with them."""
+        return FEEDFORWARD if self.hidden_sizes else LOGISTIC_REGRESSION
 
     def __post_init__(self) -> None:
         if min((*self.hidden_sizes, self.batch_size, self.max_epochs, self.patience)) < 1:

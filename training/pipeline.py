@@ -1,10 +1,10 @@
 """`skewless train` and `skewless retrain`: raw transactions to a registered, gated model.
 
 Stages: validate input -> Spark backfill (whole, or only the changed days) -> feast apply ->
-point-in-time training set -> torch training -> evaluation on the test window (on the
-handbook's protocol, and on every transaction: `training.evaluate`) -> MLflow run
-and registered version -> quality gate -> materialization into Redis. Each stage's wall time
-is kept for the summary.
+point-in-time training set -> [model selection on validation folds: `training.search`] ->
+torch training -> evaluation on the test window (on the handbook's protocol, and on every
+transaction: `training.evaluate`) -> MLflow run and registered version -> quality gate ->
+materialization into Redis. Each stage's wall time is kept for the summary.
 """
 
 from __future__ import annotations
@@ -41,11 +41,18 @@ from skewless.settings import Settings
 from skewless.spark import spark_session
 from skewless.statistics import reference_statistics, save_statistics
 from skewless.stream_state import StreamState
-from training import protocol, tracking
+from training import protocol, search, tracking
 from training.backfill import backfill
 from training.evaluate import evaluate, plot_precision_recall, plot_roc
 from training.materialize import materialize
-from training.model import EpochReport, TrainedModel, TrainingParams, export_onnx, train
+from training.model import (
+    LOGISTIC_REGRESSION,
+    EpochReport,
+    TrainedModel,
+    TrainingParams,
+    export_onnx,
+    train,
+)
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -73,6 +80,12 @@ class TrainOptions:
     folds: int = 1
     """Prequential folds, each shifted back by one test window (`protocol.prequential_folds`);
     the handbook's chapters 5-7 average 4. The version registered is fold 0's (the latest)."""
+    search: bool = False
+    """Choose the model (family and hyperparameters, `search.SEARCH_SPACE` over `params`) on
+    validation folds that end before the test folds (`protocol.validation_folds`), then train
+    the choice on the test folds; the best logistic regression is evaluated there as baseline."""
+    search_workers: int = 2
+    """Processes training the candidates (one torch thread each)."""
 
 
 @dataclass
@@ -90,6 +103,22 @@ class TrainSummary:
     """Days of each offline table the backfill computed."""
     fold_metrics: list[dict[str, float]] = field(default_factory=list)
     """The test metrics of each fold, fold 0 (the registered version's) first."""
+    selection: SelectionSummary | None = None
+    """What the model selection chose, with `TrainOptions.search`."""
+
+
+@dataclass(frozen=True)
+class SelectionSummary:
+    """The search's choice and its logistic-regression baseline on the test folds."""
+
+    candidates: int
+    chosen: str
+    family: str
+    validation: dict[str, float]
+    """The chosen candidate's `validation_protocol_*_mean` and `_std` over the validation folds."""
+    baseline: str
+    baseline_fold_metrics: list[dict[str, float]]
+    """The best logistic regression's test metrics on each test fold (trained like the choice)."""
 
 
 @dataclass(frozen=True)
@@ -169,11 +198,15 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
             history_days=history,
         )
         fold_windows = protocol.prequential_folds(windows, options.folds, data_start, history)
+        selection_windows = (
+            protocol.validation_folds(fold_windows, data_start, history) if options.search else []
+        )
+        all_windows = fold_windows + selection_windows
         summary.windows = windows.as_params()
         # Each fold's labels from its training window's start on: the cards known compromised
         # on a test day are those with a fraud up to the day's label horizon (`known_frauds`).
         first_frauds = [
-            first_fraud_days(raw[_within(raw, w.train_start, w.test_end)]) for w in fold_windows
+            first_fraud_days(raw[_within(raw, w.train_start, w.test_end)]) for w in all_windows
         ]
         del raw
     spark = spark_session(settings)
@@ -188,11 +221,11 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
         features = offline_store.feature_names(service)
     with _stage(summary, "training_set"):
         entities = offline_store.entity_frame(
-            spark, options.data, fold_windows[-1].train_start, windows.test_end
+            spark, options.data, all_windows[-1].train_start, windows.test_end
         )
         time = F.col("tx_datetime")
         needed = F.lit(False)  # a delay week no fold trains or tests on is not read
-        for w in fold_windows:
+        for w in all_windows:
             for start, end in ((w.train_start, w.train_end), (w.test_start, w.test_end)):
                 needed = needed | ((time >= F.lit(start)) & (time < F.lit(end)))
         frame = offline_store.historical_features(store, service, entities.where(needed))
@@ -206,12 +239,28 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
             )
             for index, w in enumerate(fold_windows)
         ]
+        selection_folds = [
+            Fold(
+                index,
+                w,
+                frame[_within(frame, w.train_start, w.train_end)].reset_index(drop=True),
+                frame[_within(frame, w.test_start, w.test_end)].reset_index(drop=True),
+                first_frauds[len(fold_windows) + index],
+            )
+            for index, w in enumerate(selection_windows)
+        ]
         del frame
 
     client = tracking.configure(settings)
     with mlflow.start_run() as run:
         summary.run_id = run.info.run_id
         _log_context(settings, options, store, service, summary, report.results, workdir)
+        candidates: list[search.CandidateResult] = []
+        if options.search:
+            with _stage(summary, "select"):
+                candidates = _select(selection_folds, features, options, delay_days)
+            options = replace(options, params=search.choose(candidates).candidate.params)
+        mlflow.log_params(tracking.model_params(options.params))
         results = []
         for fold in folds:
             with _stage(summary, "train" if fold.index == 0 else f"train_fold_{fold.index}"):
@@ -220,6 +269,11 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
                 )
         latest = results[0]
         summary.fold_metrics = [result.metrics for result in results]
+        if candidates:
+            with _stage(summary, "baseline"):
+                summary.selection = _baseline(
+                    candidates, summary.fold_metrics, folds, features, options, delay_days, workdir
+                )
         summary.rows.update(
             train=len(latest.fit),
             validation=len(latest.fold.train) - len(latest.fit),
@@ -286,11 +340,12 @@ def _train_fold(
     delay_days: int,
     workdir: Path,
     nested: bool,
+    log_epochs: bool = True,
 ) -> FoldResult:
     """Train on the fold's training window and evaluate on its test window.
 
     With several folds, each fold is a nested MLflow run (its windows, epochs and metrics);
-    with one, the epochs go to the run itself.
+    with one, the epochs go to the run itself (unless `log_epochs` is off).
     """
     fit, validation = _split_train_validation(fold.train)
     run = mlflow.start_run(run_name=f"fold-{fold.index}", nested=True) if nested else nullcontext()
@@ -298,7 +353,7 @@ def _train_fold(
         if nested:
             params = {f"window_{key}": value for key, value in fold.windows.as_params().items()}
             mlflow.log_params({"fold": str(fold.index), **params})
-        model = _train_with_progress(fit, validation, features, options.params)
+        model = _train_with_progress(fit, validation, features, options.params, log_epochs)
         folder = workdir / f"fold-{fold.index}"
         scorer = OnnxScorer(export_onnx(model, folder / ONNX_FILE))
         known = known_compromised(fold.test, fold.first_frauds, delay_days)
@@ -314,6 +369,90 @@ def _train_fold(
                 {"rows_test": str(len(scored)), "rows_test_protocol": str((~known).sum())}
             )
     return FoldResult(fold, model, fit, scored, metrics)
+
+
+def _select(
+    folds: list[Fold], features: list[str], options: TrainOptions, delay_days: int
+) -> list[search.CandidateResult]:
+    """Score the grid on the validation folds: a nested run per candidate, the search space,
+    every candidate's figures and the choice on the parent run."""
+    prepared = []
+    for fold in folds:
+        fit, early_stopping = _split_train_validation(fold.train)
+        known = known_compromised(fold.test, fold.first_frauds, delay_days)
+        prepared.append(search.SelectionFold(fold.index, fit, early_stopping, fold.test, known))
+    grid = search.candidates(options.params)
+    logger.info(
+        "model selection: %d candidates x %d validation folds (test weeks %s), %d workers",
+        len(grid),
+        len(folds),
+        ", ".join(f"{fold.windows.test_start:%Y-%m-%d}" for fold in folds),
+        options.search_workers,
+    )
+
+    results = search.run_search(
+        grid,
+        prepared,
+        features,
+        options.search_workers,
+        on_result=tracking.log_candidate,
+    )
+    chosen = search.choose(results)
+    logger.info(
+        "chosen on the validation folds: %s (%s %.4f)",
+        chosen.candidate.name,
+        search.SELECTION_METRIC,
+        chosen.score,
+    )
+    tracking.log_selection(results, chosen, [fold.windows for fold in folds])
+    return results
+
+
+def _baseline(
+    results: list[search.CandidateResult],
+    chosen_fold_metrics: list[dict[str, float]],
+    folds: list[Fold],
+    features: list[str],
+    options: TrainOptions,
+    delay_days: int,
+    workdir: Path,
+) -> SelectionSummary:
+    """The best logistic regression of the search on the test folds (a nested run, not
+    registered; its exports in their own folder): its `baseline_*` means and deviations go on
+    the parent run."""
+    chosen = search.choose(results)
+    baseline = search.best_of_family(results, LOGISTIC_REGRESSION) or chosen
+    if baseline is chosen:
+        fold_metrics = chosen_fold_metrics
+    else:
+        with mlflow.start_run(run_name=f"baseline-{baseline.candidate.name}", nested=True):
+            mlflow.set_tag("role", "baseline")
+            mlflow.log_params(
+                {"candidate": baseline.candidate.name}
+                | tracking.model_params(baseline.candidate.params)
+            )
+            params = replace(options, params=baseline.candidate.params)
+            folder = workdir / "baseline"
+            fold_metrics = [
+                _train_fold(fold, features, params, delay_days, folder, False, False).metrics
+                for fold in folds
+            ]
+            metrics = fold_statistics(fold_metrics)
+            for index, figures in enumerate(fold_metrics):
+                metrics |= {f"fold_{index}_{key}": value for key, value in figures.items()}
+            mlflow.log_metrics(metrics)
+    mlflow.log_metrics(
+        {f"baseline_{key}": value for key, value in fold_statistics(fold_metrics).items()}
+    )
+    mlflow.log_param("baseline", baseline.candidate.name)
+    return SelectionSummary(
+        candidates=len(results),
+        chosen=chosen.candidate.name,
+        family=chosen.candidate.params.family,
+        validation=chosen.statistics(),
+        baseline=baseline.candidate.name,
+        baseline_fold_metrics=fold_metrics,
+    )
 
 
 def _log_context(
@@ -332,7 +471,7 @@ def _log_context(
         delay_days=str(options.delay_days),
         test_days=str(options.test_days),
     )
-    params.update({key: str(value) for key, value in vars(options.params).items()})
+    params.update(search=str(options.search))
     mlflow.log_params(params)
     mlflow.set_tags(
         {
@@ -356,21 +495,26 @@ def _progress() -> Progress:
 
 
 def _train_with_progress(
-    fit: pd.DataFrame, validation: pd.DataFrame, features: list[str], params: TrainingParams
+    fit: pd.DataFrame,
+    validation: pd.DataFrame,
+    features: list[str],
+    params: TrainingParams,
+    log_epochs: bool = True,
 ) -> TrainedModel:
     with _progress() as progress:
         task = progress.add_task("training", total=params.max_epochs)
 
         def on_epoch(report: EpochReport) -> None:
-            mlflow.log_metrics(
-                {
-                    "train_loss": report.train_loss,
-                    "val_loss": report.val_loss,
-                    "val_average_precision": report.val_average_precision,
-                    "val_auc_roc": report.val_auc_roc,
-                },
-                step=report.epoch,
-            )
+            if log_epochs:
+                mlflow.log_metrics(
+                    {
+                        "train_loss": report.train_loss,
+                        "val_loss": report.val_loss,
+                        "val_average_precision": report.val_average_precision,
+                        "val_auc_roc": report.val_auc_roc,
+                    },
+                    step=report.epoch,
+                )
             progress.update(
                 task,
                 advance=1,

@@ -6,6 +6,8 @@ window starts there. By default the windows are the latest complete ones of the 
 
 `prequential_folds` repeats a split further back in time, as the Fraud Detection Handbook's
 `prequentialSplit` (chapter 5) does: fold k is fold 0 shifted back by k test windows.
+`validation_folds` are the model-selection folds before them (the handbook's
+`model_selection_wrapper`): hyperparameters are chosen there, never on the test folds.
 """
 
 from __future__ import annotations
@@ -123,3 +125,28 @@ def prequential_folds(
     ]
     _check_history(result[-1], data_start, history_days)
     return result
+
+
+def validation_folds(
+    test_folds: list[TimeSplit], data_start: datetime, history_days: int = 0
+) -> list[TimeSplit]:
+    """The model-selection folds of `test_folds`, as the handbook's chapter 5 places them.
+
+    The same prequential split (as many folds, same lengths), moved back by the delay plus a
+    test window from the oldest test fold (`start_date_training_for_valid`): the latest
+    validation fold's test window ends where the oldest test fold's training window ends. So
+    every label the selection scores on is known when the oldest test window starts, and no
+    validation window, training or test, touches a test fold's test window. The oldest
+    validation fold must have the features' history (`history_days`).
+    """
+    if not test_folds:
+        raise ValueError("need the test folds to place the validation folds before")
+    oldest = min(test_folds, key=lambda fold: fold.train_start)
+    shift = oldest.delay + (oldest.test_end - oldest.test_start)
+    latest = TimeSplit(
+        train_start=oldest.train_start - shift,
+        train_end=oldest.train_end - shift,
+        test_start=oldest.test_start - shift,
+        test_end=oldest.test_end - shift,
+    )
+    return prequential_folds(latest, len(test_folds), data_start, history_days)

@@ -36,7 +36,9 @@ from skewless.registry import (
 )
 from skewless.services.mlflow_server import OFFLINE_ENV
 from skewless.settings import Settings
-from training.model import TrainedModel, export_onnx
+from training import search
+from training.model import TrainedModel, TrainingParams, export_onnx
+from training.protocol import TimeSplit
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -104,6 +106,59 @@ def git_commit(cwd: Path) -> str:
         ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=False
     )
     return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def model_params(params: TrainingParams) -> dict[str, str]:
+    """A model's run parameters: its family and every training setting."""
+    return {"family": params.family} | {key: str(value) for key, value in vars(params).items()}
+
+
+def log_candidate(result: search.CandidateResult) -> None:
+    """One candidate of the search as a nested run: its params, each validation fold's
+    figures, best epoch and seconds (`fold_<k>_...`), and their means and deviations."""
+    with mlflow.start_run(run_name=result.candidate.name, nested=True):
+        mlflow.set_tag("role", "candidate")
+        mlflow.log_params(
+            {"candidate": result.candidate.name} | model_params(result.candidate.params)
+        )
+        metrics = result.statistics()
+        for score in result.folds:
+            metrics |= {f"fold_{score.fold}_{key}": value for key, value in score.metrics.items()}
+            metrics[f"fold_{score.fold}_best_epoch"] = score.best_epoch
+            metrics[f"fold_{score.fold}_seconds"] = score.seconds
+        mlflow.log_metrics(metrics)
+
+
+def log_selection(
+    results: list[search.CandidateResult],
+    chosen: search.CandidateResult,
+    validation_windows: list[TimeSplit],
+) -> None:
+    """On the parent run: the search space, every candidate's figures, the validation
+    windows, the choice (`selection_chosen`, tag `model_family`) and its validation figures."""
+    mlflow.log_dict(search.search_space(), "search_space.json")
+    table = {
+        result.candidate.name: {"family": result.candidate.params.family}
+        | result.statistics()
+        | {"best_epochs": [score.best_epoch for score in result.folds]}
+        for result in results
+    }
+    mlflow.log_dict(table, "search_results.json")
+    windows = {
+        f"validation_fold_{index}_{key}": value
+        for index, split in enumerate(validation_windows)
+        for key, value in split.as_params().items()
+    }
+    mlflow.log_params(
+        windows
+        | {
+            "selection_metric": search.SELECTION_METRIC,
+            "selection_candidates": str(len(results)),
+            "selection_chosen": chosen.candidate.name,
+        }
+    )
+    mlflow.log_metrics(chosen.statistics())
+    mlflow.set_tag("model_family", chosen.candidate.params.family)
 
 
 def model_spec(model: TrainedModel, feature_service: str) -> dict[str, Any]:

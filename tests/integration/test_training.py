@@ -23,7 +23,7 @@ from skewless.settings import Settings, load_settings
 from skewless.simulator import SimulationParams, simulate
 from skewless.spark import spark_session
 from tests.conftest import TrainedPlatform
-from training import tracking
+from training import search, tracking
 from training.backfill import run_backfill
 from training.model import TrainingParams
 from training.pipeline import (
@@ -327,3 +327,83 @@ def test_prequential_folds_are_nested_runs_and_the_gate_reads_them_all(
     assert gate["champion_version"] == first.version
     assert gate["challenger_score"] == pytest.approx(second.metrics[f"{registry.GATE_METRIC}_mean"])
     assert gate["champion_score"] is not None
+
+
+def test_search_chooses_on_validation_folds_before_the_test_folds(
+    redis_service: Settings, tmp_path: Path, private_tempdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--search` on a two-candidate grid: each candidate a nested run scored on validation
+    folds whose windows all end before the test folds' test windows; the choice is the best
+    validation AP, trained on the test folds and registered; the logistic regression is the
+    baseline there."""
+    monkeypatch.setattr(
+        search,
+        "SEARCH_SPACE",
+        {
+            "feedforward": {"hidden_sizes": ((16,),), "imbalance": ("pos_weight",)},
+            "logistic_regression": {"hidden_sizes": ((),)},
+        },
+    )
+    params = SimulationParams(n_customers=300, n_terminals=600, n_days=88, start_date=START)
+    settings = _settings(redis_service, tmp_path)
+    data = write_transactions(
+        simulate(params).transactions, settings.data_dir / "raw" / "transactions.parquet"
+    )
+    options = TrainOptions(
+        data=data,
+        params=replace(TrainingParams(), max_epochs=3),
+        materialize=False,
+        folds=2,
+        search=True,
+        search_workers=2,
+    )
+    summary = run_training(settings, options)
+    client = tracking.configure(settings)
+    run = client.get_run(summary.run_id)
+    children = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{summary.run_id}'"
+    )
+    candidates = {
+        c.data.params["candidate"]: c for c in children if c.data.tags.get("role") == "candidate"
+    }
+    assert set(candidates) == {
+        "feedforward-16-dropout0-lr0.001-pos_weight",
+        "logistic_regression-lr0.001-none",
+    }
+    selection_ap = f"{search.SELECTION_METRIC}_mean"
+    for candidate in candidates.values():
+        metrics = candidate.data.metrics
+        assert {selection_ap, f"{search.SELECTION_METRIC}_std"} <= set(metrics)
+        folds = [metrics[f"fold_{k}_{search.SELECTION_METRIC}"] for k in (0, 1)]
+        assert metrics[selection_ap] == pytest.approx(np.mean(folds))
+    best = max(candidates.values(), key=lambda c: c.data.metrics[selection_ap])
+    params_logged = run.data.params
+    assert params_logged["selection_chosen"] == best.data.params["candidate"]
+    assert (
+        summary.selection is not None
+        and summary.selection.chosen == params_logged["selection_chosen"]
+    )
+    # The registered model is the choice, trained on the test folds.
+    assert params_logged["hidden_sizes"] == best.data.params["hidden_sizes"]
+    assert params_logged["family"] == run.data.tags["model_family"] == best.data.params["family"]
+    # Every validation window ends before any test window starts (its labels known by then).
+    test_folds = [c for c in children if "fold" in c.data.params]
+    assert len(test_folds) == 2
+    first_test = min(pd.Timestamp(c.data.params["window_test_start"]) for c in test_folds)
+    oldest_train_end = min(pd.Timestamp(c.data.params["window_train_end"]) for c in test_folds)
+    for k in (0, 1):
+        test_end = pd.Timestamp(params_logged[f"validation_fold_{k}_test_end"])
+        assert test_end <= oldest_train_end < first_test
+    assert pd.Timestamp(params_logged["validation_fold_0_test_end"]) == oldest_train_end
+    # The logistic-regression baseline on the same test folds.
+    assert summary.selection.baseline == "logistic_regression-lr0.001-none"
+    assert len(summary.selection.baseline_fold_metrics) == 2
+    baseline_ap = f"baseline_{registry.GATE_METRIC}_mean"
+    assert run.data.metrics[baseline_ap] == pytest.approx(
+        np.mean([m[registry.GATE_METRIC] for m in summary.selection.baseline_fold_metrics])
+    )
+    artifacts = Path(mlflow.artifacts.download_artifacts(run_id=summary.run_id))
+    space = json.loads((artifacts / "search_space.json").read_text())
+    assert space["feedforward"]["hidden_sizes"] == [[16]]
+    assert set(json.loads((artifacts / "search_results.json").read_text())) == set(candidates)
+    assert summary.version == "1"

@@ -208,3 +208,21 @@ def test_onnx_export_agrees_with_eager_torch(trained: TrainedModel, tmp_path: Pa
     np.testing.assert_allclose(scorer.score(matrix[3:4]), eager[3:4], rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="matrix"):
         scorer.score(matrix[:, :2])
+
+
+def test_no_hidden_layer_is_a_logistic_regression_that_exports_the_same_way(
+    data: dict[str, tuple[pd.DataFrame, np.ndarray]], tmp_path: Path
+) -> None:
+    params = replace(SMALL, hidden_sizes=(), max_epochs=4)
+    assert params.family == "logistic_regression" and SMALL.family == "feedforward"
+    model = train(*data["train"], *data["val"], params)
+    linear = [m for m in model.module.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linear) == 1 and linear[0].in_features == len(data["train"][0].columns)
+    # sigmoid(w . standardised(filled x) + b), by hand
+    test = data["test"][0]
+    raw = torch.from_numpy(model.preprocessor.matrix(test))
+    by_hand = torch.sigmoid(linear[0](model.module.preprocess(raw)).squeeze(-1)).detach().numpy()
+    np.testing.assert_allclose(predict(model, test), by_hand, rtol=1e-6)
+    onnx = OnnxScorer(export_onnx(model, tmp_path / "lr.onnx"))
+    np.testing.assert_allclose(onnx.score(raw.numpy()), by_hand, rtol=1e-5, atol=1e-6)
+    assert average_precision(data["test"][1], by_hand) > 0.5

@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from training.protocol import last_complete_day_end, prequential_folds, split
+from training.protocol import last_complete_day_end, prequential_folds, split, validation_folds
 
 DELAY_DAYS = 7
 
@@ -67,3 +67,33 @@ def test_prequential_folds_need_history_for_the_oldest() -> None:
         prequential_folds(latest, 3, START, history_days=37)
     with pytest.raises(ValueError, match="at least one fold"):
         prequential_folds(latest, 0, START)
+
+
+def test_validation_folds_end_where_the_oldest_test_fold_trains() -> None:
+    """The handbook's chapter 5 placement: validation fold 0 is the oldest test fold moved back
+    by the delay and a test window, so its test week is that fold's training week."""
+    tests = prequential_folds(split(START, END, DELAY_DAYS), 4, START, history_days=37)
+    validation = validation_folds(tests, START, history_days=37)
+    assert len(validation) == 4
+    assert validation[0].train_start == datetime(2026, 8, 6, tzinfo=UTC)
+    assert validation[0].test_start == tests[3].train_start == datetime(2026, 8, 20, tzinfo=UTC)
+    assert validation[0].test_end == tests[3].train_end
+    assert validation[3].train_start == datetime(2026, 7, 16, tzinfo=UTC)
+    # Every label scored by the selection is known before the first test window starts.
+    assert max(v.test_end for v in validation) + tests[3].delay <= min(t.test_start for t in tests)
+    for v in validation:
+        assert (v.train_end - v.train_start, v.delay) == (
+            tests[0].train_end - tests[0].train_start,
+            tests[0].delay,
+        )
+        for t in tests:
+            assert v.test_end <= t.test_start and v.train_end <= t.test_start
+
+
+def test_validation_folds_need_history_for_the_oldest() -> None:
+    latest = split(START, END, DELAY_DAYS, train_start=date(2026, 6, 10))
+    assert len(validation_folds([latest], START, history_days=37)) == 1
+    with pytest.raises(ValueError, match="history"):
+        validation_folds(prequential_folds(latest, 3, START), START, history_days=37)
+    with pytest.raises(ValueError, match="test folds"):
+        validation_folds([], START)

@@ -1,0 +1,241 @@
+"""Model selection on validation folds, as the Fraud Detection Handbook's chapter 5 does it.
+
+A small grid of candidates (`candidates`: feed-forward networks and logistic regressions,
+both `training.model.FraudNet`, so the winner exports and serves the same way) is trained on
+each validation fold (`protocol.validation_folds`, which end before the test folds) and scored
+on the fold's protocol test set; `choose` keeps the best mean validation
+`validation_protocol_average_precision`, the gate's metric. The test folds are never seen here.
+
+Candidates x folds run in worker processes (one torch thread each), the folds shipped to each
+worker once; the pipeline logs the results to MLflow.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from skewless.registry import METRIC_NAMES, PROTOCOL_PREFIX
+from training.evaluate import evaluate
+from training.model import TrainingParams, predict, train
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_PREFIX = "validation_protocol_"
+"""The protocol metrics measured on a validation fold's test window."""
+SELECTION_METRIC = f"{VALIDATION_PREFIX}average_precision"
+
+FEEDFORWARD_GRID: dict[str, tuple[Any, ...]] = {
+    "hidden_sizes": ((64, 32), (128, 64)),
+    "dropout": (0.0, 0.2),
+    "learning_rate": (1e-3, 3e-3),
+    "imbalance": ("none", "pos_weight"),
+}
+LOGISTIC_GRID: dict[str, tuple[Any, ...]] = {
+    "hidden_sizes": ((),),
+    "learning_rate": (1e-3, 1e-2),
+    "imbalance": ("none", "pos_weight", "oversample"),
+}
+"""Every candidate early-stops on the last fifth of its training week (`TrainingParams`'
+patience, up to `max_epochs`); the epoch kept is logged per fold."""
+SEARCH_SPACE = {"feedforward": FEEDFORWARD_GRID, "logistic_regression": LOGISTIC_GRID}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the grid: a readable name and the params it trains with."""
+
+    name: str
+    params: TrainingParams
+
+
+def candidate_name(params: TrainingParams) -> str:
+    """e.g. `feedforward-64x32-dropout0.2-lr0.001-pos_weight`, `logistic_regression-lr0.01-none`."""
+    parts: list[str] = [params.family]
+    if params.hidden_sizes:
+        parts += ["x".join(map(str, params.hidden_sizes)), f"dropout{params.dropout:g}"]
+    return "-".join([*parts, f"lr{params.learning_rate:g}", params.imbalance])
+
+
+def candidates(base: TrainingParams) -> list[Candidate]:
+    """The grid of `SEARCH_SPACE` over `base` (its seed, epochs, patience, batch size)."""
+    result = []
+    for grid in SEARCH_SPACE.values():
+        for values in itertools.product(*grid.values()):
+            params = replace(base, **dict(zip(grid, values, strict=True)))
+            result.append(Candidate(candidate_name(params), params))
+    return result
+
+
+def search_space() -> dict[str, dict[str, list[Any]]]:
+    """The grid as plain lists, for logging."""
+    return {
+        family: {
+            key: [list(value) if isinstance(value, tuple) else value for value in values]
+            for key, values in grid.items()
+        }
+        for family, grid in SEARCH_SPACE.items()
+    }
+
+
+@dataclass(frozen=True)
+class SelectionFold:
+    """A validation fold ready to train on: fit and early-stopping rows, scored test rows."""
+
+    index: int
+    fit: pd.DataFrame
+    early_stopping: pd.DataFrame
+    test: pd.DataFrame
+    known_compromised: npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class FoldScore:
+    """One candidate on one validation fold."""
+
+    fold: int
+    metrics: dict[str, float]
+    """`VALIDATION_PREFIX` + each metric name, on the fold's protocol test set."""
+    best_epoch: int
+    epochs: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """A candidate's scores on every validation fold, fold 0 (the latest) first."""
+
+    candidate: Candidate
+    folds: tuple[FoldScore, ...]
+
+    def statistics(self) -> dict[str, float]:
+        """Mean and population standard deviation over the folds of each validation metric."""
+        result = {}
+        for key in self.folds[0].metrics:
+            values = np.array([fold.metrics[key] for fold in self.folds], dtype=np.float64)
+            result[f"{key}_mean"] = float(values.mean())
+            result[f"{key}_std"] = float(values.std())
+        return result
+
+    @property
+    def score(self) -> float:
+        """What the selection maximises: the mean validation protocol average precision."""
+        return self.statistics()[f"{SELECTION_METRIC}_mean"]
+
+
+def score_on_fold(
+    params: TrainingParams, fold: SelectionFold, features: Sequence[str]
+) -> FoldScore:
+    """Train `params` on the fold's training week, score its test week on the protocol."""
+    started = time.perf_counter()
+    model = train(
+        fold.fit[list(features)],
+        fold.fit["tx_fraud"].to_numpy(),
+        fold.early_stopping[list(features)],
+        fold.early_stopping["tx_fraud"].to_numpy(),
+        params,
+    )
+    scored = fold.test.assign(score=predict(model, fold.test[list(features)]))
+    metrics = evaluate(scored, fold.known_compromised)
+    validation = {
+        VALIDATION_PREFIX + name: metrics[PROTOCOL_PREFIX + name] for name in METRIC_NAMES
+    }
+    return FoldScore(
+        fold.index,
+        validation,
+        model.best_epoch,
+        len(model.history),
+        round(time.perf_counter() - started, 2),
+    )
+
+
+_WORKER_FOLDS: dict[str, tuple[list[SelectionFold], list[str]]] = {}
+"""A worker process's folds and features, shipped once by the pool's initializer."""
+
+
+def _load_folds(folds: list[SelectionFold], features: list[str]) -> None:
+    _WORKER_FOLDS["folds"] = (folds, features)
+
+
+def _score_in_worker(params: TrainingParams, fold_position: int) -> FoldScore:
+    folds, features = _WORKER_FOLDS["folds"]
+    return score_on_fold(params, folds[fold_position], features)
+
+
+def run_search(
+    grid: list[Candidate],
+    folds: list[SelectionFold],
+    features: list[str],
+    workers: int = 1,
+    on_result: Callable[[CandidateResult], None] | None = None,
+) -> list[CandidateResult]:
+    """Score every candidate on every fold, in `workers` processes (1: in this one).
+
+    `on_result` is called, in this process and in grid order, as each candidate completes.
+    """
+    tasks = [(c, position) for c in range(len(grid)) for position in range(len(folds))]
+    scores: dict[tuple[int, int], FoldScore] = {}
+    results: list[CandidateResult] = []
+
+    def collect(task: tuple[int, int], score: FoldScore) -> None:
+        scores[task] = score
+        while len(results) < len(grid) and all(
+            (len(results), p) in scores for p in range(len(folds))
+        ):
+            candidate = grid[len(results)]
+            result = CandidateResult(
+                candidate, tuple(scores[(len(results), p)] for p in range(len(folds)))
+            )
+            results.append(result)
+            logger.info(
+                "candidate %d/%d %s: validation AP %.4f",
+                len(results),
+                len(grid),
+                candidate.name,
+                result.score,
+            )
+            if on_result is not None:
+                on_result(result)
+
+    if workers <= 1:
+        for c, position in tasks:
+            collect((c, position), score_on_fold(grid[c].params, folds[position], features))
+        return results
+    context = multiprocessing.get_context("spawn")  # no fork of a process running Spark's JVM
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_load_folds, initargs=(folds, features)
+    ) as pool:
+        futures = {
+            pool.submit(_score_in_worker, grid[c].params, position): (c, position)
+            for c, position in tasks
+        }
+        try:
+            for future, task in futures.items():  # submission order: candidates in order
+                collect(task, future.result())
+        except BaseException:  # a failed task or Ctrl-C: do not train the rest first
+            pool.shutdown(cancel_futures=True)
+            raise
+    return results
+
+
+def choose(results: list[CandidateResult]) -> CandidateResult:
+    """The best mean validation protocol AP; on a tie, the candidate listed first."""
+    if not results:
+        raise ValueError("no candidate to choose from")
+    return max(results, key=lambda result: result.score)
+
+
+def best_of_family(results: list[CandidateResult], family: str) -> CandidateResult | None:
+    """The family's best candidate by the same rule, if the grid has one."""
+    members = [result for result in results if result.candidate.params.family == family]
+    return choose(members) if members else None
