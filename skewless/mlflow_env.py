@@ -14,6 +14,12 @@ OFFLINE_ENV = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # The server's background job runner (huey) is not used here and costs a core at start.
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    # A tracking server that is down answers within seconds, not after MLflow's default of 7
+    # retries with doubling waits and a 120 s timeout (minutes during which a worker's champion
+    # poll could not even report the registry as a fault).
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
 }
 
 
