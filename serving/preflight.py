@@ -118,8 +118,12 @@ def check_port_free(port: int, field: str) -> None:
     if not port:
         return
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the server will bind it: a port whose last listener died (its connections in
+        # TIME_WAIT) is free; one another process listens on is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
+            probe.listen()
         except OSError as exc:
             raise ConfigurationError(
                 f"port {port} is taken ({exc.strerror}): set {Settings.env_name(field)} "
