@@ -72,13 +72,18 @@ def fault_servers(
     )
     settings = load_settings(**values)
     settings = load_settings(**(values | {"mlflow_tracking_uri": mlflow_server.url(settings)}))
+    saved = dict(os.environ)  # materializing exports this module's settings to the process
     redis_server.start(settings)
     kafka.start(settings)
     mlflow_server.start(settings)
-    yield settings
-    mlflow_server.stop(settings)
-    kafka.stop(settings)
-    redis_server.stop(settings)
+    try:
+        yield settings
+    finally:
+        mlflow_server.stop(settings)
+        kafka.stop(settings)
+        redis_server.stop(settings)
+        os.environ.clear()  # the session's servers again for the tests that follow
+        os.environ.update(saved)
 
 
 def _kill_9(settings: Settings, name: str) -> None:
