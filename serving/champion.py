@@ -35,6 +35,8 @@ def load_version(settings: Settings, version: str | None = None) -> LoadedModel:
         try:
             version = str(client.get_model_version_by_alias(name, CHAMPION).version)
         except MlflowException as exc:
+            if not registry.answered_no(exc):
+                raise  # the registry is unreachable: retried by the caller, not "no champion"
             raise NoChampionError(f"{name} has no {CHAMPION} alias: run `make train`") from exc
     try:
         model = load_model(settings, version)

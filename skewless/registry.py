@@ -302,7 +302,7 @@ NO_SUCH = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 """MLflow's error codes for a version, alias or model that does not exist."""
 
 
-def _answered_no(exc: Exception) -> bool:
+def answered_no(exc: Exception) -> bool:
     """True if `exc` is the registry's answer "no such version, alias or model", not a fault
     on the way to it (MLflow's exceptions and `RegistryApiError` both carry `error_code`)."""
     return getattr(exc, "error_code", None) in NO_SUCH
@@ -327,7 +327,7 @@ def champion_version(client: RegistryClient, name: str) -> str | None:
     try:
         return str(client.get_model_version_by_alias(name, CHAMPION).version)
     except Exception as exc:
-        if _answered_no(exc):
+        if answered_no(exc):
             return None
         raise
 
@@ -398,7 +398,7 @@ def promote(client: RegistryClient, name: str, version: str, action: str = PROMO
     try:
         client.get_model_version(name, version)
     except Exception as exc:
-        if _answered_no(exc):
+        if answered_no(exc):
             raise RegistryError(f"{name} has no version {version}") from exc
         raise
     current = champion_version(client, name)

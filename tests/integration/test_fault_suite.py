@@ -230,6 +230,7 @@ def test_no_fault_of_a_server_stops_the_worker_or_loses_a_score(
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
         publisher.join(timeout=600)
+    mlflow_server.start(settings)  # a new worker needs the registry to load its model
     second = _serve(settings, env, log, "--idle-exit-seconds", "15")
     assert second.wait(timeout=600) == 0, log.read_text()[-3000:]
 
@@ -238,4 +239,3 @@ def test_no_fault_of_a_server_stops_the_worker_or_loses_a_score(
     if delivery == "exactly_once":
         assert set(ids.values()) == {1}, ids.most_common(3)
     _assert_features_equal_the_backfill(settings, transactions)
-    mlflow_server.start(settings)
