@@ -342,64 +342,57 @@ class Worker:
         while not self._stopping and time.monotonic() < deadline:
             time.sleep(0.05)
 
+    def _attempt(self, records: list[ConsumerRecord]) -> WorkerStats | Exception:
+        """`_process`; a failure that is not a server's fault is returned (the batch aborted)
+        for the caller to isolate, a fault or a failed delivery raises."""
+        try:
+            return self._process(records)
+        except Exception as exc:
+            if isinstance(exc, DeliveryError) or fault_dependency(exc) is not None:
+                raise
+            self.delivery.abort()
+            return exc
+
     def _process_isolating(self, records: list[ConsumerRecord]) -> WorkerStats:
         """`_process`, and if it fails for a reason that is not a fault of a server, the batch
         is bisected until the events that fail alone are found; each goes to the dead-letter
         topic with the error as its reason, the others are scored (`ISOLATION_LIMIT`)."""
-        try:
-            return self._process(records)
-        except DeliveryError:
-            raise
-        except Exception as exc:
-            if fault_dependency(exc) is not None:
-                raise
-            self.delivery.abort()
-            logger.warning("batch of %d events failed (%r): isolating the cause",
-                           len(records), exc)  # fmt: skip
-        failed: list[ConsumerRecord] = []
-        stats = self._bisect(records, failed)
-        return stats
+        outcome = self._attempt(records)
+        if isinstance(outcome, WorkerStats):
+            return outcome
+        logger.warning("batch of %d events failed (%r): isolating the cause",
+                       len(records), outcome)  # fmt: skip
+        return self._bisect(records, [], outcome)
 
-    def _bisect(self, records: list[ConsumerRecord], failed: list[ConsumerRecord]) -> WorkerStats:
+    def _bisect(
+        self, records: list[ConsumerRecord], failed: list[ConsumerRecord], error: Exception
+    ) -> WorkerStats:
+        """Records that failed together with `error`: each half is tried alone."""
         if len(records) == 1:
-            return self._dead_letter_alone(records[0], failed)
+            return self._dead_letter_alone(records[0], failed, error)
         stats = WorkerStats()
         middle = len(records) // 2
         for half in (records[:middle], records[middle:]):
-            try:
-                stats.add(self._process(half))
-            except DeliveryError:
-                raise
-            except Exception as exc:
-                if fault_dependency(exc) is not None:
-                    raise
-                self.delivery.abort()
-                stats.add(self._bisect(half, failed))
+            outcome = self._attempt(half)
+            if isinstance(outcome, Exception):
+                outcome = self._bisect(half, failed, outcome)
+            stats.add(outcome)
         return stats
 
     def _dead_letter_alone(
-        self, record: ConsumerRecord, failed: list[ConsumerRecord]
+        self, record: ConsumerRecord, failed: list[ConsumerRecord], exc: Exception
     ) -> WorkerStats:
-        """One event that fails on its own: to the dead-letter topic, its offset committed.
+        """One event that failed on its own: to the dead-letter topic, its offset committed.
 
         More than `ISOLATION_LIMIT` such events in one batch mean the fault is not theirs (a
         model or a state that fails for everything): the batch is then a fault to wait out.
         """
-        try:
-            self._process([record])
-            raise AssertionError("unreachable")  # pragma: no cover
-        except DeliveryError:
-            raise
-        except Exception as exc:
-            if fault_dependency(exc) is not None:
-                raise
-            self.delivery.abort()
-            failed.append(record)
-            if len(failed) > ISOLATION_LIMIT:
-                raise ScoringFaultError(
-                    f"{len(failed)} events of one batch failed alone, the last with {exc!r}"
-                ) from exc
-            reason = f"{REASON_PROCESSING_FAILED}: {type(exc).__name__}: {exc}"
+        failed.append(record)
+        if len(failed) > ISOLATION_LIMIT:
+            raise ScoringFaultError(
+                f"{len(failed)} events of one batch failed alone, the last with {exc!r}"
+            ) from exc
+        reason = f"{REASON_PROCESSING_FAILED}: {type(exc).__name__}: {exc}"
         stats = WorkerStats(consumed=1, dead_letters=1, batches=1)
         self.delivery.begin()
         self.delivery.send(
