@@ -83,11 +83,11 @@ logger = logging.getLogger(__name__)
 
 MICROS_PER_DAY = 86_400 * 1_000_000
 KEY_PREFIX = "skewless:state"
-LAYOUT = "t1"
+LAYOUT = "t2"
 """Part of every key, with a digest of the tiles: a change of either gets new keys instead of
 misreading old ones (the state is then loaded again, `skewless materialize`)."""
 LIBRARY = Path(__file__).parent / "assets" / "stream_state.lua"
-FUNCTION = b"skewless_state_v1"
+FUNCTION = b"skewless_state_v2"
 """The function's name, versioned with its library: a new version loads next to the old."""
 DEFAULT_LATENESS = timedelta(days=7)
 MAX_EVENTS_PER_CALL = 5_000
@@ -99,6 +99,8 @@ _MAX_MICROS = 1 << 53
 
 Columns = Mapping[str, np.ndarray]
 """A batch of events as one array per column; event times as int64 microseconds (UTC)."""
+Part = tuple[int, bytes, bytes, bytes]
+"""One entity's share of a call: entity id, packed members, queries and known transactions."""
 
 
 def to_micros(times: pd.Series) -> np.ndarray:
@@ -182,13 +184,14 @@ class StreamAggregation:
             records[name] = values[name]
         return records.tobytes()
 
-    def call(self, parts: Sequence[tuple[int, bytes, bytes]], until: int | None = None) -> Command:
-        """One FCALL adding each (entity, members, queries)'s members to the entity and
-        computing the windows of its queries, in that order. With `until` (microseconds), the
-        members are the load for a stream starting then: the entity's watermark goes to `until`
-        even if it was later (a replay of an earlier period over a state that went further)."""
-        keys = [key for entity, _, _ in parts for key in self.keys(entity)]
-        arguments = [blob for _, members, queries in parts for blob in (members, queries)]
+    def call(self, parts: Sequence[Part], until: int | None = None) -> Command:
+        """One FCALL registering each (entity, members, queries, known)'s known transactions,
+        adding its members and computing the windows of its queries, in that order. With
+        `until` (microseconds), the members are the load for a stream starting then: the
+        entity's watermark goes to `until` even if it was later (a replay of an earlier period
+        over a state that went further)."""
+        keys = [key for entity, *_ in parts for key in self.keys(entity)]
+        arguments = [blob for _, *blobs in parts for blob in blobs]
         config = self.config if until is None else self._config_head + struct.pack("<d", until)
         return (FCALL, FUNCTION, b"%d" % len(keys), *keys, config, *arguments)
 
@@ -221,6 +224,18 @@ class StreamAggregation:
 FCALL = b"FCALL"
 
 
+@dataclass(frozen=True)
+class RefusedEvent:
+    """A label the state refused: no transaction of its id was known to its entity in time."""
+
+    declaration: str
+    entity_id: int
+    transaction_id: int
+    event_time: int
+    """Microseconds since the epoch (the transaction time the label claimed)."""
+    values: dict[str, float]
+
+
 class StreamState:
     """All declarations' streaming state in one Redis, one pipelined write per batch."""
 
@@ -233,6 +248,7 @@ class StreamState:
         allowed_lateness: timedelta = DEFAULT_LATENESS,
     ) -> None:
         self.client = client
+        self._refused: list[RefusedEvent] = []
         self.aggregations = tuple(
             StreamAggregation(d, prefix, tiles or StateTiles(), allowed_lateness)
             for d in declarations
@@ -263,12 +279,14 @@ class StreamState:
         events: Columns | None,
         queries: Columns | None,
         until: int | None = None,
-    ) -> tuple[list[Command], np.ndarray]:
-        """Calls adding `events` and computing `queries`, entity by entity (in ascending order,
-        an entity with very many events over several calls); with the query rows in the order
-        of the replies' results."""
+        known: Columns | None = None,
+    ) -> tuple[list[Command], np.ndarray, list[list[int]]]:
+        """Calls registering the `known` transactions (a delayed declaration's), adding
+        `events` and computing `queries`, entity by entity (in ascending order, an entity with
+        very many events over several calls); with the query rows in the order of the replies'
+        results, and each call's entities."""
         decl = agg.declaration
-        parts: dict[int, list[tuple[bytes, bytes]]] = {}
+        parts: dict[int, list[tuple[bytes, bytes, bytes]]] = {}
         rows: list[np.ndarray] = []
         size = agg.dtype.itemsize
         if events is not None and len(events[decl.entity_key]):
@@ -281,48 +299,85 @@ class StreamState:
             )
             for entity, start, end in _runs(entities[by_entity]):
                 parts[entity] = [
-                    (packed[first * size : min(end, first + MAX_EVENTS_PER_CALL) * size], b"")
+                    (packed[first * size : min(end, first + MAX_EVENTS_PER_CALL) * size], b"", b"")
                     for first in range(start, end, MAX_EVENTS_PER_CALL)
                 ]
+        if known is not None and len(known[decl.entity_key]):
+            for entity, packed in _moments(known, decl):
+                calls = parts.setdefault(entity, [(b"", b"", b"")])
+                calls[0] = (calls[0][0], calls[0][1], packed)  # registered before any member
         if queries is not None and len(queries[decl.entity_key]):
+            for entity, packed in _moments(queries, decl):
+                calls = parts.setdefault(entity, [(b"", b"", b"")])
+                calls[-1] = (calls[-1][0], packed, calls[-1][2])
             entities = np.asarray(queries[decl.entity_key], dtype=np.int64)
             by_entity = np.argsort(entities, kind="stable")
-            records = np.empty(len(entities), dtype=[("time", "<i8"), ("order", ">u8")])
-            records["time"] = np.asarray(queries[decl.event_time], dtype=np.int64)[by_entity]
-            orders = np.asarray(queries[decl.order_key], dtype=np.int64)[by_entity]
-            records["order"] = orders.view(np.uint64) ^ _ORDER_BIAS
-            packed = records.tobytes()
-            for entity, start, end in _runs(entities[by_entity]):
-                calls = parts.setdefault(entity, [(b"", b"")])
-                calls[-1] = (calls[-1][0], packed[16 * start : 16 * end])
         commands: list[Command] = []
-        group: list[tuple[int, bytes, bytes]] = []
+        call_entities: list[list[int]] = []
+        group: list[Part] = []
         events_in_group = 0
         for entity in sorted(parts):
-            for members, asked in parts[entity]:
+            for members, asked, registered in parts[entity]:
                 if group and (
                     len(group) >= MAX_ENTITIES_PER_CALL
                     or events_in_group + len(members) // size > MAX_EVENTS_PER_CALL
                 ):
                     commands.append(agg.call(group, until))
+                    call_entities.append([part[0] for part in group])
                     group, events_in_group = [], 0
-                group.append((entity, members, asked))
+                group.append((entity, members, asked, registered))
                 events_in_group += len(members) // size
         if group:
             commands.append(agg.call(group, until))
+            call_entities.append([part[0] for part in group])
         if queries is not None and len(queries[decl.entity_key]):
             rows = [by_entity]  # entities ascending, each entity's rows in their order
         order = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
-        return commands, order
+        return commands, order, call_entities
+
+    def _note_refused(
+        self, agg: StreamAggregation, replies: Sequence, call_entities: list[list[int]]
+    ) -> None:
+        """Keep the labels the calls refused (see `take_refused`)."""
+        size = 8 + agg.dtype.itemsize
+        for reply, entities in zip(replies, call_entities, strict=True):
+            blob = reply[2]
+            for at in range(0, len(blob), size):
+                position = int(struct.unpack_from("<d", blob, at)[0])
+                record = np.frombuffer(blob, agg.dtype, 1, at + 8)[0]
+                values = {name: float(record[name]) for name in agg.declaration.value_columns}
+                self._refused.append(
+                    RefusedEvent(
+                        agg.declaration.name,
+                        entities[position],
+                        int(np.uint64(record["order"]) ^ _ORDER_BIAS),
+                        int(record["time"]),
+                        values,
+                    )
+                )
+
+    def take_refused(self) -> list[RefusedEvent]:
+        """The labels refused since the last call, and forget them: a label whose transaction
+        its entity did not know by the time the label was older than the state keeps (horizon
+        plus allowed lateness behind the entity's watermark)."""
+        refused, self._refused = self._refused, []
+        return refused
 
     def add_labels(self, labels: pd.DataFrame | Columns) -> int:
-        """Store label events (keys, tx_datetime, tx_fraud) for the delayed declarations."""
+        """Store label events (keys, transaction id, tx_datetime, tx_fraud) for the delayed
+        declarations.
+
+        A label counts for the transaction it names, at that transaction's time, and replaces
+        the label received for it before. A label whose transaction its entity does not know
+        yet (a worker may read labels ahead of the transactions) waits for it in the state; one
+        still waiting when it is older than the state keeps is refused (`take_refused`).
+        """
         events = as_columns(labels)
-        commands = []
-        for agg in self.aggregations:
-            if agg.fed_by_labels:
-                commands += self._calls(agg, events, None)[0]
-        self._execute(commands)
+        plans = [(a, *self._calls(a, events, None)) for a in self.aggregations if a.fed_by_labels]
+        replies = self._execute([command for _, commands, _, _ in plans for command in commands])
+        for agg, commands, _, call_entities in plans:
+            self._note_refused(agg, replies[: len(commands)], call_entities)
+            replies = replies[len(commands) :]
         return len(next(iter(events.values()), ()))
 
     def score_features(
@@ -340,16 +395,20 @@ class StreamState:
         commands: list[Command] = []
         plans = []
         for agg in self.aggregations:
-            calls, rows = self._calls(agg, None if agg.fed_by_labels else events, asked)
-            plans.append((agg, len(commands), len(calls), rows))
+            if agg.fed_by_labels:  # the batch's transactions are what its labels may name
+                calls, rows, call_entities = self._calls(agg, None, asked, known=events)
+            else:
+                calls, rows, call_entities = self._calls(agg, events, asked)
+            plans.append((agg, len(commands), len(calls), rows, call_entities))
             commands += calls
         replies = self._execute(commands)
         features = {
             agg.declaration.name: np.full((len(wanted), len(agg.declaration.feature_names)), np.nan)
             for agg in self.aggregations
         }
-        for agg, first, count, rows in plans:
+        for agg, first, count, rows, call_entities in plans:
             mine = replies[first : first + count]
+            self._note_refused(agg, mine, call_entities)
             blob = b"".join(reply[1] for reply in mine)
             width = len(agg.declaration.windows_days) * (1 + len(agg.declaration.value_columns))
             aggregates = np.frombuffer(blob, dtype="<f8").reshape(-1, width)
@@ -373,14 +432,20 @@ class StreamState:
             decl = agg.declaration
             times = raw[decl.event_time]
             horizon = pd.Timedelta(agg.horizon_micros, unit="us")
+            seen = (times < end) & (times > end - horizon)
+            transactions = None
             if agg.fed_by_labels:
                 delay = pd.Timedelta(days=label_delay_days)
-                known = (times + delay < end) & (times > end - horizon)
+                loaded = (times + delay < end) & (times > end - horizon)
+                transactions = as_columns(raw.loc[seen, [decl.entity_key, decl.event_time,
+                                                         decl.order_key]])  # fmt: skip
             else:
-                known = (times < end) & (times > end - horizon)
-            ordered = raw[known].sort_values([decl.event_time, decl.order_key], kind="stable")
-            commands += self._calls(agg, as_columns(ordered), None, _micros_of(end))[0]
-            added += int(known.sum())
+                loaded = seen
+            ordered = raw[loaded].sort_values([decl.event_time, decl.order_key], kind="stable")
+            commands += self._calls(
+                agg, as_columns(ordered), None, _micros_of(end), known=transactions
+            )[0]
+            added += int(loaded.sum())
         self._execute(commands)
         logger.info("stream state initialised with %d events up to %s", added, end.isoformat())
         return added
@@ -388,6 +453,21 @@ class StreamState:
 
 def _micros_of(moment: datetime) -> int:
     return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def _moments(events: Columns, decl: WindowAggregation) -> list[tuple[int, bytes]]:
+    """Per entity (ascending), its events' (time, order key) packed as the function reads
+    them, in the events' order."""
+    entities = np.asarray(events[decl.entity_key], dtype=np.int64)
+    by_entity = np.argsort(entities, kind="stable")
+    records = np.empty(len(entities), dtype=[("time", "<i8"), ("order", ">u8")])
+    records["time"] = np.asarray(events[decl.event_time], dtype=np.int64)[by_entity]
+    orders = np.asarray(events[decl.order_key], dtype=np.int64)[by_entity]
+    records["order"] = orders.view(np.uint64) ^ _ORDER_BIAS
+    packed = records.tobytes()
+    return [
+        (entity, packed[16 * start : 16 * end]) for entity, start, end in _runs(entities[by_entity])
+    ]
 
 
 def _runs(sorted_keys: np.ndarray) -> list[tuple[int, int, int]]:

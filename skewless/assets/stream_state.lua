@@ -1,15 +1,27 @@
-#!lua name=skewless_state_v1
+#!lua name=skewless_state_v2
 -- Streaming window state of a declaration's entities: events in, window aggregates out.
 -- The design (keys, tiles, window formula, removal) is in skewless/stream_state.py.
 --
--- FCALL skewless_state_v1 <2n> <events key 1> <tiles key 1> ... <config> <events 1> <queries 1> ...
+-- FCALL skewless_state_v2 <2n> <events key 1> <tiles key 1> ... <config>
+--       <events 1> <queries 1> <known 1> ...
 --   config: packed <f8: levels, level widths (us, coarsest first), windows, window widths (us),
 --           delay (us), horizon (us), allowed lateness (us), value columns, raw scan limit,
 --           and for a load of the state a stream starting at `until` needs: until (us; else -inf)
 --   events: packed members (time <i8, order >u8 biased, one <f8 per value column), any order
 --   queries: packed (time <i8, order >u8 biased), one per event to compute
+--   known: packed (time <i8, order >u8 biased) of transactions a delayed declaration's events
+--          (labels) may name; empty for an undelayed declaration
 -- Reply: {events that were new, packed <f8 (count, sums...) per query per window, entity by
--- entity}.
+-- entity, the events refused: per label whose transaction the entity did not know within the
+-- state's horizon, its entity's position in the call (<f8) and its member}.
+--
+-- Identity: the order key (the transaction id) identifies an event within its entity. The hash
+-- `<tiles key>:i` maps it to the member counted for it; an event whose member differs replaces
+-- that member (removed from the events and the tiles, the new one added), an identical one is a
+-- no-op. A delayed declaration's events (labels) count at the time of the transaction they
+-- name, known from the sorted set `<tiles key>:k` (score: time, member: order key); a label
+-- for a transaction not known yet waits in the sorted set `<tiles key>:p` (and in the index
+-- as 'p' .. member) until the transaction comes, and is refused once older than the tiles kept.
 --
 -- An aggregate is `width` doubles: a count, then one sum per value column. The top tiles of an
 -- entity are one packed array of *running* aggregates (entry i: tiles base..base+i) in the
@@ -142,10 +154,14 @@ local function add_to_array(key, level, start, top_start, events, fresh, fetch, 
   end
 end
 
--- One entity: add its events, remove what is too old, append its queries' windows to `out`.
-local function entity(config, events_key, tiles_key, events, queries, out)
+-- One entity: register the transactions it knows, add its events, remove what is too old,
+-- append its queries' windows to `out` and the order keys of its refused events to `refused`.
+local function entity(config, position, events_key, tiles_key, events, queries, known, out,
+                      refused)
   local widths, width, top = config.widths, config.width, config.widths[1]
   local size, raw_scan_max = config.member_size, config.raw_scan_max
+  local index_key, known_key = tiles_key .. ':i', tiles_key .. ':k'
+  local pending_key = tiles_key .. ':p'
 
   -- All events of [start, start + span), as {time, values}.
   local function events_between(start, span)
@@ -174,12 +190,11 @@ local function entity(config, events_key, tiles_key, events, queries, out)
   -- The watermark is the stream's time as the entity sees it: the latest event computed, or
   -- added when the declaration has no delay. Labels (delayed declarations) do not move it: a
   -- worker may read them ahead of the transactions it scores.
-  local count = #events / size
-  local times = {}
-  for i = 1, count do
-    local time = struct.unpack('<i8', events, (i - 1) * size + 1)
-    times[i] = time
-    if config.delay == 0 and time > mark then mark = time end
+  if config.delay == 0 then
+    for i = 1, #events / size do
+      local time = struct.unpack('<i8', events, (i - 1) * size + 1)
+      if time > mark then mark = time end
+    end
   end
   for q = 1, #queries / 16 do
     local time = struct.unpack('<i8', queries, (q - 1) * 16 + 1)
@@ -231,34 +246,110 @@ local function entity(config, events_key, tiles_key, events, queries, out)
         0, 1)
       if last[2] then lost = math.max(lost, tonumber(last[2]) + 1) end
     end
+    local gone = redis.call('ZRANGEBYSCORE', events_key, '-inf', bound)
+    for first = 1, #gone, 1000 do
+      local orders = {}
+      for i = first, math.min(first + 999, #gone) do
+        orders[#orders + 1] = string.sub(gone[i], 9, 16)
+      end
+      redis.call('HDEL', index_key, unpack(orders))
+    end
     redis.call('ZREMRANGEBYSCORE', events_key, '-inf', bound)
     changed = true
   end
+  if keep ~= old_keep and config.delay > 0 then
+    -- Transactions too old to be named, and labels that waited for one in vain (refused).
+    local bound = '(' .. number(keep * top)
+    redis.call('ZREMRANGEBYSCORE', known_key, '-inf', bound)
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', pending_key, '-inf', bound)) do
+      redis.call('HDEL', index_key, string.sub(member, 9, 16))
+      refused[#refused + 1] = struct.pack('<d', position) .. member
+    end
+    redis.call('ZREMRANGEBYSCORE', pending_key, '-inf', bound)
+  end
 
-  -- Events: a member new to the sorted set goes into its tiles, once.
+  -- Events, by identity: a member new for its order key goes into its tiles, once, and the
+  -- member it replaces (if any) comes out of them. `by_tile[tile]`: {time, values, +1 or -1}.
   local added = 0
-  local new_by_tile = {}
+  local by_tile = {}
   local lowest = keep * top
   local first_tile, last_tile
-  for i = 1, count do
-    local time = times[i]
-    if time < lowest then
-      lost = math.max(lost, time + 1)
-    else
-      local member = string.sub(events, (i - 1) * size + 1, i * size)
-      if redis.call('ZADD', events_key, 'NX', number(time), member) == 1 then
-        added = added + 1
-        local tile = math.floor(time / top)
-        local list = new_by_tile[tile]
-        if not list then
-          list = {}
-          new_by_tile[tile] = list
-          if first_tile == nil or tile < first_tile then first_tile = tile end
-          if last_tile == nil or tile > last_tile then last_tile = tile end
+  local function note(time, values, sign)
+    local tile = math.floor(time / top)
+    local list = by_tile[tile]
+    if not list then
+      list = {}
+      by_tile[tile] = list
+      if first_tile == nil or tile < first_tile then first_tile = tile end
+      if last_tile == nil or tile > last_tile then last_tile = tile end
+    end
+    list[#list + 1] = {time, values, sign}
+  end
+  local delayed = config.delay > 0
+  -- A label waits in `pending` (and in the index as 'p' .. member) until its transaction comes.
+  local function take(member)
+    local order = string.sub(member, 9, 16)
+    local time = struct.unpack('<i8', member)
+    local old = redis.call('HGET', index_key, order)
+    local waiting
+    if old and #old > size then  -- a label waiting for its transaction: this one replaces it
+      waiting, old = string.sub(old, 2), nil
+    end
+    if delayed then  -- (a label counts at the time of the transaction it names)
+      local at = redis.call('ZSCORE', known_key, order)
+      if not at then
+        if waiting == member then return end
+        if waiting then redis.call('ZREM', pending_key, waiting) end
+        if time < lowest then
+          redis.call('HDEL', index_key, order)
+          refused[#refused + 1] = struct.pack('<d', position) .. member
+        else
+          redis.call('ZADD', pending_key, number(time), member)
+          redis.call('HSET', index_key, order, 'p' .. member)
         end
-        list[#list + 1] = {time, member_values(member, config)}
+        return
+      end
+      if waiting then
+        redis.call('ZREM', pending_key, waiting)
+        redis.call('HDEL', index_key, order)
+      end
+      if tonumber(at) ~= time then
+        time = tonumber(at)
+        member = struct.pack('<i8', time) .. string.sub(member, 9)
       end
     end
+    if time < lowest then
+      lost = math.max(lost, time + 1)
+      return
+    end
+    if old == member then return end
+    if old then
+      redis.call('ZREM', events_key, old)
+      note(struct.unpack('<i8', old), member_values(old, config), -1)
+    end
+    redis.call('ZADD', events_key, number(time), member)
+    redis.call('HSET', index_key, order, member)
+    added = added + 1
+    note(time, member_values(member, config), 1)
+  end
+  -- Transactions a delayed declaration's labels may name: a label waiting for one is counted,
+  -- a label counted for one whose time changed moves with it.
+  for q = 1, #known / 16 do
+    local time = struct.unpack('<i8', known, (q - 1) * 16 + 1)
+    if time >= lowest then
+      local order = string.sub(known, (q - 1) * 16 + 9, q * 16)
+      if redis.call('ZADD', known_key, 'CH', number(time), order) == 1 then
+        local counted = redis.call('HGET', index_key, order)
+        if counted and #counted > size then
+          take(string.sub(counted, 2))
+        elseif counted and struct.unpack('<i8', counted) ~= time then
+          take(counted)
+        end
+      end
+    end
+  end
+  for i = 1, #events / size do
+    take(string.sub(events, (i - 1) * size + 1, i * size))
   end
   if first_tile ~= nil then
     if base == nil then
@@ -286,15 +377,25 @@ local function entity(config, events_key, tiles_key, events, queries, out)
     for j = 1, width do carry[j] = 0 end
     for tile = first_tile, base + day_count - 1 do
       local e = tile - base
-      local list = new_by_tile[tile]
+      local list = by_tile[tile]
       if list then
-        -- (the entry before already carries the batch's events of the tiles before this one)
+        -- (the entry before already carries the batch's changes of the tiles before this one)
         local before = entry(e, 1) - (e > 0 and entry(e - 1, 1) - carry[1] or 0)
-        for _, event in ipairs(list) do
-          for j = 1, width do carry[j] = carry[j] + event[2][j] end
+        local net, replaced = 0, false
+        for _, change in ipairs(list) do
+          local sign = change[3]
+          for j = 1, width do carry[j] = carry[j] + sign * change[2][j] end
+          net = net + sign
+          if sign < 0 then replaced = true end
         end
-        if before + #list > raw_scan_max then
-          local key, start = tiles_key .. ':' .. tile, tile * top
+        local key, start = tiles_key .. ':' .. tile, tile * top
+        if replaced then  -- (rare: the tile's sub-tiles are built again from its events)
+          if before > raw_scan_max then redis.call('DEL', key) end
+          if before + net > raw_scan_max then
+            add_to_array(key, 1, start, start, events_between(start, top), true, events_between,
+              config)
+          end
+        elseif before + net > raw_scan_max then
           if before > raw_scan_max then
             add_to_array(key, 1, start, start, list, false, events_between, config)
           else
@@ -438,12 +539,13 @@ end
 
 local function apply(keys, args)
   local config = read_config(args[1])
-  local out = {}
+  local out, refused = {}, {}
   local added = 0
   for i = 1, #keys / 2 do
-    added = added + entity(config, keys[2 * i - 1], keys[2 * i], args[2 * i], args[2 * i + 1], out)
+    added = added + entity(config, i - 1, keys[2 * i - 1], keys[2 * i], args[3 * i - 1],
+      args[3 * i], args[3 * i + 1], out, refused)
   end
-  return {added, table.concat(out)}
+  return {added, table.concat(out), table.concat(refused)}
 end
 
-redis.register_function('skewless_state_v1', apply)
+redis.register_function('skewless_state_v2', apply)

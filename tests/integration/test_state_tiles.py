@@ -18,7 +18,7 @@ from skewless.reference import window_aggregates
 from skewless.services import redis_server
 from skewless.settings import Settings
 from skewless.simulator import SimulationParams, simulate
-from skewless.stream_state import StreamState
+from skewless.stream_state import FUNCTION, StreamState
 
 pytestmark = pytest.mark.integration
 
@@ -168,8 +168,9 @@ def test_replayed_batches_are_never_counted_twice(
     for agg in state.aggregations:
         events_key, _ = agg.keys(int(one[agg.declaration.entity_key].iloc[0]))
         member = cast(list[bytes], client.zrangebyscore(events_key, "-inf", "+inf"))[0]
+        known = member[:16] if agg.fed_by_labels else b""  # (a label needs its transaction)
         for new in (1, 0):  # the function tells whether the member was new
-            call = client.fcall("skewless_state_v1", 2, *agg.keys(0), agg.config, member, b"")
+            call = client.fcall(FUNCTION, 2, *agg.keys(0), agg.config, member, b"", known)
             assert cast(list[Any], call)[0] == new
 
 
@@ -293,3 +294,86 @@ def test_windows_of_many_entities_do_not_mix(redis_service: Settings) -> None:
     assert not np.isfinite(got[4, 5])
     np.testing.assert_allclose(got[5:, 4], np.tile([1, 2, 3, 4, 5], 4))
     np.testing.assert_allclose(got[9::5, 5], [22.0, 32.0, 42.0, 52.0])
+
+
+def test_a_resent_transaction_or_a_corrected_label_replaces_never_adds(
+    redis_service: Settings, raw: pd.DataFrame
+) -> None:
+    """Mid-stream, transactions come again with new amounts or times and labels come again
+    flipped: later windows equal the reference over the corrected data, as if each transaction
+    had only ever come in its last version."""
+    start = pd.Timestamp(datetime(2026, 5, 10, tzinfo=UTC))
+    mid = start + pd.Timedelta(days=10)
+    rng = np.random.default_rng(21)
+    state = _state(redis_service, CROSSING)
+    state.initialize(raw, start.to_pydatetime(), label_delay_days=7)
+    _stream(state, raw[raw["tx_datetime"] < mid], start, seed=6)
+
+    corrected = raw.copy()
+    recent = corrected.index[
+        (corrected["tx_datetime"] >= mid - pd.Timedelta(days=6)) & (corrected["tx_datetime"] < mid)
+    ]
+    amounts = rng.choice(recent, 60, replace=False)
+    corrected.loc[amounts, "tx_amount"] = corrected.loc[amounts, "tx_amount"] * 3 + 1
+    labels_known = corrected.index[
+        (corrected["tx_datetime"] >= mid - pd.Timedelta(days=9))
+        & (corrected["tx_datetime"] + DELAY < mid)
+    ]
+    moved = rng.choice(labels_known, 20, replace=False)
+    corrected.loc[moved, "tx_datetime"] -= pd.Timedelta(hours=30)  # their labels move too
+    labelled = corrected.index[
+        (corrected["tx_datetime"] >= start - pd.Timedelta(days=20))
+        & (corrected["tx_datetime"] + DELAY < mid)
+    ]
+    flipped = rng.choice(labelled, 60, replace=False)
+    corrected.loc[flipped, "tx_fraud"] = 1 - corrected.loc[flipped, "tx_fraud"]
+    assert (raw.loc[moved, "tx_datetime"] + DELAY < mid).all()  # (their labels were counted)
+
+    resent = corrected.loc[np.concatenate([amounts, moved])]
+    state.score_features(resent.drop(columns=["tx_fraud"]))  # (scores of the new versions)
+    state.add_labels(corrected.loc[flipped])
+    state.add_labels(corrected.loc[flipped])  # a correction delivered twice counts once
+
+    # (from a day before `mid`: what that day delivered comes again, and changes nothing)
+    later = _stream(state, corrected, mid - pd.Timedelta(days=1), seed=7)
+    assert len(later) > 500
+    _assert_matches(later, _expected(corrected))
+    assert state.take_refused() == []
+    with pytest.raises(AssertionError):  # (the corrections do change later windows)
+        _assert_matches(later, _expected(raw))
+
+
+def test_a_label_counts_only_for_a_transaction_its_entity_knows(
+    redis_service: Settings, raw: pd.DataFrame
+) -> None:
+    """A label naming no transaction (or another terminal's) never counts: it waits for its
+    transaction, and is refused once older than the state keeps; a label read before its
+    transaction counts once the transaction comes."""
+    start = pd.Timestamp(datetime(2026, 5, 10, tzinfo=UTC))
+    state = _state(redis_service)
+    state.initialize(raw, start.to_pydatetime(), label_delay_days=7)
+    terminals = raw["terminal_id"].unique()
+    days = [pd.Timedelta(days=d) for d in (-60, 1, 3)]
+    bogus = pd.DataFrame({
+        "transaction_id": np.arange(10**9, 10**9 + 3, dtype=np.int64),
+        "tx_datetime": [start + day for day in days],
+        "customer_id": np.zeros(3, np.int64),
+        "terminal_id": terminals[:3],
+        "tx_fraud": np.ones(3, np.int8),
+    })  # fmt: skip
+    elsewhere = raw[raw["tx_datetime"] >= start].head(5).copy()  # real ids, wrong terminal
+    elsewhere["terminal_id"] = next(t for t in terminals if t not in set(elsewhere["terminal_id"]))
+    elsewhere["tx_fraud"] = 1
+    state.add_labels(pd.concat([bogus, elsewhere]))
+    refused = state.take_refused()
+    assert [(r.transaction_id, r.entity_id) for r in refused] == [(10**9, terminals[0])]
+    assert refused[0].values == {"tx_fraud": 1.0}
+    streamed = _stream(state, raw, start, seed=8)
+    _assert_matches(streamed, _expected(raw))  # none of them counted
+    assert state.take_refused() == []  # the recent ones still wait: the stream is too short
+    pending = [
+        cast(int, state.client.zcard(agg.keys(int(terminal))[1] + b":p"))
+        for agg in state.aggregations[1:]
+        for terminal in {*terminals[1:3], *elsewhere["terminal_id"]}
+    ]
+    assert sum(pending) == 2 + 5

@@ -9,7 +9,7 @@ import pytest
 
 from feature_repo.aggregations import CUSTOMER_SPENDING, STATE_TILES, TERMINAL_RISK
 from skewless.aggregation import StateTiles
-from skewless.stream_state import StreamAggregation
+from skewless.stream_state import LAYOUT, StreamAggregation
 
 
 def test_tiles_must_nest_and_be_positive() -> None:
@@ -25,7 +25,7 @@ def test_tiles_must_nest_and_be_positive() -> None:
 def test_every_key_of_an_entity_shares_one_hash_tag() -> None:
     agg = StreamAggregation(TERMINAL_RISK, "p")
     events, tiles = agg.keys(42)
-    assert events.startswith(b"p:t1.") and events.endswith(b":{terminal_risk:42}:e")
+    assert events.startswith(f"p:{LAYOUT}.".encode()) and events.endswith(b":{terminal_risk:42}:e")
     assert tiles == events[:-1] + b"t"
     other = StreamAggregation(TERMINAL_RISK, "p", StateTiles(raw_scan_max=3)).keys(42)[0]
     assert other != events  # other tiles, other keys
@@ -68,5 +68,5 @@ def test_function_arguments_carry_the_declaration() -> None:
     widths, windows = [day, day // 24, day // 1440], [day, 7 * day, 30 * day]
     numbers = [3, *widths, 3, *windows, 7 * day, 37 * day, 7 * day, 1, 3, -np.inf]
     assert np.frombuffer(agg.config, "<f8").tolist() == numbers
-    loading = agg.call([(5, b"", b"")], until=123)
+    loading = agg.call([(5, b"", b"", b"")], until=123)
     assert np.frombuffer(loading[5], "<f8").tolist() == [*numbers[:-1], 123]
