@@ -24,6 +24,22 @@ transaction. A rejected event raises `InvalidEvent` whose reason starts with a s
 machine-readable code (`missing_field: tx_amount`); the codes are the `REASON_*` constants.
 A record without a value (a tombstone, `None`) is rejected as `tombstone`.
 
+Identity (the rule the streaming state, the Spark backfill and the reference share): a
+transaction is its `transaction_id`. The state counts each transaction once, in the last
+version it received: a transaction sent again with another amount or time replaces the earlier
+version in its customer's windows, and one sent again unchanged changes nothing. A label is the
+label of the transaction it names and counts at that transaction's time: a corrected label
+(0 then 1) replaces the earlier one. A label counts only for a transaction its terminal's state
+knows (the worker may read labels ahead of their transactions: such a label waits in the state
+until its transaction is scored); one still waiting when it is older than the state keeps
+(`SKEWLESS_STATE_ALLOWED_LATENESS_S` behind the horizon) goes to the dead-letter topic as
+`label_unknown_transaction`, rebuilt from the state. A label published (its Kafka timestamp)
+before its `label_time` is not known yet by its own account: `label_before_label_time`. The
+offline data hold one row per `transaction_id` (the import refuses repeated ids) with its
+label, i.e. exactly the last versions, so the backfill and the reference compute what the
+state serves. A transaction sent again under another customer or terminal is, for the state, a
+new transaction of that entity (the earlier entity keeps its version until its horizon passes).
+
 The worker parses whole micro-batches with `parse_transactions` and `parse_labels`, which give
 columns. They decode with orjson and check types column by column; an event in the canonical
 form (the form `encode_transaction` writes) never goes through the per-event functions. Any
@@ -47,6 +63,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from skewless.stream_state import RefusedEvent
+
 REASON_NOT_UTF8 = "not_utf8"
 REASON_NOT_JSON = "not_json"
 REASON_NOT_OBJECT = "not_object"
@@ -61,6 +79,8 @@ REASON_PROCESSING_FAILED = "processing_failed"
 REASON_BAD_LABEL = "bad_label"
 REASON_TOMBSTONE = "tombstone"
 REASON_AMOUNT_TOO_LARGE = "amount_too_large"
+REASON_LABEL_BEFORE_LABEL_TIME = "label_before_label_time"
+REASON_LABEL_UNKNOWN_TRANSACTION = "label_unknown_transaction"
 
 DEAD_LETTER_MAX_ORIGINAL_BYTES = 64 * 1024
 """A dead-letter record keeps at most this many bytes of the original value (the first ones).
@@ -429,6 +449,43 @@ def parse_labels(values: Sequence[bytes | None]) -> ParsedBatch:
     early = batch.columns["label_time"] < batch.columns["tx_datetime"]
     reason = f"{REASON_BAD_LABEL}: label_time is before tx_datetime"
     return batch.without(early, [reason] * int(early.sum()))
+
+
+def without_early_labels(batch: ParsedBatch, published_ms: Sequence[int]) -> ParsedBatch:
+    """`batch` (labels) with those published before their `label_time` rejected.
+
+    `published_ms` holds each input record's Kafka timestamp in milliseconds, by position; a
+    label published within the millisecond of its `label_time` is in time.
+    """
+    published = np.asarray(published_ms, dtype=np.int64)[batch.rows]
+    early = (published + 1) * 1000 <= batch.columns["label_time"]
+    reasons = [
+        f"{REASON_LABEL_BEFORE_LABEL_TIME}: published at {at}, before its label_time {known}"
+        for at, known in zip(
+            iso_times(published[early] * 1000),
+            iso_times(batch.columns["label_time"][early]),
+            strict=True,
+        )
+    ]
+    return batch.without(early, reasons)
+
+
+def unknown_label_dead_letter(event: RefusedEvent, entity_key: str, topic: str) -> bytes:
+    """The dead-letter record of a label the state refused, rebuilt from what the state kept
+    of it (the original record was committed long before): the label's transaction id, entity,
+    claimed transaction time and values."""
+    values = {name: int(v) if float(v).is_integer() else v for name, v in event.values.items()}
+    label = {
+        "transaction_id": event.transaction_id,
+        entity_key: event.entity_id,
+        "tx_datetime": iso_times(np.asarray([event.event_time]))[0],
+        **values,
+    }
+    reason = (
+        f"{REASON_LABEL_UNKNOWN_TRANSACTION}: no transaction {event.transaction_id} of "
+        f"{entity_key} {event.entity_id} within the state's horizon ({event.declaration})"
+    )
+    return dead_letter(json.dumps(label).encode(), reason, topic, -1, -1)
 
 
 _TRANSACTION_KINDS = {

@@ -112,6 +112,9 @@ class Enricher:
             batch = None if parsed.rejected else self.core.score(parsed.columns)
             if batch is not None:
                 self.core.write_online(batch)
+            refused = self.core.state.take_refused()  # (labels are the worker's: logged here)
+        for event in refused:
+            logger.warning("a label the state refused (no transaction of its id): %s", event)
         if batch is None:
             for _, exc in parsed.rejected:
                 self.metrics.dead_letters.labels(reason=exc.code).inc()

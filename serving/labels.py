@@ -24,8 +24,8 @@ Committed offsets: the reader belongs to the consumer group `<consumer group>-la
 from its committed offsets (from the beginning when there are none). The worker commits its
 positions (`maybe_commit`, at most every `COMMIT_EVERY_S`) only after a batch whose labels are
 in the state and whose dead letters Kafka acknowledged; after a batch that failed it reads
-again from the committed positions (`rewind`). Reading labels again is harmless: the state's
-label members are keyed by transaction id.
+again from the committed positions (`rewind`). Reading labels again is harmless: the state
+keeps one label per transaction id (`serving.events`, "Identity").
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ class Labels:
 
     values: list[bytes | None] = field(default_factory=list)
     origins: list[tuple[TopicPartition, int]] = field(default_factory=list)
+    published_ms: list[int] = field(default_factory=list)
+    """Each record's Kafka timestamp: when it was published (milliseconds since the epoch)."""
 
 
 class LabelReader:
@@ -100,6 +102,7 @@ class LabelReader:
             for tp, records in consumer.poll(timeout_ms=POLL_TIMEOUT_MS).items():
                 read.values.extend(record.value for record in records)
                 read.origins.extend((tp, record.offset) for record in records)
+                read.published_ms.extend(record.timestamp for record in records)
             now = time.monotonic()
             if now - warned >= SLOW_CATCH_UP_S:
                 warned = now

@@ -39,6 +39,7 @@ from kafka.structs import OffsetAndMetadata
 
 from serving.delivery import Delivery, DeliveryError, DeliveryStoppedError
 from serving.events import (
+    REASON_LABEL_UNKNOWN_TRANSACTION,
     REASON_PROCESSING_FAILED,
     ParsedBatch,
     dead_letter,
@@ -47,6 +48,8 @@ from serving.events import (
     iso_times,
     parse_labels,
     parse_transactions,
+    unknown_label_dead_letter,
+    without_early_labels,
 )
 from serving.labels import LabelReader
 from serving.metrics import ScoringMetrics
@@ -234,6 +237,9 @@ class Worker:
         core.watcher.on_poll = self._registry_health
         self._label_dead_letters: list[tuple[bytes, str]] = []
         """Dead-letter records of the malformed labels read since the last batch, and codes."""
+        self._refused_dead_letters: list[bytes] = []
+        """Dead-letter records of the labels the state refused, until a batch commits them
+        (kept when a batch is read again: the state will not refuse them a second time)."""
         self._sampler = np.random.default_rng(0)
         self._drift: RollingDrift | None = None
         self._drift_version = ""
@@ -268,7 +274,7 @@ class Worker:
         labels = self.labels.catch_up()
         if not labels.values:
             return 0
-        parsed = parse_labels(labels.values)
+        parsed = without_early_labels(parse_labels(labels.values), labels.published_ms)
         for index, exc in parsed.rejected:  # sent with the next batch, in its transaction
             tp, offset = labels.origins[index]
             value = labels.values[index]
@@ -276,9 +282,21 @@ class Worker:
                 (dead_letter(value, exc.reason, tp.topic, tp.partition, offset), exc.code)
             )
         stored = self.core.state.add_labels(parsed.columns) if len(parsed) else 0
+        self._take_refused()
         if stored:
             self.metrics.labels_in.inc(stored)
         return stored
+
+    def _take_refused(self) -> None:
+        """Dead letters of the labels the state refused (`serving.events`, "Identity")."""
+        entity_keys = {agg.declaration.name: agg.declaration.entity_key
+                       for agg in self.core.state.aggregations}  # fmt: skip
+        for event in self.core.state.take_refused():
+            self._refused_dead_letters.append(
+                unknown_label_dead_letter(
+                    event, entity_keys[event.declaration], self.settings.topic_labels
+                )
+            )
 
     def run(self, max_events: int | None = None, idle_exit_s: float | None = None) -> WorkerStats:
         """Score until stopped, `max_events` consumed, or no event for `idle_exit_s`."""
@@ -437,9 +455,14 @@ class Worker:
             # Written while the broker works on the scores (the producer sends in the
             # background); idempotent, so a batch read again writes the same rows.
             self.core.write_online(batch)
+            self._take_refused()
+        refused = self._refused_dead_letters
+        for value in refused:
+            self.delivery.send(self.settings.topic_dead_letter, value)
         # Every score and dead letter acknowledged (or in the transaction) before the commit.
         self.delivery.commit(_next_offsets(records))
         self._label_dead_letters = []
+        self._refused_dead_letters = self._refused_dead_letters[len(refused) :]
         acked_ms = time.time() * 1000
         entered_ms = np.fromiter((r.timestamp for r in records), np.float64, len(records))
         self.metrics.end_to_end.observe_many(np.maximum(0.0, acked_ms - entered_ms) / 1000)
@@ -447,7 +470,10 @@ class Worker:
             self.metrics.dead_letters.labels(reason=exc.code).inc()
         for _, code in label_dead_letters:
             self.metrics.dead_letters.labels(reason=code).inc()
-        stats.dead_letters = len(parsed.rejected) + len(label_dead_letters)
+        if refused:
+            reason = REASON_LABEL_UNKNOWN_TRANSACTION
+            self.metrics.dead_letters.labels(reason=reason).inc(len(refused))
+        stats.dead_letters = len(parsed.rejected) + len(label_dead_letters) + len(refused)
         stats.batches = 1
         self.metrics.events_in.inc(len(records))
         self.metrics.batch_size.observe(len(records))

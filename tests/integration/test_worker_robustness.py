@@ -25,7 +25,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from serving.events import Label, encode_label
+from serving.events import Label, encode_label, format_timestamp
 from serving.metrics import ScoringMetrics
 from serving.scoring import ScoringCore, build_core
 from serving.worker import ISOLATION_LIMIT, Worker, build_worker
@@ -402,6 +402,57 @@ def test_malformed_labels_are_dead_letters_with_their_reason(
         "not_json",
         "tombstone",
     ]
+
+
+def test_labels_not_known_yet_or_of_no_transaction_are_dead_letters(
+    trained_platform: TrainedPlatform,
+) -> None:
+    """A label published before its own label_time, and one naming a transaction its terminal
+    never had (dated before what the state keeps), go to the dead-letter topic with their
+    reasons; the label of a scored transaction counts; the worker goes on."""
+    settings = _settings(trained_platform)
+    good = _good(trained_platform, 6)
+    first, later = good.iloc[:3], good.iloc[3:]
+    _produce(settings, [json.dumps(event_body(r)).encode() for _, r in first.iterrows()])
+    assert build_worker(settings).run(max_events=len(first), idle_exit_s=10).scored == len(first)
+
+    row = first.iloc[0]
+    scored_at = row["tx_datetime"].to_pydatetime()
+
+    def label(transaction_id: int, tx_datetime: datetime, label_time: datetime) -> bytes:
+        return encode_label(
+            Label(
+                transaction_id=transaction_id,
+                customer_id=int(row["customer_id"]),
+                terminal_id=int(row["terminal_id"]),
+                tx_datetime=tx_datetime,
+                tx_fraud=1,
+                label_time=label_time,
+            )
+        )
+
+    _produce(
+        settings,
+        [
+            label(int(row["transaction_id"]), scored_at, scored_at + timedelta(days=7)),
+            label(int(row["transaction_id"]), scored_at, datetime(2099, 1, 1, tzinfo=UTC)),
+            label(10**12, scored_at - timedelta(days=60), scored_at - timedelta(days=53)),
+        ],
+        topic=settings.topic_labels,
+    )
+    _produce(settings, [json.dumps(event_body(r)).encode() for _, r in later.iterrows()])
+    stats = build_worker(settings).run(max_events=len(later), idle_exit_s=10)
+    assert (stats.scored, stats.dead_letters) == (len(later), 2)
+    letters = {letter["reason_code"]: letter for letter in _dead_letters(settings, 2)}
+    assert set(letters) == {"label_before_label_time", "label_unknown_transaction"}
+    unknown = letters["label_unknown_transaction"]
+    assert json.loads(base64.b64decode(unknown["original_b64"])) == {
+        "transaction_id": 10**12,
+        "terminal_id": int(row["terminal_id"]),
+        "tx_datetime": format_timestamp(scored_at - timedelta(days=60)),
+        "tx_fraud": 1,
+    }
+    assert "2099-01-01" in letters["label_before_label_time"]["reason"]
 
 
 class _Poisoned(ScoringCore):
