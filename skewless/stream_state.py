@@ -10,8 +10,19 @@ Redis Cluster slot per entity; the key head also carries a digest of the tiles, 
 tiles get new keys):
 - `...:e`, a sorted set of its events (score: event time in microseconds; member: event time as
   little-endian int64, order key as big-endian offset binary, value columns as little-endian
-  float64). It is what makes writes idempotent: an event goes into the tiles only when its
-  member was new to the set, so a replayed event is never counted twice.
+  float64).
+- `...:t:i`, a hash from order key (transaction id, 8 bytes) to the member counted for it:
+  what makes writes idempotent *by identity*. An event whose member is already there changes
+  nothing (a replay is never counted twice); one with the same id and another member (a
+  re-sent transaction with a new amount or time, a corrected label) replaces it: the old
+  member leaves the events and the tiles (with its day's sub-tiles built again from the
+  events), the new one comes in.
+- for a delayed declaration (labels), `...:t:k`, a sorted set of the transactions its entity
+  was sent (member: order key, score: time): a label counts at the time of the transaction it
+  names, and only for a transaction of this set. A label for one not there (yet) waits in
+  `...:t:p` (a sorted set of waiting members by claimed time; in the index as `p` + member)
+  and is counted when the transaction comes; one still waiting once older than the tiles kept
+  is removed and returned as refused (`StreamState.take_refused`).
 - `...:t`, a hash: `days`, the entity's *top tiles* (by default days) as one packed array of
   running aggregates (entry i: count and sums of the top tiles from the first kept to it), and
   `meta`: the watermark, the first top tile kept, and the time of the latest event ever
@@ -42,7 +53,8 @@ sums differ from a direct sum by rounding only (differences of sums over the kep
 declaration without delay, the latest event added (labels do not move it: a worker may read
 them days ahead of the transactions it scores). Top tiles (with their sub-tiles and events)
 that end before `watermark - horizon - allowed lateness` are deleted in the call that moves
-it, so memory stops growing once a horizon has passed: a later event at `t` is at most the
+it (with their index entries, known transactions and waiting labels), so memory stops
+growing once a horizon has passed: a later event at `t` is at most the
 allowed lateness behind the watermark and needs nothing before `t - horizon`. Events older
 than the first tile kept are dropped on arrival (the worker already sends events later than
 the allowed lateness to the dead-letter topic); a window that would hold an event removed or
