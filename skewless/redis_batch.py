@@ -18,14 +18,23 @@ import redis
 Command = tuple[bytes, ...]
 
 CHUNK_COMMANDS = 10_000
-"""Commands written before their replies are read (bounds the memory of very large loads)."""
+CHUNK_BYTES = 2 * 1024 * 1024
+"""Commands (or bytes of them) written before their replies are read: bounds the memory of
+very large loads, and the time one write waits for Redis to take it in (a socket timeout
+covers a whole write)."""
 
 
 def execute(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
     """Run `commands` (each a tuple of bytes arguments) in order; their replies, in order."""
     replies: list[Any] = []
-    for start in range(0, len(commands), CHUNK_COMMANDS):
-        replies += _execute_chunk(client, commands[start : start + CHUNK_COMMANDS])
+    start = size = 0
+    for end, command in enumerate(commands):
+        size += sum(len(argument) for argument in command)
+        if end + 1 - start >= CHUNK_COMMANDS or size >= CHUNK_BYTES:
+            replies += _execute_chunk(client, commands[start : end + 1])
+            start, size = end + 1, 0
+    if start < len(commands):
+        replies += _execute_chunk(client, commands[start:])
     return replies
 
 

@@ -315,9 +315,10 @@ class StreamState:
                     for first in range(start, end, MAX_EVENTS_PER_CALL)
                 ]
         if known is not None and len(known[decl.entity_key]):
+            step = 16 * MAX_EVENTS_PER_CALL
             for entity, packed in _moments(known, decl):
-                calls = parts.setdefault(entity, [(b"", b"", b"")])
-                calls[0] = (calls[0][0], calls[0][1], packed)  # registered before any member
+                chunks = [(b"", b"", packed[at : at + step]) for at in range(0, len(packed), step)]
+                parts[entity] = chunks + parts.get(entity, [])  # registered before any member
         if queries is not None and len(queries[decl.entity_key]):
             for entity, packed in _moments(queries, decl):
                 calls = parts.setdefault(entity, [(b"", b"", b"")])
@@ -332,13 +333,14 @@ class StreamState:
             for members, asked, registered in parts[entity]:
                 if group and (
                     len(group) >= MAX_ENTITIES_PER_CALL
-                    or events_in_group + len(members) // size > MAX_EVENTS_PER_CALL
+                    or events_in_group + len(members) // size + len(registered) // 16
+                    > MAX_EVENTS_PER_CALL
                 ):
                     commands.append(agg.call(group, until))
                     call_entities.append([part[0] for part in group])
                     group, events_in_group = [], 0
                 group.append((entity, members, asked, registered))
-                events_in_group += len(members) // size
+                events_in_group += len(members) // size + len(registered) // 16
         if group:
             commands.append(agg.call(group, until))
             call_entities.append([part[0] for part in group])
