@@ -52,8 +52,10 @@ over a state that went further gets every event after `until - horizon` again, a
 from `until` on are complete.
 
 **Round trips.** One pipelined write per batch: per declaration, `FCALL`s of up to
-`MAX_ENTITIES_PER_CALL` entities each (all keys of an entity in one slot; a cluster client
-would group the entities of a call by slot). For each entity the call adds its events of the
+`MAX_ENTITIES_PER_CALL` entities each. In a Redis Cluster a call holds the entities of one slot
+only (every key of an entity is in its slot, and a call declares all the keys it touches), so
+the calls are ordered by slot then entity and split where the slot changes; `redis_batch` sends
+each node its calls in one write, all nodes at once. For each entity the call adds its events of the
 batch, removes what is too old, then computes the windows of the batch's events that need
 them, so reads see the batch's own events. A declaration without delay is fed by
 transactions; a delayed one (its values include the label) is fed by label events. Times must
@@ -74,10 +76,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import redis
+from redis.crc import key_slot
 
 from skewless import redis_batch
 from skewless.aggregation import Function, StateTiles, WindowAggregation
-from skewless.redis_batch import Command
+from skewless.redis_batch import Client, Command
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +172,16 @@ class StreamAggregation:
         head = b"%s%d}:" % (self._key_head, entity_id)
         return head + b"e", head + b"t"
 
+    def slot(self, entity_id: int) -> int:
+        """The Redis Cluster slot of every key of the entity (its hash tag's)."""
+        return key_slot(self.keys(entity_id)[0])
+
+    def slots(self, entity_ids: np.ndarray) -> np.ndarray:
+        """The slot of each entity of `entity_ids`."""
+        unique, inverse = np.unique(entity_ids, return_inverse=True)
+        slots = np.fromiter(map(self.slot, unique.tolist()), dtype=np.int64, count=len(unique))
+        return slots[inverse]
+
     def pack(
         self, times: np.ndarray, orders: np.ndarray, values: Mapping[str, np.ndarray]
     ) -> bytes:
@@ -222,11 +235,12 @@ FCALL = b"FCALL"
 
 
 class StreamState:
-    """All declarations' streaming state in one Redis, one pipelined write per batch."""
+    """All declarations' streaming state in one Redis or one Redis Cluster, one pipelined
+    write per batch."""
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         declarations: Sequence[WindowAggregation],
         prefix: str = KEY_PREFIX,
         tiles: StateTiles | None = None,
@@ -238,9 +252,12 @@ class StreamState:
             for d in declarations
         )
         self._loaded = False
+        self._by_slot = isinstance(client, redis.RedisCluster)
+        """Calls hold one slot's entities only: a cluster refuses keys of several slots."""
 
     def load_function(self) -> None:
-        """Load (or replace) the state's Redis Function library."""
+        """Load (or replace) the state's Redis Function library (on every primary of a
+        cluster: redis-py sends `FUNCTION LOAD` to all of them)."""
         self.client.function_load(LIBRARY.read_text(), replace=True)
         self._loaded = True
 
@@ -257,6 +274,13 @@ class StreamState:
             self.load_function()
             return redis_batch.execute(self.client, commands)
 
+    def _call_order(self, agg: StreamAggregation, entities: np.ndarray) -> np.ndarray:
+        """The stable permutation putting rows in call order: by entity, or in a cluster by
+        slot then entity."""
+        if not self._by_slot:
+            return np.argsort(entities, kind="stable")
+        return np.lexsort((entities, agg.slots(entities)))
+
     def _calls(
         self,
         agg: StreamAggregation,
@@ -264,16 +288,16 @@ class StreamState:
         queries: Columns | None,
         until: int | None = None,
     ) -> tuple[list[Command], np.ndarray]:
-        """Calls adding `events` and computing `queries`, entity by entity (in ascending order,
-        an entity with very many events over several calls); with the query rows in the order
-        of the replies' results."""
+        """Calls adding `events` and computing `queries`, entity by entity (in call order, an
+        entity with very many events over several calls); with the query rows in the order of
+        the replies' results."""
         decl = agg.declaration
         parts: dict[int, list[tuple[bytes, bytes]]] = {}
         rows: list[np.ndarray] = []
         size = agg.dtype.itemsize
         if events is not None and len(events[decl.entity_key]):
             entities = np.asarray(events[decl.entity_key], dtype=np.int64)
-            by_entity = np.argsort(entities, kind="stable")
+            by_entity = self._call_order(agg, entities)
             packed = agg.pack(
                 np.asarray(events[decl.event_time], dtype=np.int64)[by_entity],
                 np.asarray(events[decl.order_key], dtype=np.int64)[by_entity],
@@ -286,7 +310,7 @@ class StreamState:
                 ]
         if queries is not None and len(queries[decl.entity_key]):
             entities = np.asarray(queries[decl.entity_key], dtype=np.int64)
-            by_entity = np.argsort(entities, kind="stable")
+            by_entity = self._call_order(agg, entities)
             records = np.empty(len(entities), dtype=[("time", "<i8"), ("order", ">u8")])
             records["time"] = np.asarray(queries[decl.event_time], dtype=np.int64)[by_entity]
             orders = np.asarray(queries[decl.order_key], dtype=np.int64)[by_entity]
@@ -298,20 +322,29 @@ class StreamState:
         commands: list[Command] = []
         group: list[tuple[int, bytes, bytes]] = []
         events_in_group = 0
-        for entity in sorted(parts):
+        group_slot = -1
+        if self._by_slot:
+            slot_of = {entity: agg.slot(entity) for entity in parts}
+            ordered = sorted(parts, key=lambda entity: (slot_of[entity], entity))
+        else:
+            ordered = sorted(parts)
+        for entity in ordered:
+            slot = slot_of[entity] if self._by_slot else -1
             for members, asked in parts[entity]:
                 if group and (
                     len(group) >= MAX_ENTITIES_PER_CALL
                     or events_in_group + len(members) // size > MAX_EVENTS_PER_CALL
+                    or slot != group_slot
                 ):
                     commands.append(agg.call(group, until))
                     group, events_in_group = [], 0
                 group.append((entity, members, asked))
                 events_in_group += len(members) // size
+                group_slot = slot
         if group:
             commands.append(agg.call(group, until))
         if queries is not None and len(queries[decl.entity_key]):
-            rows = [by_entity]  # entities ascending, each entity's rows in their order
+            rows = [by_entity]  # entities in call order, each entity's rows in their order
         order = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
         return commands, order
 
