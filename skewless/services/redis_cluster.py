@@ -100,9 +100,13 @@ def _state_ok(settings: Settings, port: int) -> bool:
     return cluster_info(settings, port).get("cluster_state") == "ok"
 
 
-def is_ready(settings: Settings, ports: Sequence[int] | None = None) -> bool:
+def is_ready(settings: Settings) -> bool:
+    """True if every node of the cluster `services up` starts answers `cluster_state:ok`."""
+    return nodes_ready(settings, default_ports(settings)[0])
+
+
+def nodes_ready(settings: Settings, ports: Sequence[int]) -> bool:
     """True if every node answers `cluster_state:ok`."""
-    ports = list(ports or default_ports(settings)[0])
     return all(answers(partial(_state_ok, settings, port), NAME) for port in ports)
 
 
@@ -139,7 +143,7 @@ def start(
         processes.append(process)
     if cluster_info(settings, ports[0]).get("cluster_slots_assigned") == "0":
         _create(settings, ports)
-    ready = wait_for(lambda: is_ready(settings, ports), settings.service_start_timeout_s, 0.2)
+    ready = wait_for(lambda: nodes_ready(settings, ports), settings.service_start_timeout_s, 0.2)
     if not ready:
         states = {port: _describe_state(settings, port) for port in ports}
         raise ServiceError(
