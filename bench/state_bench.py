@@ -73,8 +73,10 @@ def private_redis() -> Iterator[tuple[Settings, redis.Redis]]:
     with tempfile.TemporaryDirectory(prefix="state-bench-") as runtime:
         settings = load_settings(runtime_dir=Path(runtime), redis_port=free_port())
         redis_server.start(settings)
+        client = redis_server.client(settings)
+        assert isinstance(client, redis.Redis)  # (a single Redis: the settings name no cluster)
         try:
-            yield settings, redis_server.client(settings)
+            yield settings, client
         finally:
             redis_server.stop(settings)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -51,7 +51,7 @@ def _commandstats(cluster: RedisCluster) -> dict[int, dict[str, int]]:
     """Calls per command since the last reset, per primary's port."""
     stats = {}
     for node in cluster.get_primaries():
-        info = cluster.get_redis_connection(node).info("commandstats")
+        info = cast(dict[str, Any], cluster.get_redis_connection(node).info("commandstats"))
         stats[int(node.port)] = {
             name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in info.items()
         }
@@ -72,7 +72,7 @@ def test_a_batch_over_every_node_is_one_write_per_node_with_replies_in_order(
     assert len(set(owner.values())) == 3  # the batch touches every node
     _reset_stats(cluster)
     writes.clear()
-    commands = [(b"SET", key, b"%d" % i) for i, key in enumerate(keys)]
+    commands: list[redis_batch.Command] = [(b"SET", key, b"%d" % i) for i, key in enumerate(keys)]
     commands += [(b"GET", key) for key in reversed(keys)]
     commands += [(b"HMGET", key + b":absent", b"a", b"b") for key in keys[:5]]
     replies = redis_batch.execute(cluster, commands)
@@ -146,3 +146,23 @@ def test_online_rows_round_trip_through_the_cluster(cluster: RedisCluster) -> No
     assert view.write_micros(cluster, ids, values, micros) == len(ids)
     read_back, _ = view.read(cluster, ids)
     np.testing.assert_array_equal(read_back, values)
+
+
+def test_a_node_that_lost_the_function_gets_it_again(cluster: RedisCluster) -> None:
+    """One primary restarted empty (here: its functions flushed): the batch's calls to it fail,
+    the library is loaded again on every primary and the batch sent again, with the same
+    windows (the calls that had run are idempotent)."""
+    state = StreamState(cluster, (CUSTOMER_SPENDING,), f"test:{uuid.uuid4().hex}")
+    rows = pd.DataFrame({
+        "transaction_id": np.arange(60, dtype=np.int64),
+        "tx_datetime": pd.Timestamp("2026-06-01", tz="UTC") + pd.to_timedelta(np.arange(60), "min"),
+        "customer_id": np.arange(60, dtype=np.int64) % 30,
+        "tx_amount": np.arange(60, dtype=float),
+    })  # fmt: skip
+    agg = state.aggregations[0]
+    assert len({cluster.get_node_from_key(agg.keys(c)[0]).name for c in range(30)}) == 3
+    first = state.score_features(rows)["customer_spending"]
+    cluster.get_redis_connection(cluster.get_primaries()[1]).function_flush()
+    again = state.score_features(rows)["customer_spending"]
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_array_equal(first[:, 0], np.repeat([1, 2], 30))

@@ -10,10 +10,10 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 import pytest
-import redis
 
 from feature_repo.aggregations import CUSTOMER_SPENDING, TERMINAL_RISK
 from skewless.aggregation import StateTiles
+from skewless.redis_batch import Client
 from skewless.reference import window_aggregates
 from skewless.services import redis_server
 from skewless.settings import Settings
@@ -204,11 +204,11 @@ def test_a_hot_entity_with_ties_at_the_same_microsecond(state_redis: Settings) -
     _assert_matches(pd.concat(got), _expected(raw))
 
 
-def _events(client: redis.Redis, key: bytes) -> int:
+def _events(client: Client, key: bytes) -> int:
     return cast(int, client.zcard(key))
 
 
-def _keys(client: redis.Redis, state: StreamState) -> list[bytes]:
+def _keys(client: Client, state: StreamState) -> list[bytes]:
     prefix = state.aggregations[0].prefix
     return list(client.scan_iter(match=f"{prefix}:*", count=1000))
 
