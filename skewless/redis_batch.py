@@ -59,7 +59,10 @@ def execute(client: Client, commands: Sequence[Command]) -> list[Any]:
         if isinstance(client, RedisCluster):
             replies += _execute_on_cluster(client, chunk)
         else:
-            replies += _raise_first_error(_send_and_read([(client, chunk, None)])[0])
+            [(chunk_replies, errors)] = _send_and_read([(client, chunk, None)])
+            if errors:
+                raise chunk_replies[errors[0]]
+            replies += chunk_replies
     return replies
 
 
@@ -71,10 +74,10 @@ def command_key(command: Command) -> bytes:
 
 def _send_and_read(
     batches: Sequence[tuple[redis.Redis, Sequence[Command], ClusterNode | None]],
-) -> list[list[Any]]:
+) -> list[tuple[list[Any], list[int]]]:
     """Write each batch on a connection of its client, all of them; then read each batch's
-    replies (error replies as exception values). With a node, each command is preceded by
-    `ASKING` (its reply dropped)."""
+    replies (error replies as exception values) and where its errors are. With a node, each
+    command is preceded by `ASKING` (its reply dropped)."""
     pack = hiredis.pack_command
     taken: list[tuple[redis.ConnectionPool, Any]] = []
     try:
@@ -100,29 +103,29 @@ def _send_and_read(
     return results
 
 
-def _read(connection: Any, count: int, asking: bool) -> list[Any]:
+def _read(connection: Any, count: int, asking: bool) -> tuple[list[Any], list[int]]:
+    """`count` replies, an error reply as its exception value (each `ASKING` reply dropped),
+    and the positions of the error replies."""
     read = connection.read_response
     replies: list[Any] = []
-    for _ in range(count):
-        try:
-            if asking:
-                read(disable_decoding=True)
-            replies.append(read(disable_decoding=True))
+    errors: list[int] = []
+    append = replies.append
+    while len(replies) < count:
+        try:  # (one try around the loop: the common case, no error, costs nothing more)
+            for _ in range(count - len(replies)):
+                if asking:
+                    read(disable_decoding=True)
+                append(read(disable_decoding=True))
         except redis.exceptions.ResponseError as error:
-            replies.append(error)
-    return replies
-
-
-def _raise_first_error(replies: list[Any]) -> list[Any]:
-    for reply in replies:
-        if isinstance(reply, redis.exceptions.ResponseError):
-            raise reply
-    return replies
+            errors.append(len(replies))
+            append(error)
+    return replies, errors
 
 
 def _execute_on_cluster(cluster: RedisCluster, commands: Sequence[Command]) -> list[Any]:
     """Commands grouped per primary, one write each, replies in order; redirections retried."""
     replies: list[Any] = [None] * len(commands)
+    failed: dict[int, redis.exceptions.ResponseError] = {}
     pending = list(range(len(commands)))
     asked: dict[int, ClusterNode] = {}
     for attempt in range(REDIRECT_ATTEMPTS + 1):
@@ -151,9 +154,13 @@ def _execute_on_cluster(cluster: RedisCluster, commands: Sequence[Command]) -> l
             _refresh(cluster)  # a node gone: the next batch finds its successor
             raise
         pending, asked, refresh = [], {}, False
-        for (_, indexes), result in zip(groups.values(), results, strict=True):
+        for (_, indexes), (result, errors) in zip(groups.values(), results, strict=True):
             for index, reply in zip(indexes, result, strict=True):
                 replies[index] = reply
+                failed.pop(index, None)
+            for position in errors:
+                index, reply = indexes[position], result[position]
+                failed[index] = reply
                 if isinstance(reply, _AGAIN):
                     pending.append(index)
                     if type(reply) is redis.exceptions.AskError:
@@ -164,10 +171,13 @@ def _execute_on_cluster(cluster: RedisCluster, commands: Sequence[Command]) -> l
                         refresh = True
         if not pending or attempt == REDIRECT_ATTEMPTS:
             break
+        pending.sort()
         time.sleep(REDIRECT_BACKOFF_S * 2**attempt)
         if refresh:
             _refresh(cluster)
-    return _raise_first_error(replies)
+    if failed:
+        raise failed[min(failed)]
+    return replies
 
 
 def _node_at(cluster: RedisCluster, host: str, port: int) -> ClusterNode:

@@ -166,3 +166,25 @@ def test_a_node_that_lost_the_function_gets_it_again(cluster: RedisCluster) -> N
     again = state.score_features(rows)["customer_spending"]
     np.testing.assert_array_equal(again, first)
     np.testing.assert_array_equal(first[:, 0], np.repeat([1, 2], 30))
+
+
+def test_a_slot_being_migrated_is_followed_with_asking(cluster: RedisCluster) -> None:
+    """A slot migrating to another node: a command for a key its owner no longer has is
+    answered ASK, and is sent to the target preceded by ASKING, in order."""
+    key = f"test:{uuid.uuid4().hex}".encode()
+    slot = key_slot(key)
+    source = cluster.get_node_from_key(key)
+    target = next(node for node in cluster.get_primaries() if node.name != source.name)
+    at_source, at_target = (cluster.get_redis_connection(n) for n in (source, target))
+    source_id, target_id = (r.execute_command("CLUSTER", "MYID") for r in (at_source, at_target))
+    at_target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    at_source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    try:
+        replies = redis_batch.execute(cluster, [(b"SET", key, b"1"), (b"GET", key)])
+        assert replies == [b"OK", b"1"]
+        assert at_source.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+        assert at_target.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 1
+        assert redis_batch.execute(cluster, [(b"DEL", key)]) == [1]
+    finally:
+        for node in (at_source, at_target):
+            node.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
