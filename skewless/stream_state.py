@@ -16,10 +16,12 @@ tiles get new keys):
   running aggregates (entry i: count and sums of the top tiles from the first kept to it), and
   `meta`: the watermark, the first top tile kept, and the time of the latest event ever
   removed or dropped.
-- `...:t:<tile>`, for a top tile holding more than `raw_scan_max` events only: the packed
-  array of its sub-tiles one level finer (by default its 24 hours), and for each of those
-  holding more than `raw_scan_max` events the array of its own sub-tiles (its 60 minutes).
-  Such arrays are built from the events when their tile goes over the limit, then kept up.
+- `...:a`, a hash of sub-tile arrays (absent until needed): for a top tile holding more than
+  `raw_scan_max` events, field `<tile>/1:0` is the packed array of its sub-tiles one level
+  finer (by default its 24 hours), and for each of those holding more than `raw_scan_max`
+  events a field `<tile>/2:<index>` the array of its own sub-tiles (its 60 minutes). Such
+  arrays are built from the events when their tile goes over the limit, then kept up.
+These three keys are every key a call touches for the entity, and the call names them all.
 Tile widths and the limit are declared next to the aggregations (`STATE_TILES`).
 
 **Exact windows.** For an event at `t`, a window of `w` covers `t - d - w < e <= t - d`
@@ -86,11 +88,11 @@ logger = logging.getLogger(__name__)
 
 MICROS_PER_DAY = 86_400 * 1_000_000
 KEY_PREFIX = "skewless:state"
-LAYOUT = "t1"
+LAYOUT = "t2"
 """Part of every key, with a digest of the tiles: a change of either gets new keys instead of
 misreading old ones (the state is then loaded again, `skewless materialize`)."""
 LIBRARY = Path(__file__).parent / "assets" / "stream_state.lua"
-FUNCTION = b"skewless_state_v1"
+FUNCTION = b"skewless_state_v2"
 """The function's name, versioned with its library: a new version loads next to the old."""
 DEFAULT_LATENESS = timedelta(days=7)
 MAX_EVENTS_PER_CALL = 5_000
@@ -167,10 +169,10 @@ class StreamAggregation:
     def horizon_micros(self) -> int:
         return self.declaration.horizon.days * MICROS_PER_DAY
 
-    def keys(self, entity_id: int) -> tuple[bytes, bytes]:
-        """The entity's events key and tiles key (its per-tile keys extend the latter)."""
+    def keys(self, entity_id: int) -> tuple[bytes, bytes, bytes]:
+        """The entity's events, tiles and sub-tile arrays keys: every key of the entity."""
         head = b"%s%d}:" % (self._key_head, entity_id)
-        return head + b"e", head + b"t"
+        return head + b"e", head + b"t", head + b"a"
 
     def slot(self, entity_id: int) -> int:
         """The Redis Cluster slot of every key of the entity (its hash tag's)."""

@@ -18,7 +18,7 @@ from skewless.reference import window_aggregates
 from skewless.services import redis_server
 from skewless.settings import Settings
 from skewless.simulator import SimulationParams, simulate
-from skewless.stream_state import StreamState
+from skewless.stream_state import FUNCTION, StreamState
 
 pytestmark = pytest.mark.integration
 
@@ -164,10 +164,10 @@ def test_replayed_batches_are_never_counted_twice(state_redis: Settings, raw: pd
     one = raw[raw["tx_datetime"] >= start].head(1)
     client = state.client
     for agg in state.aggregations:
-        events_key, _ = agg.keys(int(one[agg.declaration.entity_key].iloc[0]))
+        events_key = agg.keys(int(one[agg.declaration.entity_key].iloc[0]))[0]
         member = cast(list[bytes], client.zrangebyscore(events_key, "-inf", "+inf"))[0]
         for new in (1, 0):  # the function tells whether the member was new
-            call = client.fcall("skewless_state_v1", 2, *agg.keys(0), agg.config, member, b"")
+            call = client.fcall(FUNCTION.decode(), 3, *agg.keys(0), agg.config, member, b"")
             assert cast(list[Any], call)[0] == new
 
 
@@ -237,7 +237,9 @@ def test_old_events_and_tiles_go_in_the_same_call_and_late_ones_are_dropped(
         sizes.append((_events(client, agg.keys(1)[0]), len(_keys(client, state))))
     # retention: horizon 30 days + lateness 2 days, counted in whole days: 32 to 33 days kept
     assert max(size for size, _ in sizes[40:]) == sizes[-1][0] <= 33 * 24
-    assert max(keys for _, keys in sizes[40:]) <= 2 + 34
+    assert max(keys for _, keys in sizes[40:]) == 3  # events, tiles, sub-tile arrays
+    # each day over the raw scan limit keeps one array of hours, removed with its day
+    assert 0 < cast(int, client.hlen(agg.keys(1)[2].decode())) <= 34
     # an event older than what is kept is dropped, not counted, and its windows are NaN
     late = pd.DataFrame({
         "transaction_id": [10**9], "tx_datetime": [begin + pd.Timedelta(days=60)],
