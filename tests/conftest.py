@@ -87,6 +87,16 @@ def redis_cluster_service(service_settings: Settings) -> Iterator[Settings]:
     redis_cluster.stop(settings)
 
 
+@pytest.fixture
+def restored_environment() -> Iterator[None]:
+    """The process environment back as it was after the test: materializing or opening the
+    Feast store exports the test's settings (a cluster's among them) to the process."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(params=["redis", "redis-cluster"])
 def state_redis(request: pytest.FixtureRequest) -> Settings:
     """The session's single Redis, then its Redis Cluster: tests of the state run on both."""

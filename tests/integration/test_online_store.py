@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -21,9 +23,13 @@ NEVER_WRITTEN = 900_099
 
 
 @pytest.fixture(scope="module", params=["redis", "redis-cluster"])
-def applied(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def applied(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
     """The repository applied against the session's single Redis, then its Redis Cluster
-    (Feast's online store then reads with `redis_type: redis_cluster`)."""
+    (Feast's online store then reads with `redis_type: redis_cluster`); the settings Feast
+    exported to the process are taken back afterwards."""
+    saved = dict(os.environ)
     name = "redis_service" if request.param == "redis" else "redis_cluster_service"
     server = cast(Settings, request.getfixturevalue(name))
     settings = load_settings(
@@ -33,7 +39,9 @@ def applied(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         redis_cluster=server.redis_cluster,
     )
     feature_store.apply(settings)
-    return settings
+    yield settings
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_redis_key_is_feasts(applied: Settings) -> None:

@@ -166,6 +166,7 @@ def _group_members(settings: Settings) -> int:
     return len(group["members"]) if group.get("group_state") == "Stable" else 0
 
 
+@pytest.mark.usefixtures("restored_environment")
 def test_two_workers_share_a_redis_cluster_and_serve_the_backfill_features(
     trained_platform: TrainedPlatform, redis_cluster_service: Settings, tmp_path: Path
 ) -> None:
