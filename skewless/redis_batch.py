@@ -12,11 +12,12 @@ grouped by the primary that owns their key's slot (the first key of an `FCALL`, 
 argument), using redis-py's slot map. Each node's commands are written to it first, all nodes
 in turn, and only then are the replies read, node by node: the nodes work at the same time, so
 a batch costs one round trip whatever the number of nodes, one write per node. Replies come
-back in the order of the commands. A command answered with a redirection (`MOVED`, `ASK`) or
-`TRYAGAIN`/`CLUSTERDOWN` (slots moving, a failover) is sent again, alone with the others so
-answered: after `MOVED` or `CLUSTERDOWN` the slot map is read again from the cluster, an
-`ASK` goes to the node it names preceded by `ASKING`; at most `REDIRECT_ATTEMPTS` times, with
-a short backoff, then the reply raises. Commands must be idempotent (the platform's are).
+back in the order of the commands. The commands answered with a redirection (`MOVED`, `ASK`)
+or `TRYAGAIN`/`CLUSTERDOWN` (slots moving, a failover) are sent again, those alone: after
+`MOVED` or `CLUSTERDOWN` once the slot map was read again from the cluster, after `ASK` to the
+node it names, preceded by `ASKING`; at most `REDIRECT_ATTEMPTS` times, with a short backoff,
+then the reply raises. The commands of one key share one node and so one fate, in order;
+commands must be idempotent (the platform's are: a batch may also be sent again whole).
 """
 
 from __future__ import annotations
