@@ -71,20 +71,40 @@ def redis_service(service_settings: Settings) -> Iterator[Settings]:
     redis_server.stop(service_settings)
 
 
-@pytest.fixture(scope="session")
-def redis_cluster_service(service_settings: Settings) -> Iterator[Settings]:
-    """A private three-node Redis Cluster for the session (`redis_cluster=True` settings whose
-    `redis_port` is its first node), started like `services up` starts one, on free ports."""
+def start_redis_cluster(base: Settings, runtime_dir: Path | None = None) -> PrivateCluster:
+    """A three-node Redis Cluster on free loopback ports, started like `services up` starts
+    one; its settings (`redis_cluster=True`, `redis_port` its first node) are `base`'s."""
     ports: set[int] = set()
     while len(ports) < 2 * redis_cluster.NODES:
         ports.add(free_port())
     client_ports, bus_ports = sorted(ports)[:3], sorted(ports)[3:]
-    values = service_settings.model_dump()
+    values = base.model_dump()
     values.update(redis_port=client_ports[0], redis_cluster=True)
-    settings = load_settings(**values)
-    redis_cluster.start(settings, client_ports, bus_ports)
-    yield settings
-    redis_cluster.stop(settings)
+    if runtime_dir is not None:
+        values.update(runtime_dir=runtime_dir)
+    cluster = PrivateCluster(load_settings(**values), client_ports, bus_ports)
+    cluster.start()
+    return cluster
+
+
+@dataclass(frozen=True)
+class PrivateCluster:
+    settings: Settings
+    ports: list[int]
+    bus_ports: list[int]
+
+    def start(self) -> None:
+        """Start the nodes that are not running; wait until the cluster is ok."""
+        redis_cluster.start(self.settings, self.ports, self.bus_ports)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_service(service_settings: Settings) -> Iterator[Settings]:
+    """A private three-node Redis Cluster for the session (`redis_cluster=True` settings whose
+    `redis_port` is its first node)."""
+    cluster = start_redis_cluster(service_settings)
+    yield cluster.settings
+    redis_cluster.stop(cluster.settings)
 
 
 @pytest.fixture

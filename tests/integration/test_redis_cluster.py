@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -16,11 +17,13 @@ from redis.connection import AbstractConnection
 from redis.crc import key_slot
 
 from feature_repo.aggregations import CUSTOMER_SPENDING, TERMINAL_RISK
+from serving.worker import fault_dependency
 from skewless import redis_batch
 from skewless.online_store import OnlineView
-from skewless.services import redis_server
+from skewless.services import redis_cluster, redis_server
 from skewless.settings import Settings
 from skewless.stream_state import StreamState, as_columns
+from tests.conftest import start_redis_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -148,17 +151,23 @@ def test_online_rows_round_trip_through_the_cluster(cluster: RedisCluster) -> No
     np.testing.assert_array_equal(read_back, values)
 
 
+def _rows(count: int) -> pd.DataFrame:
+    """`count` transactions of `count // 2` customers, a minute apart (two per customer)."""
+    return pd.DataFrame({
+        "transaction_id": np.arange(count, dtype=np.int64),
+        "tx_datetime": pd.Timestamp("2026-06-01", tz="UTC")
+        + pd.to_timedelta(np.arange(count), "min"),
+        "customer_id": np.arange(count, dtype=np.int64) % (count // 2),
+        "tx_amount": np.arange(count, dtype=float),
+    })  # fmt: skip
+
+
 def test_a_node_that_lost_the_function_gets_it_again(cluster: RedisCluster) -> None:
     """One primary restarted empty (here: its functions flushed): the batch's calls to it fail,
     the library is loaded again on every primary and the batch sent again, with the same
     windows (the calls that had run are idempotent)."""
     state = StreamState(cluster, (CUSTOMER_SPENDING,), f"test:{uuid.uuid4().hex}")
-    rows = pd.DataFrame({
-        "transaction_id": np.arange(60, dtype=np.int64),
-        "tx_datetime": pd.Timestamp("2026-06-01", tz="UTC") + pd.to_timedelta(np.arange(60), "min"),
-        "customer_id": np.arange(60, dtype=np.int64) % 30,
-        "tx_amount": np.arange(60, dtype=float),
-    })  # fmt: skip
+    rows = _rows(60)
     agg = state.aggregations[0]
     assert len({cluster.get_node_from_key(agg.keys(c)[0]).name for c in range(30)}) == 3
     first = state.score_features(rows)["customer_spending"]
@@ -188,3 +197,25 @@ def test_a_slot_being_migrated_is_followed_with_asking(cluster: RedisCluster) ->
     finally:
         for node in (at_source, at_target):
             node.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+
+
+def test_a_node_restarted_from_its_folder_is_served_again(
+    redis_service: Settings, tmp_path: Path
+) -> None:
+    """A primary stopped mid-stream: the next batch fails as a Redis fault (the worker waits
+    it out); once the node is back (append-only file, node table), the same client scores the
+    batch again with the same windows."""
+    cluster = start_redis_cluster(redis_service, tmp_path / "runtime")
+    try:
+        client = redis_server.client(cluster.settings)
+        state = StreamState(client, (CUSTOMER_SPENDING,), f"test:{uuid.uuid4().hex}")
+        first = state.score_features(_rows(90))["customer_spending"]
+        redis_cluster.node_process(cluster.settings, cluster.ports[1]).stop()
+        with pytest.raises(redis.RedisError) as failed:
+            state.score_features(_rows(90))
+        assert fault_dependency(failed.value) == "redis"
+        cluster.start()
+        again = state.score_features(_rows(90))["customer_spending"]
+        np.testing.assert_array_equal(again, first)
+    finally:
+        redis_cluster.stop(cluster.settings)
