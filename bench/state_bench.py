@@ -16,6 +16,12 @@ services up`), stopped at the end; no Kafka, no model. Three parts, each usable 
   layout (every member of the horizon back to Python, no window math): a lower bound of what
   the old path cost.
 
+- `cluster` (not in the default parts): 10 days of a 2,000-card-holder stream through the state
+  in the single Redis and in a private three-node Redis Cluster, batches of 2,000 and of 200
+  transactions (labels due, then the batch, as the worker does): milliseconds per batch and
+  microseconds per event; and the cluster once more with each node's commands sent and read
+  one node after another instead of all nodes at once.
+
 Ends with `state_bench: hot_entity_ratio=<x>` when the hot part ran.
 """
 
@@ -38,7 +44,7 @@ import redis
 from skewless import redis_batch
 from skewless.aggregation import WindowAggregation, label_delay_days
 from skewless.feature_store import load_declarations
-from skewless.services import redis_server
+from skewless.services import redis_cluster, redis_server
 from skewless.settings import Settings, load_settings
 from skewless.simulator import SimulationParams, simulate
 from skewless.stream_state import StreamState, as_columns
@@ -73,13 +79,17 @@ def private_redis() -> Iterator[tuple[Settings, redis.Redis]]:
     with tempfile.TemporaryDirectory(prefix="state-bench-") as runtime:
         settings = load_settings(runtime_dir=Path(runtime), redis_port=free_port())
         redis_server.start(settings)
+        client = redis_server.client(settings)
+        assert isinstance(client, redis.Redis)  # (a single Redis: the settings name no cluster)
         try:
-            yield settings, redis_server.client(settings)
+            yield settings, client
         finally:
             redis_server.stop(settings)
 
 
-def new_state(client: redis.Redis, declarations: tuple[WindowAggregation, ...]) -> StreamState:
+def new_state(
+    client: redis_batch.Client, declarations: tuple[WindowAggregation, ...]
+) -> StreamState:
     return StreamState(client, declarations, f"bench:{uuid.uuid4().hex[:8]}")
 
 
@@ -302,6 +312,66 @@ def naive_read(
     return spent / len(scored)
 
 
+@contextmanager
+def private_cluster() -> Iterator[redis.RedisCluster]:
+    """A three-node Redis Cluster of the benchmark's own, on free ports, stopped on the way out."""
+    with tempfile.TemporaryDirectory(prefix="state-bench-cluster-") as runtime:
+        ports: set[int] = set()
+        while len(ports) < 2 * redis_cluster.NODES:
+            ports.add(free_port())
+        chosen = sorted(ports)
+        settings = load_settings(
+            runtime_dir=Path(runtime), redis_port=chosen[0], redis_cluster=True
+        )
+        redis_cluster.start(settings, chosen[:3], chosen[3:])
+        try:
+            client = redis_server.client(settings)
+            assert isinstance(client, redis.RedisCluster)
+            yield client
+        finally:
+            redis_cluster.stop(settings)
+
+
+@contextmanager
+def nodes_one_after_another() -> Iterator[None]:
+    """`redis_batch` writing and reading each node's commands before the next node's."""
+    all_at_once = redis_batch._send_and_read
+    redis_batch._send_and_read = lambda batches: [all_at_once([b])[0] for b in batches]
+    try:
+        yield
+    finally:
+        redis_batch._send_and_read = all_at_once
+
+
+def cluster_cost(single: redis.Redis, declarations: tuple[WindowAggregation, ...]) -> None:
+    """The same stream through a single Redis and a three-node cluster, per batch and event."""
+    raw = simulate(
+        SimulationParams(n_customers=2000, n_terminals=4000, n_days=45, start_date=START.date())
+    ).transactions
+    start = START + 35 * DAY
+    delay_days = label_delay_days(declarations)
+    print("| Redis | transactions per batch | ms per batch | us per transaction |")
+    print("|---|---|---|---|")
+    with private_cluster() as cluster:
+        runs: list[tuple[str, redis_batch.Client, int]] = [
+            ("single", single, 2000), ("3-node cluster", cluster, 2000),
+            ("single", single, 200), ("3-node cluster", cluster, 200),
+        ]  # fmt: skip
+        for name, client, batch_events in [*runs, ("cluster, nodes in turn", cluster, 2000)]:
+            state = new_state(client, declarations)
+            state.initialize(raw, start.to_pydatetime(), delay_days)
+            if name.endswith("in turn"):
+                with nodes_one_after_another():
+                    count, spent = stream(state, raw, start, delay_days * DAY, None, batch_events)
+            else:
+                count, spent = stream(state, raw, start, delay_days * DAY, None, batch_events)
+            batches = -(-count // batch_events)
+            print(
+                f"| {name} | {batch_events:,} | {1000 * spent / batches:.1f} | "
+                f"{1e6 * spent / count:.1f} |"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default="history,memory,hot", help="comma separated")
@@ -312,6 +382,8 @@ def main() -> None:
             history_cost(client, declarations)
         if "memory" in parts:
             memory_over_months(client, declarations)
+        if "cluster" in parts:
+            cluster_cost(client, declarations)
         if "hot" in parts:
             ratio = hot_entity(client, declarations)
             print(f"state_bench: hot_entity_ratio={ratio:.2f}")

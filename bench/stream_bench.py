@@ -35,12 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from serving.champion import load_version
 from serving.replay import label_delay, replay
-from skewless import feature_store
+from skewless import feature_store, redis_batch
 from skewless.data import read_transactions, resolve_data
 from skewless.services import kafka, redis_server
 from skewless.services.process import wait_for
@@ -204,7 +203,7 @@ def load_state(base: Settings, raw: pd.DataFrame, until: pd.Timestamp) -> None:
     state.initialize(raw, until.to_pydatetime(), label_delay(declarations).days)
 
 
-def clear_state(client: redis.Redis) -> None:
+def clear_state(client: redis_batch.Client) -> None:
     keys = list(client.scan_iter(match=f"{STATE_PREFIX}:*", count=10_000))
     for start in range(0, len(keys), 10_000):
         client.unlink(*keys[start : start + 10_000])

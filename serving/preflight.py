@@ -6,7 +6,9 @@ traceback on its first batch:
 - Redis must answer PING with the configured password: a refused password is a configuration
   error at once (`SKEWLESS_REDIS_PASSWORD`); no answer is waited for with backoff up to
   `SKEWLESS_SERVICE_START_TIMEOUT_S` (Redis may be restarting), then names
-  `SKEWLESS_REDIS_HOST`/`SKEWLESS_REDIS_PORT`.
+  `SKEWLESS_REDIS_HOST`/`SKEWLESS_REDIS_PORT`. With `SKEWLESS_REDIS_CLUSTER`, every node must
+  answer and every slot be served (a cluster still forming is waited for); a single Redis
+  given as a cluster, or a cluster node given as a single Redis, names `SKEWLESS_REDIS_CLUSTER`.
 - Kafka (the worker only) must answer a metadata request within the same deadline, else
   `SKEWLESS_KAFKA_HOST`/`SKEWLESS_KAFKA_PORT`; the topics the worker reads and writes must
   exist, else the `SKEWLESS_TOPIC_*` setting of each missing one.
@@ -21,6 +23,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from typing import Any, cast
 
 import redis
 
@@ -57,28 +60,50 @@ def _within(deadline_s: float, attempt: Callable[[], str | None], what: str) -> 
 def check_redis(settings: Settings) -> None:
     address = f"{settings.redis_host}:{settings.redis_port}"
 
+    def refused(exc: BaseException) -> ConfigurationError:
+        if settings.redis_password is None:
+            return ConfigurationError(
+                f"Redis at {address} wants a password ({exc}): set {_env('redis_password')}"
+            )
+        return ConfigurationError(
+            f"Redis at {address} refused the password ({exc}): check {_env('redis_password')}"
+        )
+
     def ping() -> str | None:
-        client = redis_server.client(settings)
+        try:
+            client = redis_server.client(settings)  # a cluster client connects here
+        except redis.exceptions.RedisClusterException as exc:
+            cause = exc.__cause__
+            if isinstance(cause, redis.exceptions.AuthenticationError):
+                raise refused(cause) from None
+            if "not enabled" in str(cause):
+                raise ConfigurationError(
+                    f"Redis at {address} is not a node of a Redis Cluster ({cause}): unset "
+                    f"{_env('redis_cluster')} or point {_env('redis_host', 'redis_port')} at "
+                    "a node of the cluster"
+                ) from None
+            return f"{type(exc).__name__}: {exc}"  # unreachable, or slots not all served yet
         try:
             client.ping()
+            cluster_info = cast(dict[str, Any], client.info("cluster"))
+            if not settings.redis_cluster and cluster_info.get("cluster_enabled"):
+                raise ConfigurationError(
+                    f"Redis at {address} is a node of a Redis Cluster: set "
+                    f"{_env('redis_cluster')}=true"
+                )
             return None
         except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError) as exc:
-            if settings.redis_password is None:
-                raise ConfigurationError(
-                    f"Redis at {address} wants a password ({exc}): set {_env('redis_password')}"
-                ) from None
-            raise ConfigurationError(
-                f"Redis at {address} refused the password ({exc}): check {_env('redis_password')}"
-            ) from None
-        except redis.exceptions.RedisError as exc:
+            raise refused(exc) from None
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
             return f"{type(exc).__name__}: {exc}"
         finally:
             client.close()
 
-    reason = _within(settings.service_start_timeout_s, ping, f"Redis at {address}")
+    what = f"Redis {'Cluster ' if settings.redis_cluster else ''}at {address}"
+    reason = _within(settings.service_start_timeout_s, ping, what)
     if reason is not None:
         raise ConfigurationError(
-            f"no Redis answers at {address} after {settings.service_start_timeout_s:g} s "
+            f"no {what} answers after {settings.service_start_timeout_s:g} s "
             f"({reason}): check {_env('redis_host', 'redis_port')} or start it "
             "(`make services-up`)"
         )

@@ -84,6 +84,15 @@ BATCH_DEPENDENCIES = ("redis", "kafka", "scoring")
 """Faults a committed batch proves over (the registry's are the champion watcher's)."""
 
 _REDIS_FAULT_REPLIES = ("OOM", "READONLY", "MASTERDOWN", "LOADING", "NOSCRIPT", "BUSY")
+_REDIS_FAULTS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    # a Redis Cluster in flux after `redis_batch`'s own retries: down, slots moving, unserved
+    redis.exceptions.ClusterError,
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+)
 
 
 class ScoringFaultError(RuntimeError):
@@ -95,16 +104,15 @@ def fault_dependency(exc: BaseException) -> str | None:
     to wait out: a bad event (isolated by bisecting) or a stopped producer (fatal).
 
     Faults: Redis unreachable or restarting (after the client's own retries) or answering that
-    it cannot write now; any Kafka error or failed delivery; `ScoringFaultError`.
+    it cannot write now, a Redis Cluster down or moving slots; any Kafka error or failed
+    delivery; `ScoringFaultError`.
     """
     if isinstance(exc, DeliveryError | KafkaError) and not isinstance(exc, DeliveryStoppedError):
         return "kafka"
     if isinstance(exc, ScoringFaultError):
         return "scoring"
     reply = str(exc)
-    redis_fault = isinstance(
-        exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
-    ) or (
+    redis_fault = isinstance(exc, _REDIS_FAULTS) or (
         isinstance(exc, redis.exceptions.ResponseError)
         and (reply.startswith(_REDIS_FAULT_REPLIES) or "function not found" in reply.lower())
     )

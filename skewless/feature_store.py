@@ -151,6 +151,7 @@ def repo_config(settings: Settings) -> RepoConfig:
     config.online_config = {
         **config.online_config,
         "connection_string": redis_connection_string(settings),
+        "redis_type": "redis_cluster" if settings.redis_cluster else "redis",
     }
     return config
 

@@ -4,7 +4,7 @@ The bytes are Feast's own (entity key serialization v3, murmur3 field names, `Va
 values, a protobuf `Timestamp` per view), so `feast materialize`, `get_online_features` and
 our batch writer and reader agree; a contract test holds them to it. What this module saves is
 Feast's per-call overhead: keys and field names are built once per view, and a whole batch
-goes in one round trip.
+goes in one round trip (in a Redis Cluster, one write per node, all nodes at once).
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from itertools import chain
 
 import mmh3
 import numpy as np
-import redis
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from skewless import redis_batch
 from skewless.aggregation import WindowAggregation
-from skewless.redis_batch import Command
+from skewless.redis_batch import Client, Command
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INT64_TYPE = 4
@@ -152,7 +151,7 @@ class OnlineView:
 
     def write_micros(
         self,
-        client: redis.Redis,
+        client: Client,
         entity_ids: Sequence[int],
         values: np.ndarray,
         event_micros: Sequence[int],
@@ -164,7 +163,7 @@ class OnlineView:
 
     def write(
         self,
-        client: redis.Redis,
+        client: Client,
         entity_ids: Sequence[int],
         values: np.ndarray,
         event_times: Sequence[datetime],
@@ -173,16 +172,14 @@ class OnlineView:
         return self.write_micros(client, entity_ids, values, [_micros(t) for t in event_times])
 
     def read(
-        self, client: redis.Redis, entity_ids: Sequence[int]
+        self, client: Client, entity_ids: Sequence[int]
     ) -> tuple[np.ndarray, list[datetime | None]]:
         """Rows of `entity_ids` (NaN where missing) and their event times, in one round trip."""
         from feast.protos.feast.types.Value_pb2 import Value
 
-        fields = [*self._fields, self.timestamp_field]
-        with client.pipeline(transaction=False) as pipe:
-            for entity_id in entity_ids:
-                pipe.hmget(self.redis_key(int(entity_id)), fields)  # type: ignore[arg-type]
-            replies = pipe.execute()
+        fields = (*self._fields, self.timestamp_field)
+        commands = [(b"HMGET", self.redis_key(int(entity_id)), *fields) for entity_id in entity_ids]
+        replies = redis_batch.execute(client, commands)
         values = np.full((len(entity_ids), len(self.features)), np.nan)
         times: list[datetime | None] = []
         for row, reply in enumerate(replies):

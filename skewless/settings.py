@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     redis_host: str = Field("127.0.0.1", description="Redis address")
     redis_port: int = Field(6379, ge=1, le=65535, description="Redis port")
     redis_password: SecretStr | None = Field(None, description="Redis password, if any")
+    redis_cluster: bool = Field(
+        False,
+        description="true: redis_host:redis_port is one node of a Redis Cluster; clients find "
+        "the others, group batched commands per node, and `services up` starts a local "
+        "three-node cluster on redis_port, redis_port + 1 and redis_port + 2",
+    )
     redis_appendfsync: Literal["always", "everysec"] = Field(
         "always",
         description="when the Redis we start fsyncs its append-only file: `always` before it "

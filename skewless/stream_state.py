@@ -11,26 +11,28 @@ tiles get new keys):
 - `...:e`, a sorted set of its events (score: event time in microseconds; member: event time as
   little-endian int64, order key as big-endian offset binary, value columns as little-endian
   float64).
-- `...:t:i`, a hash from order key (transaction id, 8 bytes) to the member counted for it:
+- `...:i`, a hash from order key (transaction id, 8 bytes) to the member counted for it:
   what makes writes idempotent *by identity*. An event whose member is already there changes
   nothing (a replay is never counted twice); one with the same id and another member (a
   re-sent transaction with a new amount or time, a corrected label) replaces it: the old
   member leaves the events and the tiles (with its day's sub-tiles built again from the
   events), the new one comes in.
-- for a delayed declaration (labels), `...:t:k`, a sorted set of the transactions its entity
+- for a delayed declaration (labels), `...:k`, a sorted set of the transactions its entity
   was sent (member: order key, score: time): a label counts at the time of the transaction it
   names, and only for a transaction of this set. A label for one not there (yet) waits in
-  `...:t:p` (a sorted set of waiting members by claimed time; in the index as `p` + member)
+  `...:p` (a sorted set of waiting members by claimed time; in the index as `p` + member)
   and is counted when the transaction comes; one still waiting once older than the tiles kept
   is removed and returned as refused (`StreamState.take_refused`).
 - `...:t`, a hash: `days`, the entity's *top tiles* (by default days) as one packed array of
   running aggregates (entry i: count and sums of the top tiles from the first kept to it), and
   `meta`: the watermark, the first top tile kept, and the time of the latest event ever
   removed or dropped.
-- `...:t:<tile>`, for a top tile holding more than `raw_scan_max` events only: the packed
-  array of its sub-tiles one level finer (by default its 24 hours), and for each of those
-  holding more than `raw_scan_max` events the array of its own sub-tiles (its 60 minutes).
-  Such arrays are built from the events when their tile goes over the limit, then kept up.
+- `...:a`, a hash of sub-tile arrays (absent until needed): for a top tile holding more than
+  `raw_scan_max` events, field `<tile>/1:0` is the packed array of its sub-tiles one level
+  finer (by default its 24 hours), and for each of those holding more than `raw_scan_max`
+  events a field `<tile>/2:<index>` the array of its own sub-tiles (its 60 minutes). Such
+  arrays are built from the events when their tile goes over the limit, then kept up.
+These six keys are every key a call touches for the entity, and the call names them all.
 Tile widths and the limit are declared next to the aggregations (`STATE_TILES`).
 
 **Exact windows.** For an event at `t`, a window of `w` covers `t - d - w < e <= t - d`
@@ -64,8 +66,10 @@ over a state that went further gets every event after `until - horizon` again, a
 from `until` on are complete.
 
 **Round trips.** One pipelined write per batch: per declaration, `FCALL`s of up to
-`MAX_ENTITIES_PER_CALL` entities each (all keys of an entity in one slot; a cluster client
-would group the entities of a call by slot). For each entity the call adds its events of the
+`MAX_ENTITIES_PER_CALL` entities each. In a Redis Cluster a call holds the entities of one slot
+only (every key of an entity is in its slot, and a call declares all the keys it touches), so
+the calls are ordered by slot then entity and split where the slot changes; `redis_batch` sends
+each node its calls in one write, all nodes at once. For each entity the call adds its events of the
 batch, removes what is too old, then computes the windows of the batch's events that need
 them, so reads see the batch's own events. A declaration without delay is fed by
 transactions; a delayed one (its values include the label) is fed by label events. Times must
@@ -86,10 +90,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import redis
+from redis.crc import key_slot
 
 from skewless import redis_batch
 from skewless.aggregation import Function, StateTiles, WindowAggregation
-from skewless.redis_batch import Command
+from skewless.redis_batch import Client, Command
 
 logger = logging.getLogger(__name__)
 
@@ -178,10 +183,21 @@ class StreamAggregation:
     def horizon_micros(self) -> int:
         return self.declaration.horizon.days * MICROS_PER_DAY
 
-    def keys(self, entity_id: int) -> tuple[bytes, bytes]:
-        """The entity's events key and tiles key (its per-tile keys extend the latter)."""
+    def keys(self, entity_id: int) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
+        """The entity's events, tiles, sub-tile arrays, index, known transactions and waiting
+        labels keys: every key of the entity."""
         head = b"%s%d}:" % (self._key_head, entity_id)
-        return head + b"e", head + b"t"
+        return head + b"e", head + b"t", head + b"a", head + b"i", head + b"k", head + b"p"
+
+    def slot(self, entity_id: int) -> int:
+        """The Redis Cluster slot of every key of the entity (its hash tag's)."""
+        return key_slot(self.keys(entity_id)[0])
+
+    def slots(self, entity_ids: np.ndarray) -> np.ndarray:
+        """The slot of each entity of `entity_ids`."""
+        unique, inverse = np.unique(entity_ids, return_inverse=True)
+        slots = np.fromiter(map(self.slot, unique.tolist()), dtype=np.int64, count=len(unique))
+        return slots[inverse]
 
     def pack(
         self, times: np.ndarray, orders: np.ndarray, values: Mapping[str, np.ndarray]
@@ -249,11 +265,12 @@ class RefusedEvent:
 
 
 class StreamState:
-    """All declarations' streaming state in one Redis, one pipelined write per batch."""
+    """All declarations' streaming state in one Redis or one Redis Cluster, one pipelined
+    write per batch."""
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         declarations: Sequence[WindowAggregation],
         prefix: str = KEY_PREFIX,
         tiles: StateTiles | None = None,
@@ -266,9 +283,12 @@ class StreamState:
             for d in declarations
         )
         self._loaded = False
+        self._by_slot = isinstance(client, redis.RedisCluster)
+        """Calls hold one slot's entities only: a cluster refuses keys of several slots."""
 
     def load_function(self) -> None:
-        """Load (or replace) the state's Redis Function library."""
+        """Load (or replace) the state's Redis Function library (on every primary of a
+        cluster: redis-py sends `FUNCTION LOAD` to all of them)."""
         self.client.function_load(LIBRARY.read_text(), replace=True)
         self._loaded = True
 
@@ -285,6 +305,13 @@ class StreamState:
             self.load_function()
             return redis_batch.execute(self.client, commands)
 
+    def _call_order(self, agg: StreamAggregation, entities: np.ndarray) -> np.ndarray:
+        """The stable permutation putting rows in call order: by entity, or in a cluster by
+        slot then entity."""
+        if not self._by_slot:
+            return np.argsort(entities, kind="stable")
+        return np.lexsort((entities, agg.slots(entities)))
+
     def _calls(
         self,
         agg: StreamAggregation,
@@ -294,8 +321,8 @@ class StreamState:
         known: Columns | None = None,
     ) -> tuple[list[Command], np.ndarray, list[list[int]]]:
         """Calls registering the `known` transactions (a delayed declaration's), adding
-        `events` and computing `queries`, entity by entity (in ascending order, an entity with
-        very many events over several calls); with the query rows in the order of the replies'
+        `events` and computing `queries`, entity by entity (in call order, an entity with very
+        many events over several calls); with the query rows in the order of the replies'
         results, and each call's entities."""
         decl = agg.declaration
         parts: dict[int, list[tuple[bytes, bytes, bytes]]] = {}
@@ -303,7 +330,7 @@ class StreamState:
         size = agg.dtype.itemsize
         if events is not None and len(events[decl.entity_key]):
             entities = np.asarray(events[decl.entity_key], dtype=np.int64)
-            by_entity = np.argsort(entities, kind="stable")
+            by_entity = self._call_order(agg, entities)
             packed = agg.pack(
                 np.asarray(events[decl.event_time], dtype=np.int64)[by_entity],
                 np.asarray(events[decl.order_key], dtype=np.int64)[by_entity],
@@ -324,28 +351,37 @@ class StreamState:
                 calls = parts.setdefault(entity, [(b"", b"", b"")])
                 calls[-1] = (calls[-1][0], packed, calls[-1][2])
             entities = np.asarray(queries[decl.entity_key], dtype=np.int64)
-            by_entity = np.argsort(entities, kind="stable")
+            by_entity = self._call_order(agg, entities)
         commands: list[Command] = []
         call_entities: list[list[int]] = []
         group: list[Part] = []
         events_in_group = 0
-        for entity in sorted(parts):
+        group_slot = -1
+        if self._by_slot:
+            slot_of = {entity: agg.slot(entity) for entity in parts}
+            ordered = sorted(parts, key=lambda entity: (slot_of[entity], entity))
+        else:
+            ordered = sorted(parts)
+        for entity in ordered:
+            slot = slot_of[entity] if self._by_slot else -1
             for members, asked, registered in parts[entity]:
                 if group and (
                     len(group) >= MAX_ENTITIES_PER_CALL
                     or events_in_group + len(members) // size + len(registered) // 16
                     > MAX_EVENTS_PER_CALL
+                    or slot != group_slot
                 ):
                     commands.append(agg.call(group, until))
                     call_entities.append([part[0] for part in group])
                     group, events_in_group = [], 0
                 group.append((entity, members, asked, registered))
                 events_in_group += len(members) // size + len(registered) // 16
+                group_slot = slot
         if group:
             commands.append(agg.call(group, until))
             call_entities.append([part[0] for part in group])
         if queries is not None and len(queries[decl.entity_key]):
-            rows = [by_entity]  # entities ascending, each entity's rows in their order
+            rows = [by_entity]  # entities in call order, each entity's rows in their order
         order = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
         return commands, order, call_entities
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pytest
@@ -24,7 +24,7 @@ from serving.scoring import build_core
 from serving.validation import EventLimits
 from skewless.data import write_transactions
 from skewless.feature_store import export_environment
-from skewless.services import kafka, mlflow_server, redis_server
+from skewless.services import kafka, mlflow_server, redis_cluster, redis_server
 from skewless.settings import Settings, load_settings
 from skewless.simulator import SimulationParams, simulate
 from training.model import TrainingParams
@@ -69,6 +69,59 @@ def redis_service(service_settings: Settings) -> Iterator[Settings]:
     redis_server.start(service_settings)
     yield service_settings
     redis_server.stop(service_settings)
+
+
+def start_redis_cluster(base: Settings, runtime_dir: Path | None = None) -> PrivateCluster:
+    """A three-node Redis Cluster on free loopback ports, started like `services up` starts
+    one; its settings (`redis_cluster=True`, `redis_port` its first node) are `base`'s."""
+    ports: set[int] = set()
+    while len(ports) < 2 * redis_cluster.NODES:
+        ports.add(free_port())
+    client_ports, bus_ports = sorted(ports)[:3], sorted(ports)[3:]
+    values = base.model_dump()
+    values.update(redis_port=client_ports[0], redis_cluster=True)
+    if runtime_dir is not None:
+        values.update(runtime_dir=runtime_dir)
+    cluster = PrivateCluster(load_settings(**values), client_ports, bus_ports)
+    cluster.start()
+    return cluster
+
+
+@dataclass(frozen=True)
+class PrivateCluster:
+    settings: Settings
+    ports: list[int]
+    bus_ports: list[int]
+
+    def start(self) -> None:
+        """Start the nodes that are not running; wait until the cluster is ok."""
+        redis_cluster.start(self.settings, self.ports, self.bus_ports)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_service(service_settings: Settings) -> Iterator[Settings]:
+    """A private three-node Redis Cluster for the session (`redis_cluster=True` settings whose
+    `redis_port` is its first node)."""
+    cluster = start_redis_cluster(service_settings)
+    yield cluster.settings
+    redis_cluster.stop(cluster.settings)
+
+
+@pytest.fixture
+def restored_environment() -> Iterator[None]:
+    """The process environment back as it was after the test: materializing or opening the
+    Feast store exports the test's settings (a cluster's among them) to the process."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def state_redis(request: pytest.FixtureRequest) -> Settings:
+    """The session's single Redis, then its Redis Cluster: tests of the state run on both."""
+    name = "redis_service" if request.param == "redis" else "redis_cluster_service"
+    return cast(Settings, request.getfixturevalue(name))
 
 
 @pytest.fixture(scope="session")

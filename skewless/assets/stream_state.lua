@@ -2,8 +2,8 @@
 -- Streaming window state of a declaration's entities: events in, window aggregates out.
 -- The design (keys, tiles, window formula, removal) is in skewless/stream_state.py.
 --
--- FCALL skewless_state_v2 <2n> <events key 1> <tiles key 1> ... <config>
---       <events 1> <queries 1> <known 1> ...
+-- FCALL skewless_state_v2 <6n> <events key 1> <tiles key 1> <arrays key 1> <index key 1>
+--   <known key 1> <pending key 1> ... <config> <events 1> <queries 1> <known 1> ...
 --   config: packed <f8: levels, level widths (us, coarsest first), windows, window widths (us),
 --           delay (us), horizon (us), allowed lateness (us), value columns, raw scan limit,
 --           and for a load of the state a stream starting at `until` needs: until (us; else -inf)
@@ -15,21 +15,22 @@
 -- entity, the events refused: per label whose transaction the entity did not know within the
 -- state's horizon, its entity's position in the call (<f8) and its member}.
 --
--- Identity: the order key (the transaction id) identifies an event within its entity. The hash
--- `<tiles key>:i` maps it to the member counted for it; an event whose member differs replaces
+-- Identity: the order key (the transaction id) identifies an event within its entity. The index
+-- hash maps it to the member counted for it; an event whose member differs replaces
 -- that member (removed from the events and the tiles, the new one added), an identical one is a
 -- no-op. A delayed declaration's events (labels) count at the time of the transaction they
--- name, known from the sorted set `<tiles key>:k` (score: time, member: order key); a label
--- for a transaction not known yet waits in the sorted set `<tiles key>:p` (and in the index
+-- name, known from the known sorted set (score: time, member: order key); a label for a
+-- transaction not known yet waits in the pending sorted set (and in the index
 -- as 'p' .. member) until the transaction comes, and is refused once older than the tiles kept.
 --
 -- An aggregate is `width` doubles: a count, then one sum per value column. The top tiles of an
 -- entity are one packed array of *running* aggregates (entry i: tiles base..base+i) in the
 -- `days` field of its tiles hash, after `base` (so a run of whole tiles costs two entries).
--- In the hash `<tiles key>:<top tile>`, each tile holding more than `raw scan limit` events
--- has the packed array of its sub-tiles one level finer, field `<level>:<index of the tile at
--- its own level within the top tile>`. A tile holding at most that many events is read from
--- the sorted set of events instead. Allocation is what costs most in Redis's Lua: the code
+-- In the arrays hash, each tile holding more than `raw scan limit` events has the packed array
+-- of its sub-tiles one level finer, field `<top tile>/<level>:<index of the tile at its own
+-- level within the top tile>`. A tile holding at most that many events is read from the
+-- sorted set of events instead. The six keys of an entity are all the keys a call touches
+-- (one hash tag: one Redis Cluster slot). Allocation is what costs most in Redis's Lua: the code
 -- reuses tables and reads packed entries in place.
 
 local formats = {}
@@ -111,16 +112,17 @@ local function member_values(member, config)
 end
 
 -- Add the events (list of {time, values}) under the tile [start, start + widths[level]) of
--- top tile hash `key` to the array of its sub-tiles, and recurse into the sub-tiles that hold
--- more than the raw scan limit. `fresh`: the array does not exist yet and `events` are all
--- the tile's events (the tile just went over the limit). `fetch(start, span)`: the events of
--- [start, start + span).
-local function add_to_array(key, level, start, top_start, events, fresh, fetch, config)
+-- the top tile whose fields in arrays hash `key` begin with `tile_prefix` to the array of its
+-- sub-tiles, and recurse into the sub-tiles that hold more than the raw scan limit. `fresh`:
+-- the array does not exist yet and `events` are all the tile's events (the tile just went over
+-- the limit). `fetch(start, span)`: the events of [start, start + span).
+local function add_to_array(key, tile_prefix, level, start, top_start, events, fresh, fetch,
+    config)
   local widths, width = config.widths, config.width
   if level >= #widths then return end
   local sub = widths[level + 1]
   local fanout = widths[level] / sub
-  local field = level .. ':' .. math.floor((start - top_start) / widths[level])
+  local field = tile_prefix .. level .. ':' .. math.floor((start - top_start) / widths[level])
   local flat
   if fresh then
     flat = {}
@@ -145,23 +147,38 @@ local function add_to_array(key, level, start, top_start, events, fresh, fetch, 
     if after > config.raw_scan_max then
       local entry_start = start + index * sub
       if fresh or after - #list > config.raw_scan_max then
-        add_to_array(key, level + 1, entry_start, top_start, list, fresh, fetch, config)
+        add_to_array(key, tile_prefix, level + 1, entry_start, top_start, list, fresh, fetch,
+          config)
       else
         local all = fetch(entry_start, sub)
-        add_to_array(key, level + 1, entry_start, top_start, all, true, fetch, config)
+        add_to_array(key, tile_prefix, level + 1, entry_start, top_start, all, true, fetch,
+          config)
       end
     end
   end
 end
 
+-- Delete the sub-tile arrays of the top tiles in `tiles` (a list) from arrays hash `key`.
+local function drop_arrays(key, tiles)
+  if #tiles == 0 then return end
+  local prefixes = {}
+  for _, tile in ipairs(tiles) do prefixes[tile .. '/'] = true end
+  local doomed = {}
+  for _, name in ipairs(redis.call('HKEYS', key)) do
+    local slash = string.find(name, '/', 1, true)
+    if slash and prefixes[string.sub(name, 1, slash)] then doomed[#doomed + 1] = name end
+  end
+  for first = 1, #doomed, 1000 do
+    redis.call('HDEL', key, unpack(doomed, first, math.min(first + 999, #doomed)))
+  end
+end
+
 -- One entity: register the transactions it knows, add its events, remove what is too old,
--- append its queries' windows to `out` and the order keys of its refused events to `refused`.
-local function entity(config, position, events_key, tiles_key, events, queries, known, out,
-                      refused)
+-- append its queries' windows to `out` and its refused events to `refused`.
+local function entity(config, position, events_key, tiles_key, arrays_key, index_key, known_key,
+                      pending_key, events, queries, known, out, refused)
   local widths, width, top = config.widths, config.width, config.widths[1]
   local size, raw_scan_max = config.member_size, config.raw_scan_max
-  local index_key, known_key = tiles_key .. ':i', tiles_key .. ':k'
-  local pending_key = tiles_key .. ':p'
 
   -- All events of [start, start + span), as {time, values}.
   local function events_between(start, span)
@@ -227,12 +244,14 @@ local function entity(config, position, events_key, tiles_key, events, queries, 
     decode(0)
     local previous = 0
     local removed = false
+    local busy = {}
     for i = 0, drop - 1 do
       local tile_count = flat[i * width + 1] - previous
       previous = flat[i * width + 1]
       if tile_count > 0 then removed = true end
-      if tile_count > raw_scan_max then redis.call('DEL', tiles_key .. ':' .. (base + i)) end
+      if tile_count > raw_scan_max then busy[#busy + 1] = base + i end
     end
+    drop_arrays(arrays_key, busy)
     local rest = {}
     for i = drop * width + 1, day_count * width do
       local j = (i - 1) % width + 1
@@ -388,20 +407,21 @@ local function entity(config, position, events_key, tiles_key, events, queries, 
           net = net + sign
           if sign < 0 then replaced = true end
         end
-        local key, start = tiles_key .. ':' .. tile, tile * top
+        local tile_prefix, start = tile .. '/', tile * top
         if replaced then  -- (rare: the tile's sub-tiles are built again from its events)
-          if before > raw_scan_max then redis.call('DEL', key) end
+          if before > raw_scan_max then drop_arrays(arrays_key, {tile}) end
           if before + net > raw_scan_max then
-            add_to_array(key, 1, start, start, events_between(start, top), true, events_between,
-              config)
+            add_to_array(arrays_key, tile_prefix, 1, start, start, events_between(start, top),
+              true, events_between, config)
           end
         elseif before + net > raw_scan_max then
           if before > raw_scan_max then
-            add_to_array(key, 1, start, start, list, false, events_between, config)
-          else
-            redis.call('DEL', key)
-            add_to_array(key, 1, start, start, events_between(start, top), true, events_between,
+            add_to_array(arrays_key, tile_prefix, 1, start, start, list, false, events_between,
               config)
+          else
+            drop_arrays(arrays_key, {tile})
+            add_to_array(arrays_key, tile_prefix, 1, start, start, events_between(start, top), true,
+              events_between, config)
           end
         end
       end
@@ -468,19 +488,19 @@ local function entity(config, position, events_key, tiles_key, events, queries, 
     running(parent, -1, tile - 1)
     local start = tile * top
     local parent_start = start
-    local key
+    local tile_prefix
     for level = 1, #widths - 1 do
       if parent[1] == 0 then return end
       if parent[1] <= raw_scan_max then break end
-      key = key or tiles_key .. ':' .. tile
+      tile_prefix = tile_prefix or tile .. '/'
       local sub = widths[level + 1]
       local fanout = widths[level] / sub
-      local field = level .. ':' .. math.floor((parent_start - start) / widths[level])
-      local name = key .. '|' .. field
-      local packed = arrays[name]
+      local index = math.floor((parent_start - start) / widths[level])
+      local field = tile_prefix .. level .. ':' .. index
+      local packed = arrays[field]
       if not packed then
-        packed = redis.call('HGET', key, field)
-        arrays[name] = packed
+        packed = redis.call('HGET', arrays_key, field)
+        arrays[field] = packed
       end
       local at = math.floor((x - parent_start) / sub)
       if at <= fanout - at then
@@ -541,9 +561,10 @@ local function apply(keys, args)
   local config = read_config(args[1])
   local out, refused = {}, {}
   local added = 0
-  for i = 1, #keys / 2 do
-    added = added + entity(config, i - 1, keys[2 * i - 1], keys[2 * i], args[3 * i - 1],
-      args[3 * i], args[3 * i + 1], out, refused)
+  for i = 1, #keys / 6 do
+    local k = 6 * (i - 1)
+    added = added + entity(config, i - 1, keys[k + 1], keys[k + 2], keys[k + 3], keys[k + 4],
+      keys[k + 5], keys[k + 6], args[3 * i - 1], args[3 * i], args[3 * i + 1], out, refused)
   end
   return {added, table.concat(out), table.concat(refused)}
 end

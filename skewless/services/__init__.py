@@ -8,6 +8,7 @@ touch a server.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from skewless.services.process import ManagedProcess, ServiceError
@@ -43,12 +44,22 @@ def install(settings: Settings) -> None:
 
 
 def up(settings: Settings, with_mlflow: bool = True, with_prometheus: bool = True) -> None:
-    """Start every server that is not running yet and wait until each answers."""
-    from skewless.services import kafka, mlflow_server, prometheus_server, redis_server
+    """Start every server that is not running yet and wait until each answers (with
+    `redis_cluster`, a local three-node Redis Cluster instead of the single Redis)."""
+    from skewless.services import (
+        kafka,
+        mlflow_server,
+        prometheus_server,
+        redis_cluster,
+        redis_server,
+    )
     from skewless.services.java import check_java
 
     check_java()
-    redis_server.start(settings)
+    if settings.redis_cluster:
+        redis_cluster.start(settings)
+    else:
+        redis_server.start(settings)
     kafka.start(settings)
     if with_mlflow:
         mlflow_server.start(settings)
@@ -58,7 +69,13 @@ def up(settings: Settings, with_mlflow: bool = True, with_prometheus: bool = Tru
 
 def down(settings: Settings) -> list[str]:
     """Stop every server we started; returns the names of those that were running."""
-    from skewless.services import kafka, mlflow_server, prometheus_server, redis_server
+    from skewless.services import (
+        kafka,
+        mlflow_server,
+        prometheus_server,
+        redis_cluster,
+        redis_server,
+    )
 
     stopped = []
     for name, stop in (
@@ -66,6 +83,7 @@ def down(settings: Settings) -> list[str]:
         ("mlflow", mlflow_server.stop),
         ("kafka", kafka.stop),
         ("redis", redis_server.stop),
+        ("redis-cluster", redis_cluster.stop),
     ):
         if stop(settings):
             stopped.append(name)
@@ -74,15 +92,27 @@ def down(settings: Settings) -> list[str]:
 
 def status(settings: Settings) -> list[ServiceStatus]:
     """Pid and health of each server."""
-    from skewless.services import kafka, mlflow_server, prometheus_server, redis_server
+    from skewless.services import (
+        kafka,
+        mlflow_server,
+        prometheus_server,
+        redis_cluster,
+        redis_server,
+    )
 
+    redis_address = f"{settings.redis_host}:{settings.redis_port}"
+    redis_check: tuple[str, str, Callable[[Settings], bool]]
+    if settings.redis_cluster:  # (the pid shown is the first node's)
+        redis_check = (
+            redis_cluster.node_process(settings, settings.redis_port).name,
+            redis_address,
+            redis_cluster.is_ready,
+        )
+    else:
+        redis_check = (redis_server.NAME, redis_address, redis_server.is_ready)
     checks = (
         (kafka.NAME, settings.kafka_bootstrap, kafka.is_ready),
-        (
-            redis_server.NAME,
-            f"{settings.redis_host}:{settings.redis_port}",
-            redis_server.is_ready,
-        ),
+        redis_check,
         (mlflow_server.NAME, mlflow_server.url(settings), mlflow_server.is_ready),
         (prometheus_server.NAME, prometheus_server.url(settings), prometheus_server.is_ready),
     )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
+from skewless.redis_batch import Client
 from skewless.services.apt import ensure_package
 from skewless.services.process import (
     Endpoint,
@@ -40,13 +42,24 @@ RETRIES = 6
 4 s in all); a longer outage raises to the caller, whose own policy waits it out."""
 
 
-def client(settings: Settings) -> redis.Redis:
+def client(settings: Settings) -> Client:
     """A redis-py client for the configured server that retries transient faults itself.
 
     Every command the platform sends is idempotent (state members and online rows are set,
-    not incremented), so a pipeline sent again after a reset connection is safe.
+    not incremented), so a pipeline sent again after a reset connection is safe. With
+    `SKEWLESS_REDIS_CLUSTER`, a `redis.RedisCluster` that found the cluster's nodes and slot
+    map from the configured node (it connects now, and raises if no node answers).
     """
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    if settings.redis_cluster:
+        return redis.RedisCluster(
+            host=settings.redis_host,
+            port=settings.redis_port,
+            password=password,
+            socket_connect_timeout=2.0,
+            socket_timeout=30.0,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), RETRIES),
+        )
     return redis.Redis(
         host=settings.redis_host,
         port=settings.redis_port,
@@ -91,18 +104,14 @@ def is_ready(settings: Settings) -> bool:
     return answers(lambda: _pong(settings), NAME)
 
 
-def start(settings: Settings) -> ManagedProcess:
-    """Start Redis unless it already answers; idempotent."""
-    process = ManagedProcess(NAME, settings.runtime_dir)
-    if already_running(process, lambda: is_ready(settings), endpoint(settings)):
-        return process
+def server_argv(settings: Settings, port: int, data_dir: Path) -> list[str]:
+    """`redis-server` on loopback `port`, its append-only file in `data_dir` (created)."""
     binary = ensure_installed()
-    data_dir = settings.runtime_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         binary,
         "--bind", settings.redis_host,
-        "--port", str(settings.redis_port),
+        "--port", str(port),
         "--dir", str(data_dir),
         "--save", "",
         "--appendonly", "yes",
@@ -112,7 +121,16 @@ def start(settings: Settings) -> ManagedProcess:
     ]  # fmt: skip
     if settings.redis_password:
         argv += ["--requirepass", settings.redis_password.get_secret_value()]
-    process.start(argv)
+    return argv
+
+
+def start(settings: Settings) -> ManagedProcess:
+    """Start Redis unless it already answers; idempotent."""
+    process = ManagedProcess(NAME, settings.runtime_dir)
+    if already_running(process, lambda: is_ready(settings), endpoint(settings)):
+        return process
+    data_dir = settings.runtime_dir / "redis"
+    process.start(server_argv(settings, settings.redis_port, data_dir))
     wait_ready(
         process, lambda: _pong(settings), settings.service_start_timeout_s, endpoint(settings)
     )

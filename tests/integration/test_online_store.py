@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import numpy as np
 import pytest
@@ -19,15 +22,26 @@ IDS = [900_010, 900_011, 900_012, 900_013, 900_014]
 NEVER_WRITTEN = 900_099
 
 
-@pytest.fixture(scope="module")
-def applied(redis_service: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+@pytest.fixture(scope="module", params=["redis", "redis-cluster"])
+def applied(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """The repository applied against the session's single Redis, then its Redis Cluster
+    (Feast's online store then reads with `redis_type: redis_cluster`); the settings Feast
+    exported to the process are taken back afterwards."""
+    saved = dict(os.environ)
+    name = "redis_service" if request.param == "redis" else "redis_cluster_service"
+    server = cast(Settings, request.getfixturevalue(name))
     settings = load_settings(
         data_dir=tmp_path_factory.mktemp("online") / "data",
-        runtime_dir=redis_service.runtime_dir,
-        redis_port=redis_service.redis_port,
+        runtime_dir=server.runtime_dir,
+        redis_port=server.redis_port,
+        redis_cluster=server.redis_cluster,
     )
     feature_store.apply(settings)
-    return settings
+    yield settings
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_redis_key_is_feasts(applied: Settings) -> None:

@@ -85,3 +85,16 @@ def test_serve_with_a_wrong_password_exits_2_before_it_says_it_is_up(
     assert "refused the password" in done.stderr
     assert "SKEWLESS_REDIS_PASSWORD" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_cluster_passes_and_a_mismatched_redis_cluster_setting_is_named(
+    redis_service: Settings, redis_cluster_service: Settings
+) -> None:
+    cluster = _with(redis_cluster_service, metrics_port=free_port())
+    check_serving(cluster, kafka_worker=False)
+    for wrong in (
+        _with(cluster, redis_port=redis_service.redis_port),  # a single Redis as a cluster
+        _with(cluster, redis_cluster=False),  # a cluster node as a single Redis
+    ):
+        with pytest.raises(ConfigurationError, match="SKEWLESS_REDIS_CLUSTER"):
+            check_serving(wrong, kafka_worker=False)

@@ -10,10 +10,10 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 import pytest
-import redis
 
 from feature_repo.aggregations import CUSTOMER_SPENDING, TERMINAL_RISK
 from skewless.aggregation import StateTiles
+from skewless.redis_batch import Client
 from skewless.reference import window_aggregates
 from skewless.services import redis_server
 from skewless.settings import Settings
@@ -91,10 +91,10 @@ def raw() -> pd.DataFrame:
     "tiles", [TILE_PATH, CROSSING, FINE], ids=["tile-path", "crossing", "four-levels"]
 )
 def test_streamed_windows_match_the_reference_on_any_tile_path(
-    redis_service: Settings, raw: pd.DataFrame, tiles: StateTiles
+    state_redis: Settings, raw: pd.DataFrame, tiles: StateTiles
 ) -> None:
     start = pd.Timestamp(datetime(2026, 5, 15, tzinfo=UTC))
-    state = _state(redis_service, tiles)
+    state = _state(state_redis, tiles)
     state.initialize(raw, start.to_pydatetime(), label_delay_days=7)
     streamed = _stream(state, raw, start, seed=1)
     assert len(streamed) > 1000
@@ -102,13 +102,13 @@ def test_streamed_windows_match_the_reference_on_any_tile_path(
 
 
 def test_labels_read_days_ahead_of_the_transactions_remove_nothing_needed(
-    redis_service: Settings, raw: pd.DataFrame
+    state_redis: Settings, raw: pd.DataFrame
 ) -> None:
     """A worker started after a replay was published reads every label of the period before
     its first transactions: labels must not move what the state keeps."""
     start = pd.Timestamp(datetime(2026, 5, 15, tzinfo=UTC))
     end = start + pd.Timedelta(days=12)
-    state = _state(redis_service)
+    state = _state(state_redis)
     state.initialize(raw, start.to_pydatetime(), label_delay_days=7)
     label_times = raw["tx_datetime"] + DELAY
     state.add_labels(raw[(label_times >= start) & (label_times < end)])
@@ -119,11 +119,11 @@ def test_labels_read_days_ahead_of_the_transactions_remove_nothing_needed(
 
 
 def test_a_replay_from_an_earlier_time_over_a_state_that_went_further(
-    redis_service: Settings, raw: pd.DataFrame
+    state_redis: Settings, raw: pd.DataFrame
 ) -> None:
     """`materialize --until` an earlier day on the state of a stream that ran to the end of the
     data (and removed what it no longer needed): the replay's windows are exact again."""
-    state = _state(redis_service, CROSSING)
+    state = _state(state_redis, CROSSING)
     late = pd.Timestamp(datetime(2026, 5, 1, tzinfo=UTC))
     state.initialize(raw, late.to_pydatetime(), label_delay_days=7)
     _stream(state, raw, late, seed=4)  # to the end of the data: removal ran
@@ -134,13 +134,13 @@ def test_a_replay_from_an_earlier_time_over_a_state_that_went_further(
     _assert_matches(replayed, _expected(raw))
 
 
-def test_out_of_order_arrival_gives_the_same_windows(redis_service: Settings) -> None:
+def test_out_of_order_arrival_gives_the_same_windows(state_redis: Settings) -> None:
     """Transactions and labels arrive shuffled across batches; once all are in, every event's
     windows are those of the reference (each window is read from (time, order), not arrival)."""
     raw = simulate(
         SimulationParams(n_customers=60, n_terminals=20, n_days=20, start_date=date(2026, 4, 1))
     ).transactions
-    state = _state(redis_service, TILE_PATH)
+    state = _state(state_redis, TILE_PATH)
     rng = np.random.default_rng(5)
     shuffled = raw.iloc[rng.permutation(len(raw))]
     for part in np.array_split(np.arange(len(shuffled)), 17):
@@ -152,11 +152,9 @@ def test_out_of_order_arrival_gives_the_same_windows(redis_service: Settings) ->
     _assert_matches(got, _expected(raw))
 
 
-def test_replayed_batches_are_never_counted_twice(
-    redis_service: Settings, raw: pd.DataFrame
-) -> None:
+def test_replayed_batches_are_never_counted_twice(state_redis: Settings, raw: pd.DataFrame) -> None:
     start = pd.Timestamp(datetime(2026, 5, 25, tzinfo=UTC))
-    state = _state(redis_service)
+    state = _state(state_redis)
     state.initialize(raw, start.to_pydatetime(), label_delay_days=7)
     state.initialize(raw, start.to_pydatetime(), label_delay_days=7)  # a second load: no-op
     first = _stream(state, raw, start, seed=2)
@@ -166,15 +164,15 @@ def test_replayed_batches_are_never_counted_twice(
     one = raw[raw["tx_datetime"] >= start].head(1)
     client = state.client
     for agg in state.aggregations:
-        events_key, _ = agg.keys(int(one[agg.declaration.entity_key].iloc[0]))
+        events_key = agg.keys(int(one[agg.declaration.entity_key].iloc[0]))[0]
         member = cast(list[bytes], client.zrangebyscore(events_key, "-inf", "+inf"))[0]
         known = member[:16] if agg.fed_by_labels else b""  # (a label needs its transaction)
         for new in (1, 0):  # the function tells whether the member was new
-            call = client.fcall(FUNCTION, 2, *agg.keys(0), agg.config, member, b"", known)
+            call = client.fcall(FUNCTION.decode(), 6, *agg.keys(0), agg.config, member, b"", known)
             assert cast(list[Any], call)[0] == new
 
 
-def test_a_hot_entity_with_ties_at_the_same_microsecond(redis_service: Settings) -> None:
+def test_a_hot_entity_with_ties_at_the_same_microsecond(state_redis: Settings) -> None:
     """One terminal and one customer with ~3 events a minute, many at the same instant."""
     rng = np.random.default_rng(11)
     count = 150_000
@@ -192,7 +190,7 @@ def test_a_hot_entity_with_ties_at_the_same_microsecond(redis_service: Settings)
     # (a stream delivers equal timestamps in id order: an event arriving after one it orders
     # before cannot be in that one's window, here as in any streaming engine)
     start = begin + pd.Timedelta(days=38)
-    state = _state(redis_service)
+    state = _state(state_redis)
     state.initialize(raw, start.to_pydatetime(), label_delay_days=7)
     scored = raw[raw["tx_datetime"] >= start].head(3000)
     label_times = raw["tx_datetime"] + DELAY
@@ -207,20 +205,20 @@ def test_a_hot_entity_with_ties_at_the_same_microsecond(redis_service: Settings)
     _assert_matches(pd.concat(got), _expected(raw))
 
 
-def _events(client: redis.Redis, key: bytes) -> int:
+def _events(client: Client, key: bytes) -> int:
     return cast(int, client.zcard(key))
 
 
-def _keys(client: redis.Redis, state: StreamState) -> list[bytes]:
+def _keys(client: Client, state: StreamState) -> list[bytes]:
     prefix = state.aggregations[0].prefix
     return list(client.scan_iter(match=f"{prefix}:*", count=1000))
 
 
 def test_old_events_and_tiles_go_in_the_same_call_and_late_ones_are_dropped(
-    redis_service: Settings,
+    state_redis: Settings,
 ) -> None:
     state = StreamState(
-        redis_server.client(redis_service),
+        redis_server.client(state_redis),
         (CUSTOMER_SPENDING,),
         f"test:{uuid.uuid4().hex}",
         allowed_lateness=timedelta(days=2),
@@ -240,7 +238,9 @@ def test_old_events_and_tiles_go_in_the_same_call_and_late_ones_are_dropped(
         sizes.append((_events(client, agg.keys(1)[0]), len(_keys(client, state))))
     # retention: horizon 30 days + lateness 2 days, counted in whole days: 32 to 33 days kept
     assert max(size for size, _ in sizes[40:]) == sizes[-1][0] <= 33 * 24
-    assert max(keys for _, keys in sizes[40:]) <= 2 + 34
+    assert max(keys for _, keys in sizes[40:]) == 4  # events, tiles, sub-tile arrays, index
+    # each day over the raw scan limit keeps one array of hours, removed with its day
+    assert 0 < cast(int, client.hlen(agg.keys(1)[2].decode())) <= 34
     # an event older than what is kept is dropped, not counted, and its windows are NaN
     late = pd.DataFrame({
         "transaction_id": [10**9], "tx_datetime": [begin + pd.Timedelta(days=60)],
@@ -248,10 +248,11 @@ def test_old_events_and_tiles_go_in_the_same_call_and_late_ones_are_dropped(
     })  # fmt: skip
     assert np.isnan(state.score_features(late)[agg.declaration.name]).all()
     assert _events(client, agg.keys(1)[0]) == sizes[-1][0]
+    assert client.hlen(agg.keys(1)[3].decode()) == sizes[-1][0]  # the index: no more, no less
 
 
-def test_the_function_is_loaded_again_when_redis_lost_it(redis_service: Settings) -> None:
-    state = _state(redis_service)
+def test_the_function_is_loaded_again_when_redis_lost_it(state_redis: Settings) -> None:
+    state = _state(state_redis)
     row = pd.DataFrame({
         "transaction_id": [1], "tx_datetime": [pd.Timestamp("2026-06-01", tz="UTC")],
         "customer_id": [3], "terminal_id": [4], "tx_amount": [10.0],
@@ -262,9 +263,7 @@ def test_the_function_is_loaded_again_when_redis_lost_it(redis_service: Settings
 
 
 @pytest.mark.parametrize("year", [1700, 1969, 2250])
-def test_windows_at_the_ends_of_the_supported_time_range(
-    redis_service: Settings, year: int
-) -> None:
+def test_windows_at_the_ends_of_the_supported_time_range(state_redis: Settings, year: int) -> None:
     start = pd.Timestamp(datetime(year, 6, 1, tzinfo=UTC))
     times = [start + pd.Timedelta(days=k, seconds=7) for k in range(0, 34, 3)]
     raw = pd.DataFrame({
@@ -272,15 +271,15 @@ def test_windows_at_the_ends_of_the_supported_time_range(
         "customer_id": np.full(len(times), 9), "terminal_id": np.full(len(times), 9),
         "tx_amount": np.arange(len(times), dtype=float), "tx_fraud": np.arange(len(times)) % 2,
     })  # fmt: skip
-    state = _state(redis_service, TILE_PATH)
+    state = _state(state_redis, TILE_PATH)
     state.add_labels(raw)
     got = _frame(state.score_features(raw.drop(columns=["tx_fraud"])), raw.index)
     _assert_matches(got, _expected(raw))
 
 
-def test_windows_of_many_entities_do_not_mix(redis_service: Settings) -> None:
+def test_windows_of_many_entities_do_not_mix(state_redis: Settings) -> None:
     """One customer's huge amounts (inf sums) leave every other customer's windows exact."""
-    state = _state(redis_service, TILE_PATH)
+    state = _state(state_redis, TILE_PATH)
     day = pd.Timedelta(days=1)
     start = pd.Timestamp(datetime(2026, 9, 1, tzinfo=UTC))
     rows = []
@@ -297,7 +296,7 @@ def test_windows_of_many_entities_do_not_mix(redis_service: Settings) -> None:
 
 
 def test_a_resent_transaction_or_a_corrected_label_replaces_never_adds(
-    redis_service: Settings, raw: pd.DataFrame
+    state_redis: Settings, raw: pd.DataFrame
 ) -> None:
     """Mid-stream, transactions come again with new amounts or times and labels come again
     flipped: later windows equal the reference over the corrected data, as if each transaction
@@ -305,7 +304,7 @@ def test_a_resent_transaction_or_a_corrected_label_replaces_never_adds(
     start = pd.Timestamp(datetime(2026, 5, 10, tzinfo=UTC))
     mid = start + pd.Timedelta(days=10)
     rng = np.random.default_rng(21)
-    state = _state(redis_service, CROSSING)
+    state = _state(state_redis, CROSSING)
     state.initialize(raw, start.to_pydatetime(), label_delay_days=7)
     _stream(state, raw[raw["tx_datetime"] < mid], start, seed=6)
 
@@ -344,13 +343,13 @@ def test_a_resent_transaction_or_a_corrected_label_replaces_never_adds(
 
 
 def test_a_label_counts_only_for_a_transaction_its_entity_knows(
-    redis_service: Settings, raw: pd.DataFrame
+    state_redis: Settings, raw: pd.DataFrame
 ) -> None:
     """A label naming no transaction (or another terminal's) never counts: it waits for its
     transaction, and is refused once older than the state keeps; a label read before its
     transaction counts once the transaction comes."""
     start = pd.Timestamp(datetime(2026, 5, 10, tzinfo=UTC))
-    state = _state(redis_service)
+    state = _state(state_redis)
     state.initialize(raw, start.to_pydatetime(), label_delay_days=7)
     terminals = raw["terminal_id"].unique()
     days = [pd.Timedelta(days=d) for d in (-60, 1, 3)]
@@ -372,7 +371,7 @@ def test_a_label_counts_only_for_a_transaction_its_entity_knows(
     _assert_matches(streamed, _expected(raw))  # none of them counted
     assert state.take_refused() == []  # the recent ones still wait: the stream is too short
     pending = [
-        cast(int, state.client.zcard(agg.keys(int(terminal))[1] + b":p"))
+        cast(int, state.client.zcard(agg.keys(int(terminal))[5]))
         for agg in state.aggregations[1:]
         for terminal in {*terminals[1:3], *elsewhere["terminal_id"]}
     ]

@@ -19,17 +19,17 @@ from skewless.stream_state import StreamState
 pytestmark = pytest.mark.integration
 
 
-def test_stream_from_t_matches_reference_for_every_feature(redis_service: Settings) -> None:
+def test_stream_from_t_matches_reference_for_every_feature(state_redis: Settings) -> None:
     raw = simulate(
         SimulationParams(n_customers=150, n_terminals=300, n_days=75, start_date=date(2026, 4, 1))
     ).transactions
-    declarations = load_declarations(redis_service)
+    declarations = load_declarations(state_redis)
     expected = feature_frame(raw, declarations)
     start = pd.Timestamp(datetime(2026, 5, 20, tzinfo=UTC))
     delay = pd.Timedelta(days=7)
 
     prefix = f"test:{uuid.uuid4().hex}"  # a private key space per test run
-    state = StreamState(redis_server.client(redis_service), declarations, prefix)
+    state = StreamState(redis_server.client(state_redis), declarations, prefix)
     state.initialize(raw, start.to_pydatetime(), label_delay_days=7)
 
     stream = raw[raw["tx_datetime"] >= start]

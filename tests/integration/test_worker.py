@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,12 +14,14 @@ import urllib.request
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import redis
 from kafka import KafkaConsumer, KafkaProducer
 
 from monitoring.feature_log import feature_log_rows
@@ -27,6 +30,7 @@ from serving.replay import replay
 from serving.worker import build_worker
 from skewless import registry
 from skewless.feature_store import feast_environment, offline_table_path
+from skewless.services import kafka, redis_server
 from skewless.services.process import wait_for
 from skewless.settings import Settings
 from skewless.spark import spark_session
@@ -122,6 +126,15 @@ def test_replay_from_t_serves_the_backfill_features_exactly(
         [{"transaction_id": b["transaction_id"], **b["features"]} for b in logged]
     )
     served = served.drop_duplicates("transaction_id").set_index("transaction_id")
+    _assert_backfill_features(settings, served, expected)
+
+
+def _assert_backfill_features(
+    settings: Settings, served: pd.DataFrame, expected: pd.DataFrame
+) -> None:
+    """Every served row (index: transaction id, repeats allowed) has the Spark backfill's
+    window features (counts exact, means to 1e-9) and its own amount; every expected
+    transaction was served."""
     assert set(served.index) == set(expected["transaction_id"])
     customers, terminals = (
         pd.read_parquet(offline_table_path(settings, name)).set_index("transaction_id")
@@ -141,6 +154,82 @@ def test_replay_from_t_serves_the_backfill_features_exactly(
             np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=name)
     amounts = expected.set_index("transaction_id")["tx_amount"]
     np.testing.assert_allclose(served["amount"], amounts.loc[served.index])
+
+
+def _group_members(settings: Settings) -> int:
+    """Members of the workers' consumer group once it is stable (0 before)."""
+    client = kafka.admin(settings)
+    try:
+        group = client.describe_groups([settings.consumer_group])[settings.consumer_group]
+    finally:
+        client.close()
+    return len(group["members"]) if group.get("group_state") == "Stable" else 0
+
+
+@pytest.mark.usefixtures("restored_environment")
+def test_two_workers_share_a_redis_cluster_and_serve_the_backfill_features(
+    trained_platform: TrainedPlatform, redis_cluster_service: Settings, tmp_path: Path
+) -> None:
+    """Scale-out: two `skewless serve` processes (each its own SKEWLESS_WORKER_ID) in one
+    group on a 4-partition topic, with the window state and the online rows in a three-node
+    Redis Cluster. A replay from T is scored once per transaction after dedupe by id, each
+    worker scores part of it, and every logged feature vector equals the backfill's."""
+    settings = private_settings(
+        trained_platform,
+        redis_port=redis_cluster_service.redis_port,
+        redis_cluster=True,
+        kafka_partitions=4,
+        batch_max_events=200,
+    )
+    materialize_with_progress(
+        spark_session(settings), settings, trained_platform.data, until=REPLAY_START
+    )
+    expected = _window(trained_platform, 3)
+    assert len(expected) > 2000
+    env = {**os.environ, **feast_environment(settings), "SKEWLESS_METRICS_PORT": "0"}
+    command = [sys.executable, "-m", "skewless", "serve", "--idle-exit-seconds", "15"]
+    workers = []
+    for number in range(2):
+        log = (tmp_path / f"worker-{number}.log").open("w")
+        workers.append(subprocess.Popen(
+            command, env={**env, "SKEWLESS_WORKER_ID": f"worker-{number}"},
+            stdout=subprocess.PIPE, stderr=log, text=True,
+        ))  # fmt: skip
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            assert worker.stdout.readline().startswith("serve:")  # model loaded, preflight ok
+        assert wait_for(lambda: _group_members(settings) == 2, 60, interval_s=0.5)
+        replay(
+            settings, trained_platform.data, REPLAY_START, REPLAY_START + timedelta(days=3), None
+        )
+        outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait(timeout=30)
+    assert [worker.returncode for worker in workers] == [0, 0], [
+        (tmp_path / f"worker-{n}.log").read_text()[-2000:] for n in range(2)
+    ]
+    scored = [int(re.search(r"scored (\d+)", out).group(1)) for out in outputs]  # type: ignore[union-attr]
+    assert min(scored) > 0, outputs  # both workers took part
+    scores = _read_all(settings, settings.topic_scores, len(expected))
+    ids = Counter(body["transaction_id"] for _, body in scores)
+    assert set(ids) == set(expected["transaction_id"])  # once each after dedupe by id
+    assert sum(scored) == len(scores) >= len(expected)
+    logged: list[dict[str, Any]] = []
+    assert wait_for(lambda: len(_logged_rows(settings, logged)) >= len(scores), 60)
+    served = pd.DataFrame(
+        [{"transaction_id": b["transaction_id"], **b["features"]} for b in logged]
+    ).set_index("transaction_id")
+    _assert_backfill_features(settings, served, expected)  # every row, repeats included
+    cluster = redis_server.client(settings)
+    assert isinstance(cluster, redis.RedisCluster)
+    for node in cluster.get_primaries():  # the state is spread over every node
+        state_keys = cluster.get_redis_connection(node).scan_iter(
+            match=f"{settings.stream_state_prefix}:*", count=1000
+        )
+        assert next(state_keys, None) is not None, node
 
 
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])

@@ -48,6 +48,9 @@ def test_settings_replace_the_yaml_registry_and_redis(tmp_path: Path) -> None:
     config = repo_config(settings)
     assert config.registry.path == str(tmp_path / "data" / "feast" / "registry.db")
     assert config.online_store.connection_string == "127.0.0.2:7001,password=s3"
+    assert config.online_store.redis_type == "redis"
+    clustered = repo_config(load_settings(data_dir=tmp_path / "data", redis_cluster=True))
+    assert clustered.online_store.redis_type == "redis_cluster"
     assert os.environ["SKEWLESS_DATA_DIR"] == str(tmp_path / "data")  # for the repo's modules
     sql = load_settings(feast_registry="postgresql://registry@127.0.0.1/feast")
     assert repo_config(sql).registry.registry_type == "sql"

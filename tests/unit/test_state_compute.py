@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from redis.crc import key_slot
 
 from feature_repo.aggregations import CUSTOMER_SPENDING, STATE_TILES, TERMINAL_RISK
 from skewless.aggregation import StateTiles
@@ -24,9 +25,14 @@ def test_tiles_must_nest_and_be_positive() -> None:
 
 def test_every_key_of_an_entity_shares_one_hash_tag() -> None:
     agg = StreamAggregation(TERMINAL_RISK, "p")
-    events, tiles = agg.keys(42)
+    events, tiles, arrays, index, known, pending = agg.keys(42)
     assert events.startswith(f"p:{LAYOUT}.".encode()) and events.endswith(b":{terminal_risk:42}:e")
-    assert tiles == events[:-1] + b"t"
+    head = events[:-1]
+    assert (tiles, arrays, index, known, pending) == tuple(
+        head + n for n in (b"t", b"a", b"i", b"k", b"p")
+    )
+    assert len({key_slot(key) for key in agg.keys(42)}) == 1
+    assert agg.slot(42) == key_slot(b"terminal_risk:42")
     other = StreamAggregation(TERMINAL_RISK, "p", StateTiles(raw_scan_max=3)).keys(42)[0]
     assert other != events  # other tiles, other keys
     with pytest.raises(ValueError, match="braces"):
@@ -69,4 +75,5 @@ def test_function_arguments_carry_the_declaration() -> None:
     numbers = [3, *widths, 3, *windows, 7 * day, 37 * day, 7 * day, 1, 3, -np.inf]
     assert np.frombuffer(agg.config, "<f8").tolist() == numbers
     loading = agg.call([(5, b"", b"", b"")], until=123)
-    assert np.frombuffer(loading[5], "<f8").tolist() == [*numbers[:-1], 123]
+    config = loading[3 + int(loading[2])]  # after the keys
+    assert np.frombuffer(config, "<f8").tolist() == [*numbers[:-1], 123]
