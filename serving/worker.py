@@ -77,6 +77,19 @@ ISOLATION_LIMIT = 3
 the failure is taken for a fault of the scoring itself (every event would fail) and waited out,
 so that a broken model or state never empties the stream into the dead-letter topic."""
 
+PARTITION_FETCH_BYTES = 64 * 1024
+"""Most bytes of one partition that one fetch brings (a few hundred transactions).
+
+kafka-python keeps one fetched chunk per partition and hands out a chunk's records before the
+next partition's, so with a backlog on several partitions one partition is read at most about
+two chunks ahead of another. With its default chunk (1 MiB, thousands of events) a worker
+starting on a backlog read one partition days of event time ahead of the other: an entity fed
+by several partitions (a terminal, by every customer's partition) then had its state's
+watermark moved that far ahead, the state dropped what lay more than the allowed lateness
+behind it, and the windows of the partition read behind were served as unknown (NaN).
+(`KafkaConsumer.pause` would hold a partition back exactly, but kafka-python 3.0.12 never
+hands out again the records it had fetched for a partition paused mid-chunk once resumed.)"""
+
 BATCH_DEPENDENCIES = ("redis", "kafka", "scoring")
 """Faults a committed batch proves over (the registry's are the champion watcher's)."""
 
@@ -222,6 +235,7 @@ class Worker:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=settings.batch_max_events,
+            max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
             fetch_max_wait_ms=max(1, settings.batch_max_wait_ms),
             session_timeout_ms=10_000,
             isolation_level="read_committed",
