@@ -48,7 +48,11 @@ class AppServer:
         self.server.run(sockets=[self.socket])
 
     def start(self, timeout_s: float = 30.0) -> Self:
-        """Serve from a background thread; returns once the server accepts requests."""
+        """Serve from a background thread; returns once the server accepts requests.
+
+        `stop` it before the process exits: its event loop (uvloop) fires timers from native
+        code, and one that fires once the interpreter has finalized crashes the process.
+        """
         self._thread = threading.Thread(target=self.run, name=f"http-{self.port}", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout_s

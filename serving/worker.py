@@ -37,6 +37,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from serving.alignment import held_back
 from serving.delivery import Delivery, DeliveryError, DeliveryStoppedError
 from serving.events import (
     REASON_LABEL_UNKNOWN_TRANSACTION,
@@ -79,6 +80,25 @@ ISOLATION_LIMIT = 3
 """Events of one batch that may each fail alone and go to the dead-letter topic; beyond that
 the failure is taken for a fault of the scoring itself (every event would fail) and waited out,
 so that a broken model or state never empties the stream into the dead-letter topic."""
+
+PARTITION_FETCH_BYTES = 64 * 1024
+"""Most bytes of one partition that one fetch brings (a few hundred transactions).
+
+kafka-python keeps one fetched chunk per partition and hands out a chunk's records before the
+next partition's, so with a backlog on several partitions one partition is read at most about
+two chunks ahead of another. With its default chunk (1 MiB, thousands of events) a worker
+starting on a backlog read one partition days of event time ahead of the other: an entity fed
+by several partitions (a terminal, by every customer's partition) then had its state's
+watermark moved that far ahead, the state dropped what lay more than the allowed lateness
+behind it, and the windows of the partition read behind were served as unknown (NaN). A
+producer's record batch is handed out whole, however large: the partitions are also held in
+step by their stream times (`PARTITION_SKEW_SHARE`)."""
+
+PARTITION_SKEW_SHARE = 0.25
+"""The worker's partitions are read within this share of the allowed lateness of each other,
+in stream time (`serving.alignment`): the state keeps what an entity's latest event needs plus
+the allowed lateness, so the partition read behind finds its windows whole. The rest of the
+lateness is left for the span of a batch and of a partition's own disorder."""
 
 BATCH_DEPENDENCIES = ("redis", "kafka", "scoring")
 """Faults a committed batch proves over (the registry's are the champion watcher's)."""
@@ -233,6 +253,7 @@ class Worker:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=settings.batch_max_events,
+            max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
             fetch_max_wait_ms=max(1, settings.batch_max_wait_ms),
             session_timeout_ms=10_000,
             isolation_level="read_committed",
@@ -241,6 +262,7 @@ class Worker:
             settings.kafka_bootstrap, settings.topic_labels, f"{settings.consumer_group}-labels"
         )
         self.clock = StreamClock(EventLimits.from_settings(settings))
+        self._max_skew_us = round(self.clock.limits.allowed_lateness_us * PARTITION_SKEW_SHARE)
         self.delivery = Delivery(settings, self.consumer, client_id="skewless-worker")
         core.watcher.on_poll = self._registry_health
         self._label_dead_letters: list[tuple[bytes, str]] = []
@@ -322,12 +344,14 @@ class Worker:
                 polled = self.consumer.poll(
                     timeout_ms=max(1, self.settings.batch_max_wait_ms), max_records=budget
                 )
-                records = [record for batch in polled.values() for record in batch]
-                if not records:
+                if not any(polled.values()):
                     if idle_exit_s is not None and time.monotonic() - last_event > idle_exit_s:
                         break
                     continue
                 last_event = time.monotonic()
+                records = self._in_step(polled)
+                if not records:  # all read too far ahead: read again once the others caught up
+                    continue
                 try:
                     labels = self.drain_labels()
                     batch_stats = self._process_isolating(records)
@@ -580,6 +604,35 @@ class Worker:
             self._drift = None
             return
         self._drift = RollingDrift(reference, DRIFT_WINDOW_EVENTS)
+
+    def _in_step(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> list[ConsumerRecord]:
+        """The polled records, but for those of partitions read too far ahead of another in
+        stream time: these are put back, read again later (`serving.alignment`)."""
+        assigned = self.consumer.assignment()
+        if len(assigned) < 2:
+            return [record for batch in polled.values() for record in batch]
+        waiting = {tp.partition: bool(polled.get(tp)) or self._has_records(tp) for tp in assigned}
+        times = self.clock.stream_times
+        hold = held_back(
+            {tp.partition: times.get(tp.partition) for tp in assigned}, waiting, self._max_skew_us
+        )
+        kept: list[ConsumerRecord] = []
+        for tp, batch in polled.items():
+            if batch and tp.partition in hold:
+                logger.debug("%s read ahead in event time: %d records put back", tp, len(batch))
+                self.consumer.seek(tp, batch[0].offset)
+            else:
+                kept.extend(batch)
+        return kept
+
+    def _has_records(self, tp: TopicPartition) -> bool:
+        """Whether `tp` has records left to read as of its last fetch (True if not known)."""
+        end = self.consumer.highwater(tp)
+        try:
+            position = self.consumer.position(tp, timeout_ms=0)
+        except KafkaError:  # not known without asking the broker: it has a fetch to come
+            return True
+        return end is None or position is None or position < end
 
     def _lag(self) -> int:
         """Records between the consumer's position and the end, over its partitions."""

@@ -465,7 +465,7 @@ def serve_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     freeze_start_up_objects()
-    worker.metrics.serve(settings.metrics_port)
+    metrics_server = worker.metrics.serve(settings.metrics_port)
     worker.install_signal_handlers()
     typer.echo(
         f"serve: {settings.topic_transactions} -> {settings.topic_scores}, model "
@@ -477,6 +477,11 @@ def serve_command(
     except DeliveryStoppedError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    finally:
+        # Before the interpreter finalizes: uvloop's timer callback in a server thread still
+        # running then takes the GIL of an interpreter that is gone (SIGSEGV at exit).
+        if metrics_server is not None:
+            metrics_server.stop()
     rate = stats.scored / stats.seconds if stats.seconds else 0.0
     typer.echo(
         f"serve: consumed {stats.consumed}, scored {stats.scored}, dead letters "

@@ -37,6 +37,7 @@ from skewless.spark import spark_session
 from tests.conftest import (
     TrainedPlatform,
     event_body,
+    free_port,
     private_settings,
     start_enricher,
     stop_enricher,
@@ -345,6 +346,40 @@ def test_http_and_stream_give_the_same_score(trained_platform: TrainedPlatform) 
     assert len(answers) == len(events)
     for answer in answers:
         assert answer["score"] == pytest.approx(stream[answer["transaction_id"]], rel=1e-6)
+
+
+def test_a_worker_serving_its_metrics_exits_0_at_the_end_of_its_run(
+    trained_platform: TrainedPlatform,
+) -> None:
+    """`skewless serve` with its /metrics and /health server on, run to its idle exit: status 0.
+
+    A regression test: the HTTP server's thread (uvicorn on uvloop) outlived the run, and a
+    timer of its event loop firing after the interpreter had finalized took the GIL of an
+    interpreter that was gone: SIGSEGV (-11) after the final summary, every time.
+    """
+    settings = private_settings(trained_platform)
+    events = _window(trained_platform, 1).head(20)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    for _, row in events.iterrows():
+        body = json.dumps(event_body(row)).encode()
+        producer.send(settings.topic_transactions, body, key=b"%d" % row["customer_id"])
+    producer.flush()
+    producer.close()
+    env = {
+        **os.environ,
+        **feast_environment(settings),
+        "SKEWLESS_METRICS_PORT": str(free_port()),
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "skewless", "serve", "--idle-exit-seconds", "2"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert f"serve: consumed {len(events)}, scored {len(events)}," in run.stdout, run.stdout
+    assert run.returncode == 0, run.stderr[-2000:]
 
 
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
