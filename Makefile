@@ -74,9 +74,8 @@ monitor: ## skew, drift, data quality, live quality: HTML report + JSON summary
 	$(SKEWLESS) monitor sink
 	$(SKEWLESS) monitor report
 
-bench: services-up ## end-to-end streaming benchmark against the naive per-event baseline, then the hot-entity state load
+bench: services-up ## end-to-end streaming benchmark against the naive per-event baseline, and the hot-entity state load
 	$(RUN) python bench/stream_bench.py
-	$(RUN) python bench/state_bench.py --parts hot
 
 bench-state: setup ## the window state alone: cost against history, memory over 6 months, hot entity (private Redis)
 	$(RUN) python bench/state_bench.py

@@ -17,7 +17,9 @@ events from the same data.
 
 Needs the local services and a champion model (`make train`). Prints a table and ends with:
 `bench: max_throughput=<events/s> p99_ms_at_5000=<ms> naive_ratio=<x>
-exactly_once_throughput=<events/s>` (max_throughput is the at-least-once figure).
+exactly_once_throughput=<events/s> hot_entity_ratio=<x> hot_entity_p99_ratio=<x>`
+(max_throughput is the at-least-once figure; the last two are `state_bench.py`'s hot part,
+against a private Redis: state cost per event and p99 of a batch, hot terminal / uniform).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from state_bench import hot_entity, private_redis
 
 from serving.champion import load_version
 from serving.replay import label_delay, replay
@@ -284,9 +287,13 @@ def main() -> None:
     best = max((r.throughput for r in at_least_once), default=float("nan"))
     best_exactly_once = max((r.throughput for r in exactly_once), default=float("nan"))
     at_5000 = next((r.p99_ms for r in at_least_once if r.offered == 5_000), float("nan"))
+    print("hot-entity load of the window state (state_bench.py --parts hot) ...", flush=True)
+    with private_redis() as (_, client):
+        hot_ratio, hot_p99_ratio = hot_entity(client, feature_store.load_declarations(base))
     print(f"bench: max_throughput={best:.0f} p99_ms_at_5000={at_5000:.1f} "
           f"naive_ratio={best / naive:.1f} "
-          f"exactly_once_throughput={best_exactly_once:.0f}")  # fmt: skip
+          f"exactly_once_throughput={best_exactly_once:.0f} "
+          f"hot_entity_ratio={hot_ratio:.2f} hot_entity_p99_ratio={hot_p99_ratio:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
