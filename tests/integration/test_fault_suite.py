@@ -314,6 +314,9 @@ def test_no_fault_of_a_server_stops_the_worker_or_loses_a_score(
     assert summaries, log.read_text()[-3000:]  # the second worker ran to its idle exit
 
     ids = Counter(body["transaction_id"] for body in _committed(settings, settings.topic_scores))
+    print(f"fault suite {delivery}: {total:,} transactions, {sum(ids.values()):,} committed "
+          f"scores, {sum(ids.values()) - len(ids):,} duplicates, {len(scored):,} scored at the "
+          "worker kill")  # fmt: skip
     assert set(ids) == set(transactions["transaction_id"])
     if delivery == "exactly_once":
         assert set(ids.values()) == {1}, ids.most_common(3)
