@@ -478,6 +478,7 @@ class StreamState:
         end = until.astimezone(UTC)
         added = 0
         commands: list[Command] = []
+        plans = []
         for agg in self.aggregations:
             decl = agg.declaration
             times = raw[decl.event_time]
@@ -492,12 +493,18 @@ class StreamState:
             else:
                 loaded = seen
             ordered = raw[loaded].sort_values([decl.event_time, decl.order_key], kind="stable")
-            commands += self._calls(
+            calls, _, call_entities = self._calls(
                 agg, as_columns(ordered), None, _micros_of(end), known=transactions
-            )[0]
+            )
+            plans.append((agg, len(commands), len(calls), call_entities))
+            commands += calls
             added += int(loaded.sum())
-        self._execute(commands)
+        replies = self._execute(commands)
+        for agg, first, count, call_entities in plans:
+            self._note_refused(agg, replies[first : first + count], call_entities)
         logger.info("stream state initialised with %d events up to %s", added, end.isoformat())
+        for event in self.take_refused():  # (labels that waited in vain, left from a stream)
+            logger.warning("a label the state refused (no transaction of its id): %s", event)
         return added
 
 

@@ -305,6 +305,12 @@ local function entity(config, position, events_key, tiles_key, arrays_key, index
     list[#list + 1] = {time, values, sign}
   end
   local delayed = config.delay > 0
+  -- Take the member counted for `order` out of the events, the tiles and the index.
+  local function forget(order, counted)
+    redis.call('ZREM', events_key, counted)
+    redis.call('HDEL', index_key, order)
+    note(struct.unpack('<i8', counted), member_values(counted, config), -1)
+  end
   -- A label waits in `pending` (and in the index as 'p' .. member) until its transaction comes.
   local function take(member)
     local order = string.sub(member, 9, 16)
@@ -337,7 +343,8 @@ local function entity(config, position, events_key, tiles_key, arrays_key, index
         member = struct.pack('<i8', time) .. string.sub(member, 9)
       end
     end
-    if time < lowest then
+    if time < lowest then  -- (dropped; the version counted before is not the last one either)
+      if old then forget(order, old) end
       lost = math.max(lost, time + 1)
       return
     end
@@ -365,6 +372,13 @@ local function entity(config, position, events_key, tiles_key, arrays_key, index
           take(counted)
         end
       end
+    else  -- a transaction moved to before what is kept: its label is dropped with it
+      local order = string.sub(known, (q - 1) * 16 + 9, q * 16)
+      if redis.call('ZREM', known_key, order) == 1 then
+        local counted = redis.call('HGET', index_key, order)
+        if counted and #counted <= size then forget(order, counted) end
+      end
+      lost = math.max(lost, time + 1)
     end
   end
   for i = 1, #events / size do

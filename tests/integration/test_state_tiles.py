@@ -376,3 +376,31 @@ def test_a_label_counts_only_for_a_transaction_its_entity_knows(
         for terminal in {*terminals[1:3], *elsewhere["terminal_id"]}
     ]
     assert sum(pending) == 2 + 5
+
+
+def test_a_version_sent_too_late_to_be_kept_takes_the_earlier_one_with_it(
+    state_redis: Settings,
+) -> None:
+    """A transaction sent again with a time older than the state keeps is dropped, and the
+    version counted before is not its last one either: it leaves the windows."""
+    state = StreamState(
+        redis_server.client(state_redis),
+        (CUSTOMER_SPENDING,),
+        f"test:{uuid.uuid4().hex}",
+        allowed_lateness=timedelta(days=2),
+    )
+    begin = pd.Timestamp(datetime(2026, 1, 1, 12, tzinfo=UTC))
+
+    def one(transaction_id: int, days: float) -> pd.DataFrame:
+        return pd.DataFrame({
+            "transaction_id": [transaction_id], "tx_datetime": [begin + pd.Timedelta(days=days)],
+            "customer_id": [1], "tx_amount": [10.0 + transaction_id],
+        })  # fmt: skip
+
+    for day in range(39):  # one a day; at day 38 the state keeps from day 6 on
+        state.score_features(one(day, day))
+    state.score_features(one(10, 5.0))  # day 10's transaction, now dated before day 6
+    windows = state.score_features(one(100, 38.1))["customer_spending"][0]
+    # 30 days: (8.1, 38.1] holds days 9 to 38 and the new one, not the transaction of day 10
+    assert windows[4] == 30
+    assert windows[5] == pytest.approx((sum(range(9, 39)) - 10 + 100 + 10 * 30) / 30)
