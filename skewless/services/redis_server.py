@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -51,25 +52,17 @@ def client(settings: Settings) -> Client:
     map from the configured node (it connects now, and raises if no node answers).
     """
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    common: dict[str, Any] = {
+        "host": settings.redis_host,
+        "port": settings.redis_port,
+        "password": password,
+        "socket_connect_timeout": 2.0,
+        "socket_timeout": 30.0,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), RETRIES),
+    }
     if settings.redis_cluster:
-        return redis.RedisCluster(
-            host=settings.redis_host,
-            port=settings.redis_port,
-            password=password,
-            socket_connect_timeout=2.0,
-            socket_timeout=30.0,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), RETRIES),
-        )
-    return redis.Redis(
-        host=settings.redis_host,
-        port=settings.redis_port,
-        password=password,
-        socket_connect_timeout=2.0,
-        socket_timeout=30.0,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), RETRIES),
-        retry_on_error=list(TRANSIENT_ERRORS),
-    )
+        return redis.RedisCluster(**common)
+    return redis.Redis(**common, health_check_interval=30, retry_on_error=list(TRANSIENT_ERRORS))
 
 
 PROBE_TIMEOUT_S = 2.0

@@ -15,6 +15,7 @@ from skewless.services import redis_server
 from skewless.settings import Settings
 from skewless.simulator import SimulationParams, simulate
 from skewless.stream_state import StreamState
+from tests.integration.test_state_tiles import _assert_matches
 
 pytestmark = pytest.mark.integration
 
@@ -56,12 +57,7 @@ def test_stream_from_t_matches_reference_for_every_feature(state_redis: Settings
         )
     streamed = pd.concat(got)
     assert len(streamed) == len(stream) > 1000
-    for name in streamed.columns:
-        want = expected.loc[streamed.index, name].to_numpy(dtype=float)
-        if "count" in name:
-            np.testing.assert_array_equal(streamed[name].to_numpy(), want, err_msg=name)
-        else:
-            np.testing.assert_allclose(streamed[name].to_numpy(), want, rtol=1e-9, err_msg=name)
+    _assert_matches(streamed, expected)
     # Scoring the same batch again (at-least-once redelivery) gives the same features.
     again = state.score_features(stream.iloc[-50:])
     np.testing.assert_allclose(
