@@ -38,6 +38,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def private_servers() -> dict[str, Any]:
+    """Settings of servers of the caller's own: free loopback ports, a small Kafka."""
+    return {
+        "kafka_port": free_port(),
+        "kafka_controller_port": free_port(),
+        "redis_port": free_port(),
+        "mlflow_port": free_port(),
+        "kafka_partitions": 2,
+        "kafka_heap_mb": 384,
+    }
+
+
 @pytest.fixture(scope="session")
 def service_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings pointing at a private runtime folder and free ports.
@@ -46,16 +58,7 @@ def service_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setti
     subprocesses and the feature repository's modules see the same servers and folders.
     """
     runtime = tmp_path_factory.mktemp("runtime")
-    settings = load_settings(
-        runtime_dir=runtime,
-        data_dir=runtime / "data",
-        kafka_port=free_port(),
-        kafka_controller_port=free_port(),
-        redis_port=free_port(),
-        mlflow_port=free_port(),
-        kafka_partitions=2,
-        kafka_heap_mb=384,
-    )
+    settings = load_settings(runtime_dir=runtime, data_dir=runtime / "data", **private_servers())
     saved = dict(os.environ)
     export_environment(settings)
     yield settings

@@ -43,7 +43,7 @@ from skewless.services import kafka, mlflow_server, redis_server
 from skewless.services.process import ManagedProcess, wait_for
 from skewless.settings import Settings, load_settings
 from skewless.spark import spark_session
-from tests.conftest import TrainedPlatform, free_port, private_settings
+from tests.conftest import TrainedPlatform, free_port, private_servers, private_settings
 from training.pipeline import materialize_with_progress
 
 pytestmark = pytest.mark.integration
@@ -66,15 +66,7 @@ def fault_servers(
     store = trained_platform.settings.mlflow_store_dir
     shutil.copytree(store, runtime / "mlflow", ignore=shutil.ignore_patterns("artifacts"))
     values = trained_platform.settings.model_dump()
-    values.update(
-        runtime_dir=runtime,
-        kafka_port=free_port(),
-        kafka_controller_port=free_port(),
-        redis_port=free_port(),
-        mlflow_port=free_port(),
-        kafka_partitions=2,
-        kafka_heap_mb=384,
-    )
+    values.update(runtime_dir=runtime, **private_servers())
     settings = load_settings(**values)
     settings = load_settings(**(values | {"mlflow_tracking_uri": mlflow_server.url(settings)}))
     saved = dict(os.environ)  # materializing exports this module's settings to the process
