@@ -4,7 +4,7 @@ Transactions with `start <= tx_datetime < end` go to the transactions topic in
 `(tx_datetime, transaction_id)` order, keyed by customer (see `serving.events`). Each
 transaction's label goes to the labels topic once it is known in *event* time, at
 `label_time = tx_datetime + delay` (the label delay of the feature repository's declarations):
-a label is sent before every transaction with `tx_datetime >= label_time` (labels first on
+a label is planned before every transaction with `tx_datetime >= label_time` (labels first on
 ties) and after every transaction with `tx_datetime < label_time`.
 
 Which labels are sent:
@@ -18,11 +18,21 @@ With `trailing_labels=False` the labels that would only become known after the l
 transaction are left out, so the labels topic carries what a live stream over the same period
 would: about one label per transaction (the benchmark's steady state).
 
-Ordering is a property of the *send* order. Every record carries a header `replay-seq` with its
-position in one sequence shared by both topics, so the order can be checked from what a
+The order above is the *planned* order. Every record carries a header `replay-seq` with its
+position in it, one sequence shared by both topics, so the order can be checked from what a
 consumer reads back. Within one partition Kafka keeps the send order (the producer is
-idempotent); across the two topics it does not, so a consumer that needs "label known before
-transaction" must compare `label_time` with `tx_datetime`, which the events carry.
+idempotent); across the two topics it does not: a batch of labels can reach the broker after a
+batch of transactions sent later.
+
+Readable order: the worker stores every label readable when it fetched a batch of transactions
+before scoring it (`serving.labels`), so a label due by a transaction must be readable before
+that transaction is. The replay sends the transactions in blocks of `READABLE_BLOCK`, each once
+the broker has acknowledged every label sent before it; the labels themselves are sent as soon
+as they are planned. A label can thus be sent up to one block of transactions before its place
+in the planned order, never after it. That is harmless: a label counts only in the windows
+of transactions at or after its `label_time` (`skewless.aggregation`), and the worker tells a
+label published before its `label_time` by its Kafka timestamp (wall clock), not by its place
+in the stream.
 
 `rate` paces transactions (labels are not counted) against a monotonic clock: the n-th
 transaction is not sent before `start + n / rate`; when ahead, the replay sleeps in short
@@ -63,9 +73,11 @@ from skewless.settings import Settings
 logger = logging.getLogger(__name__)
 
 SEQUENCE_HEADER = "replay-seq"
-"""Header holding a record's position in the replay's send order (decimal ASCII)."""
+"""Header holding a record's position in the replay's planned order (decimal ASCII)."""
 
 PROGRESS_EVERY = 100_000
+READABLE_BLOCK = 1_000
+"""Transactions sent after one wait for the labels due by them (module doc, "Readable order")."""
 CHUNK = 20_000
 """Events converted from numpy to Python objects at a time (bounds memory on big files)."""
 
@@ -107,7 +119,7 @@ class ReplayStats:
 
 @dataclass(frozen=True)
 class ReplayPlan:
-    """Events in send order: row `rows[i]` of the frame, a label if `is_label[i]`."""
+    """Events in planned order: row `rows[i]` of the frame, a label if `is_label[i]`."""
 
     rows: IntArray
     is_label: BoolArray
@@ -338,7 +350,7 @@ class OutgoingRecord:
 def encode_plan(
     frame: pd.DataFrame, plan: ReplayPlan, delay: timedelta
 ) -> Iterator[OutgoingRecord]:
-    """The planned events as encoded records, in send order (converted chunk by chunk)."""
+    """The planned events as encoded records, in planned order (converted chunk by chunk)."""
     times = event_micros(frame)
     transaction_ids = frame["transaction_id"].to_numpy(dtype=np.int64)
     customer_ids = frame["customer_id"].to_numpy(dtype=np.int64)
@@ -387,24 +399,41 @@ def _publish(
     pacer: _Pacer,
     sequence_header: bool,
 ) -> _Failures:
-    """Send the records in order (numbered in a header); returns the delivery failures."""
+    """Send the records (numbered in a header in planned order), the labels due by each block
+    of transactions acknowledged before the block is sent (module doc, "Readable order");
+    returns the delivery failures."""
     failures = _Failures()
     sent_transactions = 0
+    block: list[tuple[int, OutgoingRecord]] = []
     clock = time.perf_counter()
-    for seq, record in enumerate(records):
-        if record.is_label:
-            topic = settings.topic_labels
-        else:
-            pacer.wait(sent_transactions)
-            topic = settings.topic_transactions
-            sent_transactions += 1
+
+    def send(seq: int, record: OutgoingRecord, topic: str) -> None:
         headers = [(SEQUENCE_HEADER, b"%d" % seq)] if sequence_header else None
         future = producer.send(topic, value=record.value, key=record.key, headers=headers)
         future.add_errback(failures.record)
+
+    def send_block() -> None:
+        nonlocal sent_transactions
+        producer.flush(timeout=_FLUSH_TIMEOUT_S)  # every label sent so far is readable
+        for seq, record in block:
+            pacer.wait(sent_transactions)
+            send(seq, record, settings.topic_transactions)
+            sent_transactions += 1
+        block.clear()
+
+    for seq, record in enumerate(records):
+        if record.is_label:
+            send(seq, record, settings.topic_labels)
+        else:
+            block.append((seq, record))
+            if len(block) == READABLE_BLOCK:
+                send_block()
         if (seq + 1) % PROGRESS_EVERY == 0:
             elapsed = time.perf_counter() - clock
             logger.info(
-                "replay: %d/%d events sent (%.0f events/s), event time %s",
+                "replay: %d/%d events planned (%.0f events/s), event time %s",
                 seq + 1, total, (seq + 1) / elapsed, record.event_time,
             )  # fmt: skip
+    if block:
+        send_block()
     return failures

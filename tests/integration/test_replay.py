@@ -13,17 +13,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from typer.testing import CliRunner
 
+from serving import replay as replay_module
 from serving.events import Label, Transaction, parse_label, parse_transaction
 from serving.replay import SEQUENCE_HEADER, ReplayError, plan_replay, replay
-from skewless.data import write_transactions
+from skewless.data import read_transactions, write_transactions
 from skewless.services import kafka
 from skewless.settings import Settings, load_settings
 from skewless.simulator import SimulationParams, simulate
@@ -163,7 +165,7 @@ def test_replay_publishes_every_event_once_keyed_and_in_event_time_order(
     seqs = np.sort(np.concatenate([txs.seq.to_numpy(), labels.seq.to_numpy()]))
     np.testing.assert_array_equal(seqs, np.arange(stats.events))
 
-    # Send order: transactions by (tx_datetime, id); each label after every transaction
+    # Planned order: transactions by (tx_datetime, id); each label after every transaction
     # before its label_time and before every transaction at or after it.
     sent_txs = txs.sort_values("seq")
     order = list(zip(sent_txs.tx_datetime, sent_txs.transaction_id, strict=True))
@@ -184,6 +186,44 @@ def test_replay_publishes_every_event_once_keyed_and_in_event_time_order(
     assert ((labels.label_time >= START) & (labels.label_time <= last_tx)).sum() > 0
     assert (labels.label_time > last_tx).sum() > 0  # published at the end
     assert (source.tx_datetime + DELAY < START).any()  # known before start: left out
+
+
+def test_every_label_due_by_a_transaction_is_acknowledged_before_it_is_sent(
+    kafka_service: Settings, simulated: tuple[Path, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readable order: a worker that fetched a transaction finds every label due by it (the
+    labels' end offsets it reads afterwards cover them), even though Kafka does not order the
+    two topics. Labels go out at most one block of transactions early."""
+    path, _ = simulated
+    settings = _fresh_topics(kafka_service)
+    block = 100
+    monkeypatch.setattr(replay_module, "READABLE_BLOCK", block)
+    sends: list[tuple[str, bool]] = []  # (topic, every label sent so far acknowledged)
+    unacknowledged: list[Any] = []  # futures of labels
+
+    class Recording(KafkaProducer):
+        def send(self, topic: str | None = None, *args: Any, **kwargs: Any) -> Any:
+            unacknowledged[:] = [f for f in unacknowledged if not f.is_done]
+            sends.append((str(topic), not unacknowledged))
+            future = super().send(topic, *args, **kwargs)
+            if topic == settings.topic_labels:
+                unacknowledged.append(future)
+            return future
+
+    monkeypatch.setattr(replay_module, "_producer", lambda s, linger_ms: Recording(
+        bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True,
+        linger_ms=linger_ms))  # fmt: skip
+    stats = replay(settings, path, START, END, rate=None)
+    plan = plan_replay(read_transactions(path), START, END, DELAY)
+    assert len(sends) == stats.events == len(plan.rows)
+    assert stats.transactions > 5 * block  # several blocks
+    assert all(acknowledged for topic, acknowledged in sends if topic != settings.topic_labels)
+    assert not all(acknowledged for _, acknowledged in sends)  # (labels in flight, unwaited)
+    # Each label is sent with the labels planned in its block, ahead of the block's transactions.
+    planned_before = np.cumsum(~plan.is_label)[plan.is_label]  # transactions planned before
+    topics = np.array([topic for topic, _ in sends])
+    sent_before = np.cumsum(topics == settings.topic_transactions)[topics == settings.topic_labels]
+    np.testing.assert_array_equal(sent_before, planned_before // block * block)
 
 
 def test_labels_come_first_on_ties_and_at_the_start_boundary() -> None:
