@@ -11,15 +11,21 @@ events are published first, then the worker starts, and throughput is events ove
 from the worker joining its group to the last score (its latencies are time spent queued, so
 they are not reported). The same loads run again with `SKEWLESS_DELIVERY=exactly_once` for
 those in `--exactly-once-loads` (default: the unthrottled one); scores are read back with
-`isolation_level=read_committed`. In the same run, the naive loop of the common tutorials (one
+`isolation_level=read_committed`. Scale-out: a backlog on a topic of `SCALE_OUT_PARTITIONS`
+partitions is read by one worker, then another backlog by two worker processes of one group.
+Each load streams the data's events after the previous load's (`HISTORY_DAYS`). In the same
+run, the naive loop of the common tutorials (one
 Feast `get_online_features`, one model call and one acknowledged produce per event) scores
 events from the same data.
 
 Needs the local services and a champion model (`make train`). Prints a table and ends with:
 `bench: max_throughput=<events/s> p99_ms_at_5000=<ms> naive_ratio=<x>
-exactly_once_throughput=<events/s> hot_entity_ratio=<x> hot_entity_p99_ratio=<x>`
-(max_throughput is the at-least-once figure; the last two are `state_bench.py`'s hot part,
-against a private Redis: state cost per event and p99 of a batch, hot terminal / uniform).
+exactly_once_throughput=<events/s> hot_entity_ratio=<x> hot_entity_p99_ratio=<x>
+two_workers_throughput=<events/s> two_workers_ratio=<x>`
+(max_throughput is the at-least-once figure of one worker; the hot-entity figures are
+`state_bench.py`'s hot part, against a private Redis: state cost per event and p99 of a batch,
+hot terminal / uniform; the last two are the scale-out backlog's, two workers against one).
+`--profile` only runs the worker under cProfile on a backlog and prints its top entries.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pstats
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -55,6 +63,17 @@ SECONDS_PER_LOAD = 8
 UNTHROTTLED_EVENTS = 100_000
 NAIVE_EVENTS = 1_000
 WARM_UP_S = 1.0
+HISTORY_DAYS = 90
+"""The benchmarked events are the data's after this many days before its end, each load
+taking the events after the previous load's (a state that saw an event once finds a second
+sending of it unchanged, which costs less: no load may replay another's)."""
+PROFILE_EVENTS = 50_000
+SCALE_OUT_PARTITIONS = 4
+SCALE_OUT_EVENTS = 100_000
+"""The scale-out loads: backlogs of this many events on a topic of this many partitions, read
+by one worker, then by two."""
+IDLE_EXIT_S = 20
+PROFILE_TOP = 30
 
 
 STATE_PREFIX = "bench:state"
@@ -70,15 +89,21 @@ class LoadResult:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    p999_ms: float
     steady_p99_ms: float
     """p99 of the events sent after the first `WARM_UP_S` seconds."""
+    workers: int = 1
+    partitions: int = 0
 
 
-def private_settings(base: Settings, delivery: str = "at_least_once") -> Settings:
+def private_settings(
+    base: Settings, delivery: str = "at_least_once", partitions: int | None = None
+) -> Settings:
     run = uuid.uuid4().hex[:8]
     settings = load_settings(
         **{
             **base.model_dump(),
+            "kafka_partitions": partitions or base.kafka_partitions,
             "stream_state_prefix": STATE_PREFIX,
             "topic_transactions": f"bench-tx-{run}",
             "topic_labels": f"bench-labels-{run}",
@@ -117,37 +142,53 @@ def timestamps(settings: Settings, topic: str, expected: int) -> dict[int, int]:
     return found
 
 
-def start_worker(settings: Settings, events: int) -> tuple[subprocess.Popen[str], float]:
-    """A `skewless serve` process for `events` events; returns it once it owns its partitions
-    (polled, not slept), with that moment as a wall-clock time in seconds."""
+def start_workers(
+    settings: Settings, events: int, workers: int = 1, profile: Path | None = None
+) -> tuple[list[subprocess.Popen[str]], float]:
+    """`workers` `skewless serve` processes (each its own SKEWLESS_WORKER_ID) for `events`
+    events (the first under cProfile, writing `profile`, if given); returns them once the group
+    is stable with all of them (polled, not slept), with that moment as a wall-clock time in
+    seconds. One worker exits after its `events`, several once idle for `IDLE_EXIT_S`."""
     env = {**os.environ, **feature_store.feast_environment(settings)}
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "skewless", "serve", "--max-events", str(events),
-         "--idle-exit-seconds", "20"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert worker.stdout is not None
-    worker.stdout.readline()  # "serve: ..." once the model is loaded and warm
+    python = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
+    processes = []
+    for number in range(workers):
+        processes.append(subprocess.Popen(
+            [*python, "-m", "skewless", "serve", "--max-events", str(events),
+             "--idle-exit-seconds", str(IDLE_EXIT_S)],
+            env={**env, "SKEWLESS_WORKER_ID": f"bench-{number}"},
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        ))  # fmt: skip
+        python = [sys.executable]
+    for process in processes:
+        assert process.stdout is not None
+        process.stdout.readline()  # "serve: ..." once the model is loaded and warm
     admin = kafka.admin(settings)
     try:
 
         def joined() -> bool:
             info = admin.describe_groups([settings.consumer_group]).get(settings.consumer_group)
             state = (info or {}).get("group_state")
-            return state == "Stable" and bool((info or {}).get("members"))
+            return state == "Stable" and len((info or {}).get("members") or ()) == workers
 
         if not wait_for(joined, 60, interval_s=0.01):
-            raise RuntimeError("the worker did not join its consumer group within 60 s")
+            raise RuntimeError(f"{workers} workers did not join their group within 60 s")
     finally:
         admin.close()
-    return worker, time.time()
+    return processes, time.time()
 
 
 def run_load(
-    base: Settings, data: Path, window: pd.DataFrame, offered: float | None, delivery: str
+    base: Settings,
+    data: Path,
+    window: pd.DataFrame,
+    offered: float | None,
+    delivery: str,
+    workers: int = 1,
+    partitions: int | None = None,
 ) -> LoadResult:
-    """Replay `window` at `offered` events/s through one worker process; measure it."""
-    settings = private_settings(base, delivery)
+    """Replay `window` at `offered` events/s through `workers` worker processes; measure it."""
+    settings = private_settings(base, delivery, partitions)
     first, last = window["tx_datetime"].iloc[0], window["tx_datetime"].iloc[-1]
     end = last + pd.Timedelta(microseconds=1)
 
@@ -156,13 +197,14 @@ def run_load(
                sequence_header=False, trailing_labels=False,
                linger_ms=5 if offered is None else 0)  # fmt: skip
 
-    if offered is None:  # a backlog: everything published before the worker starts
+    if offered is None:  # a backlog: everything published before the workers start
         publish()
-        worker, started_s = start_worker(settings, len(window))
+        processes, started_s = start_workers(settings, len(window), workers)
     else:
-        worker, started_s = start_worker(settings, len(window))
+        processes, started_s = start_workers(settings, len(window), workers)
         publish()
-    worker.wait(timeout=600)
+    for process in processes:
+        process.wait(timeout=600)
     events = len(window)
     sent = timestamps(settings, settings.topic_transactions, events)
     scored = timestamps(settings, settings.topic_scores, events)
@@ -174,14 +216,16 @@ def run_load(
     sending_s = max(1e-3, (max(sent.values()) - min(sent.values())) / 1000)
     if offered is None:
         elapsed_s = last_scored_s - started_s
-        quantiles = [float("nan")] * 4
+        quantiles = [float("nan")] * 5
     else:
         elapsed_s = last_scored_s - first_sent_s
-        quantiles = [float(np.percentile(latency, q)) for q in (50, 95, 99)]
+        quantiles = [float(np.percentile(latency, q)) for q in (50, 95, 99, 99.9)]
         after_warm_up = np.array([sent[i] / 1000 - first_sent_s >= WARM_UP_S for i in ids])
         quantiles.append(float(np.percentile(latency[after_warm_up], 99)))
     achieved = len(sent) / sending_s
-    return LoadResult(offered, delivery, achieved, len(ids), len(ids) / elapsed_s, *quantiles)
+    p50, p95, p99, p999, steady_p99 = quantiles
+    return LoadResult(offered, delivery, achieved, len(ids), len(ids) / elapsed_s, p50, p95, p99,
+                      p999, steady_p99, workers, settings.kafka_partitions)  # fmt: skip
 
 
 def delete_topics(settings: Settings) -> None:
@@ -241,6 +285,37 @@ def naive_baseline(settings: Settings, frame: pd.DataFrame) -> float:
     return len(rows) / elapsed
 
 
+def profile_worker(base: Settings, data: Path, window: pd.DataFrame) -> None:
+    """The worker under cProfile on a backlog of `window` (at-least-once): its top entries, in
+    microseconds per event (profiling slows Python code down, not the servers' time)."""
+    settings = private_settings(base)
+    first, last = window["tx_datetime"].iloc[0], window["tx_datetime"].iloc[-1]
+    replay(settings, data, first.to_pydatetime(), (last + pd.Timedelta(microseconds=1))
+           .to_pydatetime(), None, sequence_header=False, trailing_labels=False)  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "worker.prof"
+        (worker,), _ = start_workers(settings, len(window), profile=path)
+        worker.wait(timeout=900)
+        stats = pstats.Stats(str(path))
+    delete_topics(settings)
+    events = len(window)
+    entries = stats.stats  # type: ignore[attr-defined]
+    rows = []
+    for (filename, line, name), (_, calls, own, cumulative, _) in entries.items():
+        where = filename.split("site-packages/")[-1].split("/work/")[-1]
+        rows.append((cumulative, own, calls, f"{where}:{line}({name})"))
+    print(f"\n{events:,} events; microseconds per event (cumulative, own), calls per event\n")
+    print("| function | cumulative us/event | own us/event | calls/event |")
+    print("|---|---|---|---|")
+    for cumulative, own, calls, name in sorted(rows, reverse=True)[:PROFILE_TOP]:
+        print(f"| `{name}` | {cumulative / events * 1e6:.1f} | {own / events * 1e6:.1f} | "
+              f"{calls / events:.3f} |")  # fmt: skip
+    print("\n| function (by own time) | own us/event | calls/event |")
+    print("|---|---|---|")
+    for _, own, calls, name in sorted(rows, key=lambda r: -r[1])[:PROFILE_TOP]:
+        print(f"| `{name}` | {own / events * 1e6:.1f} | {calls / events:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -251,37 +326,70 @@ def main() -> None:
         "--exactly-once-loads", default=",".join(str(int(x or 0)) for x in EXACTLY_ONCE_LOADS),
         help="loads run again with SKEWLESS_DELIVERY=exactly_once ('' for none; default: 0)",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-scale-out", dest="scale_out", action="store_false",
+        help=f"leave out the scale-out loads (1 and 2 workers, {SCALE_OUT_PARTITIONS} partitions)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--profile", action="store_true",
+        help=f"only profile the worker on a backlog of {PROFILE_EVENTS:,} events (cProfile)",
+    )  # fmt: skip
     args = parser.parse_args()
-    runs = [(float(x) or None, "at_least_once") for x in args.loads.split(",")]
-    runs += [(float(x) or None, "exactly_once") for x in args.exactly_once_loads.split(",") if x]
+    loads = [(float(x) or None, "at_least_once") for x in args.loads.split(",")]
+    loads += [(float(x) or None, "exactly_once") for x in args.exactly_once_loads.split(",") if x]
+    # (offered, delivery, workers, partitions (None: the settings'), events)
+    runs: list[tuple[float | None, str, int, int | None, int]] = [
+        (offered, delivery, 1, None,
+         UNTHROTTLED_EVENTS if offered is None else int(offered * SECONDS_PER_LOAD))
+        for offered, delivery in loads
+    ]  # fmt: skip
+    if args.scale_out:
+        for workers in (1, 2):
+            runs.append((None, "at_least_once", workers, SCALE_OUT_PARTITIONS, SCALE_OUT_EVENTS))
     base = load_settings()
     data = resolve_data(base, None)
     raw = read_transactions(data)
-    start = raw["tx_datetime"].max() - timedelta(days=60)
+    start = raw["tx_datetime"].max() - timedelta(days=HISTORY_DAYS)
     later = raw[raw["tx_datetime"] >= start].reset_index(drop=True)
     print(f"loading the streaming state up to {start} ...", flush=True)
     load_state(base, raw, start)
+    if args.profile:
+        profile_worker(base, data, later.head(PROFILE_EVENTS))
+        clear_state(redis_server.client(base))
+        return
     results = []
-    for offered, delivery in runs:
-        events = UNTHROTTLED_EVENTS if offered is None else int(offered * SECONDS_PER_LOAD)
-        window = later.head(min(events, len(later)))
-        print(f"load {offered or 'unthrottled'} {delivery}: {len(window)} events ...", flush=True)
-        results.append(run_load(base, data, window, offered, delivery))
+    used = 0  # each load streams the events after the previous load's: the state goes on
+    for offered, delivery, workers, partitions, events in runs:
+        window = later.iloc[used : used + events]
+        used += len(window)
+        if len(window) < events:
+            raise SystemExit(f"the data has {len(later):,} events after {start}: too few")
+        print(f"load {offered or 'unthrottled'} {delivery} x{workers}: {len(window)} events ...",
+              flush=True)  # fmt: skip
+        results.append(run_load(base, data, window, offered, delivery, workers, partitions))
     naive = naive_baseline(base, later)
     clear_state(redis_server.client(base))
     print()
-    print("| delivery | offered (events/s) | achieved offered | events | sustained (events/s) "
-          f"| p50 ms | p95 ms | p99 ms | p99 ms after {WARM_UP_S:.0f} s |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| delivery | workers x partitions | offered (events/s) | achieved offered | events "
+          "| sustained (events/s) | p50 ms | p95 ms | p99 ms | p99.9 ms "
+          f"| p99 ms after {WARM_UP_S:.0f} s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        shape = f"{r.workers} x {r.partitions}"
         if r.offered is None:
-            row = f"| {r.delivery} | unthrottled (backlog) | - | {r.events:,} |"
-            print(row + f" {r.throughput:,.0f} | - | - | - | - |")
+            row = f"| {r.delivery} | {shape} | unthrottled (backlog) | - | {r.events:,} |"
+            print(row + f" {r.throughput:,.0f} | - | - | - | - | - |")
             continue
-        latency = f"{r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.p99_ms:.1f} | {r.steady_p99_ms:.1f}"
-        print(f"| {r.delivery} | {r.offered:,.0f} | {r.achieved_offered:,.0f} | {r.events:,} | "
-              f"{r.throughput:,.0f} | {latency} |")  # fmt: skip
-    print(f"| - | naive per-event loop | - | {NAIVE_EVENTS:,} | {naive:,.0f} | - | - | - | - |")
+        latency = (f"{r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.p99_ms:.1f} | {r.p999_ms:.1f} | "
+                   f"{r.steady_p99_ms:.1f}")  # fmt: skip
+        print(f"| {r.delivery} | {shape} | {r.offered:,.0f} | {r.achieved_offered:,.0f} | "
+              f"{r.events:,} | {r.throughput:,.0f} | {latency} |")  # fmt: skip
+    print(f"| - | - | naive per-event loop | - | {NAIVE_EVENTS:,} | {naive:,.0f} "
+          "| - | - | - | - | - |")  # fmt: skip
+    scale_out = [r for r in results if r.partitions == SCALE_OUT_PARTITIONS]
+    two_workers = max((r.throughput for r in scale_out if r.workers == 2), default=float("nan"))
+    one_worker = max((r.throughput for r in scale_out if r.workers == 1), default=float("nan"))
+    results = [r for r in results if r not in scale_out]
     at_least_once = [r for r in results if r.delivery == "at_least_once"]
     exactly_once = [r for r in results if r.delivery == "exactly_once"]
     best = max((r.throughput for r in at_least_once), default=float("nan"))
@@ -293,7 +401,9 @@ def main() -> None:
     print(f"bench: max_throughput={best:.0f} p99_ms_at_5000={at_5000:.1f} "
           f"naive_ratio={best / naive:.1f} "
           f"exactly_once_throughput={best_exactly_once:.0f} "
-          f"hot_entity_ratio={hot_ratio:.2f} hot_entity_p99_ratio={hot_p99_ratio:.2f}")  # fmt: skip
+          f"hot_entity_ratio={hot_ratio:.2f} hot_entity_p99_ratio={hot_p99_ratio:.2f} "
+          f"two_workers_throughput={two_workers:.0f} "
+          f"two_workers_ratio={two_workers / one_worker:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -25,6 +25,15 @@ most a few hundred rows), so `send` never refuses one for its size.
   workers with the same id fence each other: the fenced one stops with a message naming
   `SKEWLESS_WORKER_ID` (a configuration error, the one thing that stops a worker).
 
+The delivery stage: `hand_over` gives a batch's acknowledgements and commit to a thread of
+their own and returns at once, so that the worker reads and computes the next batch meanwhile
+(the guide's pipelined inference); `settle` waits for that batch. The stage's queue holds one
+batch: the worker settles the batch before it sends the next one's records. In
+exactly-once the stage commits the transaction (the producer has one open at a time); in
+at-least-once it waits for the acknowledgements and `settle` commits the offsets with
+`commit_async` (a failed asynchronous commit costs nothing but re-reading: the next commit
+carries its offsets; `close` commits the last ones synchronously).
+
 Either way, a batch that could not be delivered or committed (a broker fault outlasting the
 producer's retries, a record the broker refused, a rebalance that took the batch's partitions,
 an aborted transaction) raises `DeliveryError`. The worker then calls `abort` and rewinds its
@@ -51,7 +60,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -79,6 +90,7 @@ CLOSE_TIMEOUT_S = 5.0
 """How long a producer being replaced or closed may take to finish what is in flight."""
 
 DeliveryMode = Literal["at_least_once", "exactly_once"]
+Offsets = dict[TopicPartition, OffsetAndMetadata]
 
 
 class DeliveryError(RuntimeError):
@@ -115,6 +127,12 @@ class Delivery:
         self.producer = KafkaProducer(**self._config)
         self._pending: list[FutureRecordMetadata] = []
         self._in_transaction = False
+        self._stage = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skewless-delivery")
+        self._handed: Future[tuple[Offsets, float]] | None = None
+        self.acknowledged_ms = 0.0
+        """When Kafka had acknowledged the last settled batch's records (ms since the epoch)."""
+        self._committed: Offsets = {}
+        """Offsets of the batches settled (at-least-once): what `close` commits for sure."""
         if self.transactional_id is not None:
             # Before the consumer reads its committed offsets: a transaction this worker's
             # previous life left open is aborted (or its commit completed) here.
@@ -144,24 +162,69 @@ class Delivery:
         for key, value in zip(keys, values, strict=True):
             self.send(topic, value, key)
 
-    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+    def commit(self, offsets: Offsets) -> None:
         """Wait until Kafka acknowledged the batch's records, then commit `offsets` with them."""
-        self._await_acknowledgements()
+        self.hand_over(offsets)
+        self.settle(asynchronous=False)
+
+    @property
+    def handed(self) -> bool:
+        """Whether a batch is in the delivery stage, not settled yet."""
+        return self._handed is not None
+
+    def hand_over(self, offsets: Offsets) -> None:
+        """Give the batch (its records sent, `offsets` its next ones) to the delivery stage and
+        return at once; `settle` it before the next batch's `begin` or `send`."""
+        if self._handed is not None:
+            raise RuntimeError("a batch is already in the delivery stage: settle it first")
+        pending, self._pending = self._pending, []
+        metadata = self.consumer.group_metadata() if self.exactly_once else None
+        self._handed = self._stage.submit(self._deliver, pending, offsets, metadata)
+
+    def settle(self, asynchronous: bool = True) -> None:
+        """Wait for the batch in the delivery stage (if any): committed, or `DeliveryError`
+        (`DeliveryStoppedError`) raised here. At-least-once commits its offsets now, with
+        `commit_async` unless `asynchronous` is false."""
+        handed, self._handed = self._handed, None
+        if handed is None:
+            return
+        offsets, self.acknowledged_ms = handed.result()
+        if self.exactly_once:
+            return
+        self._committed.update(offsets)
+        if asynchronous:
+            self.consumer.commit_async(offsets, callback=_log_failed_commit)
+            return
         try:
-            if self.exactly_once:
-                self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
-                self.producer.commit_transaction()
-                self._in_transaction = False
-            else:
-                self.consumer.commit(offsets)
+            self.consumer.commit(offsets)
+        except KafkaError as exc:
+            raise DeliveryError(f"the batch's offsets were not committed: {exc!r}") from exc
+
+    def _deliver(
+        self, pending: list[FutureRecordMetadata], offsets: Offsets, metadata: object
+    ) -> tuple[Offsets, float]:
+        """The delivery stage's work for one batch (its own thread); its offsets, and when its
+        records were acknowledged."""
+        self._await_acknowledgements(pending)
+        acknowledged_ms = time.time() * 1000
+        if not self.exactly_once:
+            return offsets, acknowledged_ms
+        try:
+            self.producer.send_offsets_to_transaction(offsets, metadata)
+            self.producer.commit_transaction()
+            self._in_transaction = False
         except KafkaError as exc:
             if _fenced(exc):
                 raise self._fenced(exc) from exc
             raise DeliveryError(f"the batch's offsets were not committed: {exc!r}") from exc
+        return offsets, acknowledged_ms
 
     def abort(self) -> None:
         """Drop the current batch after `DeliveryError`: abort its transaction (exactly-once),
-        or go on with a new producer (at-least-once; see the module doc)."""
+        or go on with a new producer (at-least-once; see the module doc). A batch still in the
+        delivery stage is waited for and dropped too (the caller settles it first if it wants
+        to know whether it was committed)."""
+        self._drop_handed()
         self._pending.clear()
         if self._in_transaction:
             try:
@@ -182,12 +245,32 @@ class Delivery:
         A producer that already failed for good is closed without a second error.
         """
         try:
+            self.settle(asynchronous=False)
+        except (DeliveryError, DeliveryStoppedError) as exc:
+            logger.warning("the last batch was not committed: %s", exc)
+        try:
             if self._in_transaction:
                 self.abort()
+            elif not self.exactly_once:  # (the last asynchronous commit may still be on its way)
+                owned = self.consumer.assignment()
+                last = {tp: offset for tp, offset in self._committed.items() if tp in owned}
+                if last:
+                    self.consumer.commit(last)
         except DeliveryStoppedError as exc:
             logger.warning("closing the producer after: %s", exc)
+        except KafkaError as exc:  # read again by whoever reads the partitions next
+            logger.warning("the last offsets were not committed: %r", exc)
         finally:
+            self._stage.shutdown(wait=True)
             self._close(self.producer)
+
+    def _drop_handed(self) -> None:
+        handed, self._handed = self._handed, None
+        if handed is not None:
+            try:
+                handed.result()
+            except (DeliveryError, DeliveryStoppedError, KafkaError) as exc:
+                logger.debug("batch dropped from the delivery stage: %r", exc)
 
     @staticmethod
     def _close(producer: KafkaProducer) -> None:
@@ -196,8 +279,7 @@ class Delivery:
         except KafkaError as exc:  # its records were given up on by the caller
             logger.warning("producer closed with records still in flight: %r", exc)
 
-    def _await_acknowledgements(self) -> None:
-        pending, self._pending = self._pending, []
+    def _await_acknowledgements(self, pending: list[FutureRecordMetadata]) -> None:
         for attempt in range(1, FLUSH_ATTEMPTS + 1):
             try:
                 self.producer.flush()
@@ -229,6 +311,12 @@ class Delivery:
             f"another worker took transactional id {self.transactional_id!r}: give each worker "
             f"of consumer group {self.group_id!r} its own SKEWLESS_WORKER_ID ({exc!r})"
         )
+
+
+def _log_failed_commit(offsets: Offsets, response: object) -> None:
+    if isinstance(response, Exception):
+        logger.warning("offsets not committed this time (the next commit carries them): %r",
+                       response)  # fmt: skip
 
 
 def _fenced(exc: BaseException) -> bool:

@@ -21,10 +21,11 @@ after the transactions were fetched is in the state. Labels published later may 
 fault is waited out), logging every `SLOW_CATCH_UP_S`.
 
 Committed offsets: the reader belongs to the consumer group `<consumer group>-labels` and starts
-from its committed offsets (from the beginning when there are none). The worker commits its
-positions (`maybe_commit`, at most every `COMMIT_EVERY_S`) only after a batch whose labels are
-in the state and whose dead letters Kafka acknowledged; after a batch that failed it reads
-again from the committed positions (`rewind`). Reading labels again is harmless: the state
+from its committed offsets (from the beginning when there are none). The worker commits the
+positions a batch's labels were read to (`maybe_commit`, at most every `COMMIT_EVERY_S`) only
+once that batch is committed: its labels are in the state and their dead letters
+acknowledged. After a batch that failed it reads again from the committed positions
+(`rewind`). Reading labels again is harmless: the state
 keeps one label per transaction id (`serving.events`, "Identity").
 """
 
@@ -111,26 +112,29 @@ class LabelReader:
                 )
         return read
 
-    def maybe_commit(self) -> None:
-        """Commit the positions if the last commit is older than `COMMIT_EVERY_S`.
+    def positions(self) -> dict[TopicPartition, int]:
+        """Where each label partition will be read next (what a later commit would store)."""
+        return {tp: self.consumer.position(tp) for tp in self.partitions}
 
-        The worker calls it only once the labels read so far are in the state (whose writes
-        Redis acknowledges after its fsync) and their dead letters acknowledged by Kafka, so a
-        committed label is never lost.
+    def maybe_commit(self, positions: dict[TopicPartition, int]) -> None:
+        """Commit `positions` if the last commit is older than `COMMIT_EVERY_S`.
+
+        The worker calls it only once the labels read up to `positions` are in the state
+        (whose writes Redis acknowledges after its fsync) and their dead letters acknowledged
+        by Kafka, so a committed label is never lost.
         """
         if time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
-            self.commit()
+            self.commit(positions)
 
     def rewind(self) -> None:
         """Read again from the committed positions (after a batch that was not committed)."""
         for tp, offset in self._safe.items():
             self.consumer.seek(tp, offset)
 
-    def commit(self) -> None:
-        """Commit the current positions of the label partitions."""
-        if not self.partitions:
+    def commit(self, positions: dict[TopicPartition, int]) -> None:
+        """Commit `positions` of the label partitions."""
+        if not positions:
             return
-        positions = {tp: self.consumer.position(tp) for tp in self.partitions}
         try:
             self.consumer.commit(
                 {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in positions.items()}

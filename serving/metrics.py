@@ -132,6 +132,17 @@ class ScoringMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99), registry=r,
         )  # fmt: skip
         self.consumer_lag = Gauge("skewless_consumer_lag", "records behind the end", registry=r)
+        self.queue_depth = Gauge(
+            "skewless_queue_depth",
+            "batches in a stage's queue: delivery = handed to the delivery stage, not committed",
+            ["stage"], registry=r,
+        )  # fmt: skip
+        self.queue_depth.labels(stage="delivery").set(0)
+        self.delivery_wait = Histogram(
+            "skewless_delivery_wait_seconds",
+            "time a computed batch waited for the batch before it to be committed",
+            buckets=STEP_BUCKETS, registry=r,
+        )  # fmt: skip
         self.model_version = Gauge(
             "skewless_model_version", "registered version in use", ["model"], registry=r
         )

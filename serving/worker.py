@@ -4,14 +4,28 @@ One loop per micro-batch: poll transactions (at most `batch_max_events`, waiting
 `batch_max_wait_ms`), bring the label state up to the labels topic's end as of that moment
 (`serving.labels`), parse and range-check (`serving.validation`: malformed events, amounts out
 of bounds, events too late or too far ahead go to the dead-letter topic with the reason; the
-rest of the batch goes on), score through the shared core, produce scores and the feature log,
-write the Feast online rows while Kafka acknowledges them, then commit the batch
-(`serving.delivery`): its offsets after the acknowledgements (at-least-once), or a Kafka
-transaction holding its records and offsets (exactly-once). A crash therefore re-scores at
-most the uncommitted batch, which in exactly-once was never visible to `read_committed`
-readers; scores are keyed by `transaction_id`, so an at-least-once consumer deduplicating by
-key sees every transaction once. A batch that could not be delivered or committed is aborted
-and read again from its first offsets; only a fenced or unauthorized producer stops the worker.
+rest of the batch goes on), score through the shared core and write the Feast online rows;
+then settle the batch before (below), produce this batch's scores, feature log and dead letters
+and hand it to the delivery stage (`serving.delivery`), which commits it while the loop goes on
+with the next batch: its offsets after the acknowledgements (at-least-once), or a Kafka
+transaction holding its records and offsets (exactly-once).
+
+Three stages overlap, as the guide's pipelined inference has them: kafka-python fetches the
+next records in the background while a batch is computed (its consumer sends the next fetch
+requests as soon as its buffer is drained); the loop computes batch n; the delivery stage
+waits for batch n-1's acknowledgements and commits it. Queues are bounded: the consumer's
+fetch buffer by `max_poll_records` and the partition fetch size, the delivery stage by one
+batch (`skewless_queue_depth{stage="delivery"}`; the time a computed batch waits for the one
+before is `skewless_delivery_wait_seconds`). Batches adapt to the load by themselves: a poll
+returns what has arrived, up to `batch_max_events`, so a quiet stream is scored in small
+batches at once and a busy one in full batches. Per partition, batches are produced and
+committed in order. When a batch is not committed, it and the batch computed after it are read
+again from the first one's offsets (their state updates are idempotent).
+
+A crash therefore re-scores at most the two uncommitted batches, which in exactly-once were
+never visible to `read_committed` readers; scores are keyed by `transaction_id`, so an
+at-least-once consumer deduplicating by key sees every transaction once. Only a fenced or
+unauthorized producer stops the worker.
 
 Every Kafka client is kafka-python's public `KafkaConsumer` or `KafkaProducer`. The
 transactions are read with `isolation_level='read_committed'`, so a transactional producer
@@ -162,6 +176,20 @@ class WorkerStats:
         self.versions |= batch.versions
 
 
+@dataclass
+class _Handed:
+    """A batch in the delivery stage, and what is done with it once committed."""
+
+    records: list[ConsumerRecord]
+    stats: WorkerStats
+    refused: list[bytes]
+    """Dead letters of refused labels it carries (kept for the next batch if it fails)."""
+    codes: list[str]
+    """The reason code of each of its dead letters."""
+    batch: ScoredBatch | None
+    label_positions: dict[TopicPartition, int]
+
+
 def score_bodies(
     batch: ScoredBatch, threshold: float, scored_at: str, times: list[str] | None = None
 ) -> list[dict[str, object]]:
@@ -270,6 +298,14 @@ class Worker:
         self._refused_dead_letters: list[bytes] = []
         """Dead-letter records of the labels the state refused, until a batch commits them
         (kept when a batch is read again: the state will not refuse them a second time)."""
+        self._handed: _Handed | None = None
+        """The batch in the delivery stage, until settled."""
+        self._failed: _Handed | None = None
+        """A batch the delivery stage did not commit, until it is read again."""
+        self._label_positions: dict[TopicPartition, int] = {}
+        """Where the labels were read to when the last committed batch was handed over."""
+        self.stats = WorkerStats()
+        """What the committed batches did (`run`'s result)."""
         self._sampler = np.random.default_rng(0)
         self._drift: RollingDrift | None = None
         self._drift_version = ""
@@ -329,32 +365,35 @@ class Worker:
             )
 
     def run(self, max_events: int | None = None, idle_exit_s: float | None = None) -> WorkerStats:
-        """Score until stopped, `max_events` consumed, or no event for `idle_exit_s`."""
-        stats = WorkerStats()
+        """Score until stopped, `max_events` consumed, or no event for `idle_exit_s`; what the
+        committed batches did."""
+        stats = self.stats
         started = time.monotonic()
         last_event = started
         backoff = FAULT_FIRST_BACKOFF_S
         try:
             while not self._stopping:
-                if max_events is not None and stats.consumed >= max_events:
+                if max_events is not None and self._consumed() >= max_events:
                     break
                 budget = self.settings.batch_max_events
                 if max_events is not None:
-                    budget = min(budget, max_events - stats.consumed)
+                    budget = min(budget, max_events - self._consumed())
                 polled = self.consumer.poll(
                     timeout_ms=max(1, self.settings.batch_max_wait_ms), max_records=budget
                 )
-                if not any(polled.values()):
-                    if idle_exit_s is not None and time.monotonic() - last_event > idle_exit_s:
-                        break
-                    continue
-                last_event = time.monotonic()
-                records = self._in_step(polled)
-                if not records:  # all read too far ahead: read again once the others caught up
-                    continue
+                quiet = not any(polled.values())
+                records = [] if quiet else self._in_step(polled)
+                if not quiet:
+                    last_event = time.monotonic()
                 try:
+                    if not records:  # quiet, or all read too far ahead (read again later)
+                        self._settle()
+                        idle = time.monotonic() - last_event
+                        if quiet and idle_exit_s is not None and idle > idle_exit_s:
+                            break
+                        continue
                     labels = self.drain_labels()
-                    batch_stats = self._process_isolating(records)
+                    self._process_isolating(records)
                 except Exception as exc:
                     dependency = fault_dependency(exc)
                     if dependency is None:
@@ -367,12 +406,14 @@ class Worker:
                 for dependency in BATCH_DEPENDENCIES:
                     self.metrics.recovered(dependency)
                 stats.labels += labels
-                stats.add(batch_stats)
-                self.labels.maybe_commit()  # its labels are in the state, their DLQ records acked
         finally:
             self.close()
             stats.seconds = time.monotonic() - started
         return stats
+
+    def _consumed(self) -> int:
+        """Events of the committed batches and of the batch in the delivery stage."""
+        return self.stats.consumed + (self._handed.stats.consumed if self._handed else 0)
 
     def _wait_out(
         self, records: list[ConsumerRecord], dependency: str, exc: Exception, backoff: float
@@ -392,46 +433,46 @@ class Worker:
         while not self._stopping and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def _attempt(self, records: list[ConsumerRecord]) -> WorkerStats | Exception:
+    def _attempt(self, records: list[ConsumerRecord]) -> Exception | None:
         """`_process`; a failure that is not a server's fault is returned (the batch aborted)
         for the caller to isolate, a fault or a failed delivery raises."""
         try:
-            return self._process(records)
+            self._process(records)
         except Exception as exc:
             if isinstance(exc, DeliveryError) or fault_dependency(exc) is not None:
                 raise
+            self._settle()  # the batch before is not this one's to drop
             self.delivery.abort()
             return exc
+        return None
 
-    def _process_isolating(self, records: list[ConsumerRecord]) -> WorkerStats:
+    def _process_isolating(self, records: list[ConsumerRecord]) -> None:
         """`_process`, and if it fails for a reason that is not a fault of a server, the batch
         is bisected until the events that fail alone are found; each goes to the dead-letter
         topic with the error as its reason, the others are scored (`ISOLATION_LIMIT`)."""
-        outcome = self._attempt(records)
-        if isinstance(outcome, WorkerStats):
-            return outcome
+        error = self._attempt(records)
+        if error is None:
+            return
         logger.warning("batch of %d events failed (%r): isolating the cause",
-                       len(records), outcome)  # fmt: skip
-        return self._bisect(records, [], outcome)
+                       len(records), error)  # fmt: skip
+        self._bisect(records, [], error)
 
     def _bisect(
         self, records: list[ConsumerRecord], failed: list[ConsumerRecord], error: Exception
-    ) -> WorkerStats:
+    ) -> None:
         """Records that failed together with `error`: each half is tried alone."""
         if len(records) == 1:
-            return self._dead_letter_alone(records[0], failed, error)
-        stats = WorkerStats()
+            self._dead_letter_alone(records[0], failed, error)
+            return
         middle = len(records) // 2
         for half in (records[:middle], records[middle:]):
-            outcome = self._attempt(half)
-            if isinstance(outcome, Exception):
-                outcome = self._bisect(half, failed, outcome)
-            stats.add(outcome)
-        return stats
+            half_error = self._attempt(half)
+            if half_error is not None:
+                self._bisect(half, failed, half_error)
 
     def _dead_letter_alone(
         self, record: ConsumerRecord, failed: list[ConsumerRecord], exc: Exception
-    ) -> WorkerStats:
+    ) -> None:
         """One event that failed on its own: to the dead-letter topic, its offset committed.
 
         More than `ISOLATION_LIMIT` such events in one batch mean the fault is not theirs (a
@@ -443,7 +484,7 @@ class Worker:
                 f"{len(failed)} events of one batch failed alone, the last with {exc!r}"
             ) from exc
         reason = f"{REASON_PROCESSING_FAILED}: {type(exc).__name__}: {exc}"
-        stats = WorkerStats(consumed=1, dead_letters=1, batches=1)
+        self._settle()
         self.delivery.begin()
         self.delivery.send(
             self.settings.topic_dead_letter,
@@ -451,15 +492,14 @@ class Worker:
             key=dead_letter_key(record.key),
         )
         self.delivery.commit(_next_offsets([record]))
+        self.stats.add(WorkerStats(consumed=1, dead_letters=1, batches=1))
         self.metrics.dead_letters.labels(reason=REASON_PROCESSING_FAILED).inc()
         self.metrics.events_in.inc()
         logger.warning("%s@%d to the dead-letter topic: %s", record.topic, record.offset, reason)
-        return stats
 
-    def _process(self, records: list[ConsumerRecord]) -> WorkerStats:
-        """Score, produce and commit one batch; what it did, once committed."""
-        stats = WorkerStats()
-        self.delivery.begin()
+    def _process(self, records: list[ConsumerRecord]) -> None:
+        """Compute one batch, settle the batch before, produce this one's records and hand it
+        to the delivery stage."""
         stamps = np.fromiter((r.timestamp for r in records), np.int64, len(records))
         parsed = validate_transactions(
             parse_transactions([record.value for record in records]),
@@ -467,6 +507,18 @@ class Worker:
             np.fromiter((r.partition for r in records), np.int64, len(records)),
             self.clock,
         )
+        self.metrics.consumer_lag.set(self._lag())
+        batch = None
+        if len(parsed):
+            batch = self._compute(parsed, [records[index] for index in parsed.rows])
+            # Idempotent, so a batch read again writes the same rows.
+            self.core.write_online(batch)
+            self._take_refused()
+        waiting = time.perf_counter()
+        self._settle()
+        self.metrics.delivery_wait.observe(time.perf_counter() - waiting)
+
+        self.delivery.begin()
         for index, exc in parsed.rejected:
             record = records[index]
             self.delivery.send(
@@ -476,54 +528,78 @@ class Worker:
                 ),
                 key=dead_letter_key(record.key),
             )
-        label_dead_letters = self._label_dead_letters  # cleared once this batch is committed
+        label_dead_letters, self._label_dead_letters = self._label_dead_letters, []
         for value, _ in label_dead_letters:
             self.delivery.send(self.settings.topic_dead_letter, value)
-        stats.consumed = len(records)
-        self.metrics.consumer_lag.set(self._lag())
-        batch = None
-        if len(parsed):
-            batch = self._score(parsed, [records[index] for index in parsed.rows], stats)
-            # Written while the broker works on the scores (the producer sends in the
-            # background); idempotent, so a batch read again writes the same rows.
-            self.core.write_online(batch)
-            self._take_refused()
-        refused = self._refused_dead_letters
+        stats = WorkerStats(consumed=len(records), batches=1)
+        if batch is not None:
+            self._send_scores(batch, stats)
+        refused, self._refused_dead_letters = self._refused_dead_letters, []
         for value in refused:
             self.delivery.send(self.settings.topic_dead_letter, value)
+        stats.dead_letters = len(parsed.rejected) + len(label_dead_letters) + len(refused)
         # Every score and dead letter acknowledged (or in the transaction) before the commit.
-        self.delivery.commit(_next_offsets(records))
-        self._label_dead_letters = []
-        self._refused_dead_letters = self._refused_dead_letters[len(refused) :]
-        acked_ms = time.time() * 1000
+        self.delivery.hand_over(_next_offsets(records))
+        self._handed = _Handed(
+            records=records,
+            stats=stats,
+            refused=refused,
+            codes=[exc.code for _, exc in parsed.rejected]
+            + [code for _, code in label_dead_letters]
+            + [REASON_LABEL_UNKNOWN_TRANSACTION] * len(refused),
+            batch=batch,
+            label_positions=self.labels.positions(),
+        )
+        self.metrics.queue_depth.labels(stage="delivery").set(1)
+
+    def _settle(self) -> None:
+        """Wait for the batch in the delivery stage: once committed, count it and commit the
+        labels read for it; if it was not, keep it to be read again and raise."""
+        handed, self._handed = self._handed, None
+        if handed is None:
+            return
+        try:
+            self.delivery.settle()
+        except Exception:
+            self._failed = handed
+            raise
+        finally:
+            self.metrics.queue_depth.labels(stage="delivery").set(0)
+        records = handed.records
+        acked_ms = self.delivery.acknowledged_ms
         entered_ms = np.fromiter((r.timestamp for r in records), np.float64, len(records))
         self.metrics.end_to_end.observe_many(np.maximum(0.0, acked_ms - entered_ms) / 1000)
-        for _, exc in parsed.rejected:
-            self.metrics.dead_letters.labels(reason=exc.code).inc()
-        for _, code in label_dead_letters:
+        for code in handed.codes:
             self.metrics.dead_letters.labels(reason=code).inc()
-        if refused:
-            reason = REASON_LABEL_UNKNOWN_TRANSACTION
-            self.metrics.dead_letters.labels(reason=reason).inc(len(refused))
-        stats.dead_letters = len(parsed.rejected) + len(label_dead_letters) + len(refused)
-        stats.batches = 1
         self.metrics.events_in.inc(len(records))
         self.metrics.batch_size.observe(len(records))
-        if batch is not None:
-            self.metrics.events_scored.inc(len(batch))
-            self.metrics.events_degraded.inc(int(batch.degraded.sum()))
-        return stats
+        if handed.batch is not None:
+            self.metrics.events_scored.inc(len(handed.batch))
+            self.metrics.events_degraded.inc(int(handed.batch.degraded.sum()))
+        self.stats.add(handed.stats)
+        self._label_positions = handed.label_positions
+        self.labels.maybe_commit(handed.label_positions)
 
     def _rewind(self, records: list[ConsumerRecord], failure: DeliveryError | None) -> None:
-        """Drop a batch that was not committed and read it again from its first offsets, with
-        the labels from their committed positions (dead letters of malformed labels were in
-        the dropped batch).
+        """Drop a batch that was not committed and read it again from its first offsets (with
+        the batch before it if that one was not committed either), with the labels from their
+        committed positions (dead letters of malformed labels were in the dropped batch).
 
         Partitions the group has meanwhile given to another worker are left to it.
         """
         if failure is not None:
             logger.warning("batch of %d events not committed, reading it again: %s",
                            len(records), failure)  # fmt: skip
+        try:
+            self._settle()
+        except DeliveryStoppedError:
+            raise
+        except Exception as exc:  # kept in `_failed`: read again below
+            logger.warning("the batch before was not committed either: %r", exc)
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            records = failed.records + records
+            self._refused_dead_letters = failed.refused + self._refused_dead_letters
         self._label_dead_letters.clear()
         self.labels.rewind()
         self.delivery.abort()
@@ -537,16 +613,18 @@ class Worker:
                 self.consumer.seek(tp, offset)
         self.metrics.batches_rewound.inc()
 
-    def _score(
-        self, parsed: ParsedBatch, records: list[ConsumerRecord], stats: WorkerStats
-    ) -> ScoredBatch:
-        columns = parsed.columns
+    def _compute(self, parsed: ParsedBatch, records: list[ConsumerRecord]) -> ScoredBatch:
+        """Features and scores of the batch's valid events."""
         degraded = np.zeros(len(parsed), bool)
         if self.settings.max_lag_s is not None:
             now_ms = time.time() * 1000
             ages = np.array([now_ms - record.timestamp for record in records]) / 1000
             degraded = ages > self.settings.max_lag_s
-        batch = self.core.score(columns, degraded)
+        return self.core.score(parsed.columns, degraded)
+
+    def _send_scores(self, batch: ScoredBatch, stats: WorkerStats) -> None:
+        """Produce the batch's scores and feature log."""
+        columns = batch.transactions
         scored_at = format_timestamp(datetime.now(UTC))
         times = iso_times(columns["tx_datetime"])
         scores = score_bodies(batch, self.settings.score_threshold, scored_at, times)
@@ -567,7 +645,6 @@ class Worker:
         self.metrics.model_version.labels(model=batch.model.name).set(float(batch.model.version))
         self.metrics.scores.observe_many(batch.scores)
         self._update_drift(batch)
-        return batch
 
     def _update_drift(self, batch: ScoredBatch) -> None:
         """Rolling PSI of the served features against the serving model's training reference.
@@ -644,10 +721,15 @@ class Worker:
         return lag
 
     def close(self) -> None:
-        """Close the clients (batches were committed one by one; an open one is aborted)."""
+        """Settle the batch in the delivery stage, close the clients (an open transaction is
+        aborted)."""
         self.core.watcher.stop()
         try:
-            self.labels.commit()
+            try:
+                self._settle()
+            except Exception as exc:  # read again by whoever reads its partitions next
+                logger.warning("the last batch was not committed: %r", exc)
+            self.labels.commit(self._label_positions)
         finally:
             try:
                 self.delivery.close()

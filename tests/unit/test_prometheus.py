@@ -150,6 +150,7 @@ def test_exposed_names_include_histogram_series_and_labelled_metrics() -> None:
         assert {f"{histogram}_bucket", f"{histogram}_sum", f"{histogram}_count"} <= names
     assert {"skewless_events_in_total", "skewless_consumer_lag"} <= names
     assert {"skewless_dead_letters_total", "skewless_model_version"} <= names
+    assert {"skewless_queue_depth", "skewless_delivery_wait_seconds_count"} <= names
     assert "skewless_events_in" not in names  # counters are exposed with _total only
 
 
