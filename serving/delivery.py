@@ -1,19 +1,19 @@
 """What the worker writes for a micro-batch, and how it commits the batch's input offsets.
 
 One idempotent `KafkaProducer` (`enable_idempotence=True`, `acks='all'`) carries the scores,
-the dead letters and the feature log. Its records of one batch are sent while the worker goes
-on (`LINGER_MS` gathers them into record batches of up to `BATCH_BYTES` per partition), in
+the dead letters and the feature log. Its records of one batch are sent by the delivery stage
+(`LINGER_MS` gathers them into record batches of up to `BATCH_BYTES` per partition), in
 send order per partition: the idempotent producer keeps that order through retries. Records
 are at most the broker's 1 MiB (dead letters cut their original, feature-log records hold at
 most a few hundred rows), so `send` never refuses one for its size.
 
 `SKEWLESS_DELIVERY` chooses how a batch is committed:
 
-- `at_least_once` (default): `commit` flushes the producer, checks that Kafka acknowledged
-  every record of the batch, then commits the consumer's offsets. A crash before the commit
+- `at_least_once` (default): the stage flushes the producer, checks that Kafka acknowledged
+  every record of the batch, then the consumer's offsets are committed. A crash before the commit
   re-reads the uncommitted batch, so a transaction can be scored twice; scores are keyed by
   `transaction_id` and consumers deduplicate by key.
-- `exactly_once`: each batch is one Kafka transaction. `begin` opens it; `commit` flushes,
+- `exactly_once`: each batch is one Kafka transaction. The stage opens it, sends, flushes,
   adds the batch's next offsets to it with the consumer's group metadata
   (`send_offsets_to_transaction`, so a consumer fenced by a rebalance cannot commit, KIP-447)
   and commits it. A `read_committed` consumer of the output topics then sees each batch's
@@ -25,14 +25,15 @@ most a few hundred rows), so `send` never refuses one for its size.
   workers with the same id fence each other: the fenced one stops with a message naming
   `SKEWLESS_WORKER_ID` (a configuration error, the one thing that stops a worker).
 
-The delivery stage: `hand_over` gives a batch's acknowledgements and commit to a thread of
-their own and returns at once, so that the worker reads and computes the next batch meanwhile
-(the guide's pipelined inference); `settle` waits for that batch. The stage's queue holds one
-batch: the worker settles the batch before it sends the next one's records. In
-exactly-once the stage commits the transaction (the producer has one open at a time); in
-at-least-once it waits for the acknowledgements and `settle` commits the offsets with
-`commit_async` (a failed asynchronous commit costs nothing but re-reading: the next commit
-carries its offsets; `close` commits the last ones synchronously).
+The delivery stage owns the producer: `hand_over` gives it a batch's records and offsets and
+returns at once, and a thread of its own produces the records, waits for their
+acknowledgements and commits, while the worker reads and computes the next batch (the guide's
+pipelined inference; producing is a good part of a batch's Python time, and the worker's own
+is mostly spent waiting for Redis). `settle` waits for that batch; the stage's queue holds one
+batch, settled before the next is handed over. In exactly-once the stage commits the
+transaction (the producer has one open at a time); in at-least-once `settle` commits the
+offsets with `commit_async` (a failed asynchronous commit costs nothing but re-reading: the
+next commit carries its offsets; `close` commits the last ones synchronously).
 
 Either way, a batch that could not be delivered or committed (a broker fault outlasting the
 producer's retries, a record the broker refused, a rebalance that took the batch's partitions,
@@ -91,6 +92,8 @@ CLOSE_TIMEOUT_S = 5.0
 
 DeliveryMode = Literal["at_least_once", "exactly_once"]
 Offsets = dict[TopicPartition, OffsetAndMetadata]
+Outgoing = tuple[str, bytes | None, bytes]
+"""A record to produce: topic, key, value."""
 
 
 class DeliveryError(RuntimeError):
@@ -125,7 +128,6 @@ class Delivery:
             "batch_size": BATCH_BYTES,
         }
         self.producer = KafkaProducer(**self._config)
-        self._pending: list[FutureRecordMetadata] = []
         self._in_transaction = False
         self._stage = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skewless-delivery")
         self._handed: Future[tuple[Offsets, float]] | None = None
@@ -142,29 +144,9 @@ class Delivery:
     def exactly_once(self) -> bool:
         return self.transactional_id is not None
 
-    def begin(self) -> None:
-        """Start the batch (a transaction in `exactly_once`)."""
-        if self.exactly_once and not self._in_transaction:
-            self._fatal_unless(self.producer.begin_transaction)
-            self._in_transaction = True
-
-    def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-        """Queue one record of the batch."""
-        try:
-            self._pending.append(self.producer.send(topic, value, key=key))
-        except MessageSizeTooLargeError:
-            raise  # a bug: every record the worker makes fits the broker's limit
-        except KafkaError as exc:
-            raise DeliveryError(f"{topic}: the record could not be queued: {exc!r}") from exc
-
-    def send_many(self, topic: str, keys: list[bytes | None], values: list[bytes]) -> None:
-        """Queue records of one topic, in order."""
-        for key, value in zip(keys, values, strict=True):
-            self.send(topic, value, key)
-
-    def commit(self, offsets: Offsets) -> None:
-        """Wait until Kafka acknowledged the batch's records, then commit `offsets` with them."""
-        self.hand_over(offsets)
+    def deliver(self, outgoing: list[Outgoing], offsets: Offsets) -> None:
+        """Produce `outgoing` and commit `offsets` with it, waiting for both."""
+        self.hand_over(outgoing, offsets)
         self.settle(asynchronous=False)
 
     @property
@@ -172,14 +154,14 @@ class Delivery:
         """Whether a batch is in the delivery stage, not settled yet."""
         return self._handed is not None
 
-    def hand_over(self, offsets: Offsets) -> None:
-        """Give the batch (its records sent, `offsets` its next ones) to the delivery stage and
-        return at once; `settle` it before the next batch's `begin` or `send`."""
+    def hand_over(self, outgoing: list[Outgoing], offsets: Offsets) -> None:
+        """Give a batch to the delivery stage and return at once: the stage produces its
+        `outgoing` records (in a transaction in exactly-once) and commits `offsets`, its next
+        ones. `settle` it before handing over the next batch."""
         if self._handed is not None:
             raise RuntimeError("a batch is already in the delivery stage: settle it first")
-        pending, self._pending = self._pending, []
         metadata = self.consumer.group_metadata() if self.exactly_once else None
-        self._handed = self._stage.submit(self._deliver, pending, offsets, metadata)
+        self._handed = self._stage.submit(self._deliver, outgoing, offsets, metadata)
 
     def settle(self, asynchronous: bool = True) -> None:
         """Wait for the batch in the delivery stage (if any): committed, or `DeliveryError`
@@ -201,10 +183,21 @@ class Delivery:
             raise DeliveryError(f"the batch's offsets were not committed: {exc!r}") from exc
 
     def _deliver(
-        self, pending: list[FutureRecordMetadata], offsets: Offsets, metadata: object
+        self, outgoing: list[Outgoing], offsets: Offsets, metadata: object
     ) -> tuple[Offsets, float]:
         """The delivery stage's work for one batch (its own thread); its offsets, and when its
         records were acknowledged."""
+        if self.exactly_once and not self._in_transaction:
+            self._fatal_unless(self.producer.begin_transaction)
+            self._in_transaction = True
+        pending = []
+        for topic, key, value in outgoing:
+            try:
+                pending.append(self.producer.send(topic, value, key=key))
+            except MessageSizeTooLargeError:
+                raise  # a bug: every record the worker makes fits the broker's limit
+            except KafkaError as exc:
+                raise DeliveryError(f"{topic}: a record could not be queued: {exc!r}") from exc
         self._await_acknowledgements(pending)
         acknowledged_ms = time.time() * 1000
         if not self.exactly_once:
@@ -225,7 +218,6 @@ class Delivery:
         delivery stage is waited for and dropped too (the caller settles it first if it wants
         to know whether it was committed)."""
         self._drop_handed()
-        self._pending.clear()
         if self._in_transaction:
             try:
                 self.producer.abort_transaction()

@@ -52,7 +52,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from serving.alignment import held_back
-from serving.delivery import Delivery, DeliveryError, DeliveryStoppedError
+from serving.delivery import Delivery, DeliveryError, DeliveryStoppedError, Outgoing
 from serving.events import (
     REASON_LABEL_UNKNOWN_TRANSACTION,
     REASON_PROCESSING_FAILED,
@@ -485,21 +485,19 @@ class Worker:
             ) from exc
         reason = f"{REASON_PROCESSING_FAILED}: {type(exc).__name__}: {exc}"
         self._settle()
-        self.delivery.begin()
-        self.delivery.send(
-            self.settings.topic_dead_letter,
-            dead_letter(record.value, reason, record.topic, record.partition, record.offset),
-            key=dead_letter_key(record.key),
+        letter = dead_letter(record.value, reason, record.topic, record.partition, record.offset)
+        self.delivery.deliver(
+            [(self.settings.topic_dead_letter, dead_letter_key(record.key), letter)],
+            _next_offsets([record]),
         )
-        self.delivery.commit(_next_offsets([record]))
         self.stats.add(WorkerStats(consumed=1, dead_letters=1, batches=1))
         self.metrics.dead_letters.labels(reason=REASON_PROCESSING_FAILED).inc()
         self.metrics.events_in.inc()
         logger.warning("%s@%d to the dead-letter topic: %s", record.topic, record.offset, reason)
 
     def _process(self, records: list[ConsumerRecord]) -> None:
-        """Compute one batch, settle the batch before, produce this one's records and hand it
-        to the delivery stage."""
+        """Compute one batch and its records, settle the batch before, hand this one to the
+        delivery stage."""
         stamps = np.fromiter((r.timestamp for r in records), np.int64, len(records))
         parsed = validate_transactions(
             parse_transactions([record.value for record in records]),
@@ -514,32 +512,27 @@ class Worker:
             # Idempotent, so a batch read again writes the same rows.
             self.core.write_online(batch)
             self._take_refused()
+        stats = WorkerStats(consumed=len(records), batches=1)
+        scores = self._score_records(batch, stats) if batch is not None else []
         waiting = time.perf_counter()
-        self._settle()
+        self._settle()  # (a failure raises here, before this batch took any dead letter)
         self.metrics.delivery_wait.observe(time.perf_counter() - waiting)
-
-        self.delivery.begin()
+        dead_letter_topic = self.settings.topic_dead_letter
+        outgoing: list[Outgoing] = []
         for index, exc in parsed.rejected:
             record = records[index]
-            self.delivery.send(
-                self.settings.topic_dead_letter,
-                dead_letter(
-                    record.value, exc.reason, record.topic, record.partition, record.offset
-                ),
-                key=dead_letter_key(record.key),
+            letter = dead_letter(
+                record.value, exc.reason, record.topic, record.partition, record.offset
             )
+            outgoing.append((dead_letter_topic, dead_letter_key(record.key), letter))
         label_dead_letters, self._label_dead_letters = self._label_dead_letters, []
-        for value, _ in label_dead_letters:
-            self.delivery.send(self.settings.topic_dead_letter, value)
-        stats = WorkerStats(consumed=len(records), batches=1)
-        if batch is not None:
-            self._send_scores(batch, stats)
+        outgoing += [(dead_letter_topic, None, value) for value, _ in label_dead_letters]
+        outgoing += scores
         refused, self._refused_dead_letters = self._refused_dead_letters, []
-        for value in refused:
-            self.delivery.send(self.settings.topic_dead_letter, value)
+        outgoing += [(dead_letter_topic, None, value) for value in refused]
         stats.dead_letters = len(parsed.rejected) + len(label_dead_letters) + len(refused)
         # Every score and dead letter acknowledged (or in the transaction) before the commit.
-        self.delivery.hand_over(_next_offsets(records))
+        self.delivery.hand_over(outgoing, _next_offsets(records))
         self._handed = _Handed(
             records=records,
             stats=stats,
@@ -622,14 +615,17 @@ class Worker:
             degraded = ages > self.settings.max_lag_s
         return self.core.score(parsed.columns, degraded)
 
-    def _send_scores(self, batch: ScoredBatch, stats: WorkerStats) -> None:
-        """Produce the batch's scores and feature log."""
+    def _score_records(self, batch: ScoredBatch, stats: WorkerStats) -> list[Outgoing]:
+        """The batch's score and feature-log records."""
         columns = batch.transactions
         scored_at = format_timestamp(datetime.now(UTC))
         times = iso_times(columns["tx_datetime"])
         scores = score_bodies(batch, self.settings.score_threshold, scored_at, times)
         keys: list[bytes | None] = [b"%d" % tx_id for tx_id in columns["transaction_id"].tolist()]
-        self.delivery.send_many(self.settings.topic_scores, keys, [orjson.dumps(b) for b in scores])
+        topic = self.settings.topic_scores
+        outgoing: list[Outgoing] = [
+            (topic, key, orjson.dumps(body)) for key, body in zip(keys, scores, strict=True)
+        ]
         sample = self.settings.feature_log_sample_rate
         kept = np.arange(len(batch))
         if sample < 1.0:
@@ -637,7 +633,7 @@ class Worker:
         for start in range(0, len(kept), FEATURE_LOG_ROWS_PER_RECORD):
             rows = kept[start : start + FEATURE_LOG_ROWS_PER_RECORD]
             record = feature_log_record(batch, rows, scored_at, times)
-            self.delivery.send(self.settings.topic_feature_log, record, key=keys[rows[0]])
+            outgoing.append((self.settings.topic_feature_log, keys[rows[0]], record))
         stats.scored += len(batch)
         stats.versions.add(batch.model.version)
         self.metrics.feature_seconds.observe(batch.feature_seconds)
@@ -645,6 +641,7 @@ class Worker:
         self.metrics.model_version.labels(model=batch.model.name).set(float(batch.model.version))
         self.metrics.scores.observe_many(batch.scores)
         self._update_drift(batch)
+        return outgoing
 
     def _update_drift(self, batch: ScoredBatch) -> None:
         """Rolling PSI of the served features against the serving model's training reference.
