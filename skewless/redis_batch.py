@@ -59,7 +59,7 @@ def _chunks(commands: Sequence[Command]) -> Iterator[Sequence[Command]]:
     """`commands` in runs of at most `CHUNK_COMMANDS` commands and about `CHUNK_BYTES`."""
     start = size = 0
     for end, command in enumerate(commands):
-        size += sum(len(argument) for argument in command)
+        size += sum(map(len, command))
         if end + 1 - start >= CHUNK_COMMANDS or size >= CHUNK_BYTES:
             yield commands[start : end + 1]
             start, size = end + 1, 0
