@@ -16,7 +16,8 @@ partitions is read by one worker, then another backlog by two worker processes o
 Each load streams the data's events after the previous load's (`HISTORY_DAYS`). In the same
 run, the naive loop of the common tutorials (one
 Feast `get_online_features`, one model call and one acknowledged produce per event) scores
-events from the same data.
+events from the same data, and the champion's serving latency is timed (one ONNX Runtime call
+per batch of 1, 500 and 2,000 rows).
 
 Needs the local services and a champion model (`make train`). Prints a table and ends with:
 `bench: max_throughput=<events/s> p99_ms_at_5000=<ms> naive_ratio=<x>
@@ -70,6 +71,8 @@ HISTORY_DAYS = 90
 """The benchmarked events are the data's after this many days before its end, each load
 taking the events after the previous load's (a state that saw an event once finds a second
 sending of it unchanged, which costs less: no load may replay another's)."""
+MODEL_BATCHES = (1, 500, 2_000)
+MODEL_CALLS = 300
 PROFILE_EVENTS = 50_000
 SCALE_OUT_PARTITIONS = 4
 SCALE_OUT_EVENTS = 100_000
@@ -352,6 +355,29 @@ def naive_baseline(settings: Settings, frame: pd.DataFrame) -> float:
     return len(rows) / elapsed
 
 
+def model_latency(settings: Settings) -> str:
+    """The champion's serving latency (its ONNX export, loaded as the worker loads it): p50
+    and p99 milliseconds of one call, per batch size in `MODEL_BATCHES`, on random positive
+    rows (the network's time does not depend on the values)."""
+    model = load_version(settings)
+    rng = np.random.default_rng(11)
+    width = len(model.feature_names)
+    base = rng.lognormal(size=(max(MODEL_BATCHES), width)).astype(np.float32)
+    model.warm_up()
+    figures = []
+    for rows in MODEL_BATCHES:
+        matrix = base[:rows]
+        seconds = []
+        for _ in range(MODEL_CALLS):
+            started = time.perf_counter()
+            model.score(matrix)
+            seconds.append(time.perf_counter() - started)
+        p50, p99 = np.percentile(seconds, [50, 99]) * 1e3
+        figures.append(f"{rows:,} rows p50 {p50:.3f} ms p99 {p99:.3f} ms")
+    return (f"model {model.name} version {model.version} ({width} features, ONNX Runtime, one "
+            f"thread): {', '.join(figures)}")  # fmt: skip
+
+
 def profile_worker(base: Settings, data: Path, window: pd.DataFrame) -> None:
     """The worker under cProfile on a backlog of `window` (at-least-once): its top entries, in
     microseconds per event (profiling slows Python code down, not the servers' time)."""
@@ -437,6 +463,7 @@ def main() -> None:
               flush=True)  # fmt: skip
         results.append(run_load(base, data, window, offered, delivery, workers, partitions))
     naive = naive_baseline(base, later)
+    model_figures = model_latency(base)
     clear_state(redis_server.client(base))
     print()
     print("| delivery | workers x partitions | offered (events/s) | achieved offered | events "
@@ -464,6 +491,7 @@ def main() -> None:
     best = max((r.throughput for r in at_least_once), default=float("nan"))
     best_exactly_once = max((r.throughput for r in exactly_once), default=float("nan"))
     at_5000 = next((r.p99_ms for r in at_least_once if r.offered == 5_000), float("nan"))
+    print(model_figures)
     print("hot-entity load of the window state (state_bench.py --parts hot) ...", flush=True)
     with private_redis() as (_, client):
         hot_ratio, hot_p99_ratio = hot_entity(client, feature_store.load_declarations(base))

@@ -170,7 +170,12 @@ class Delivery:
         handed, self._handed = self._handed, None
         if handed is None:
             return
-        offsets, self.acknowledged_ms = handed.result()
+        try:
+            offsets, self.acknowledged_ms = handed.result()
+        except (DeliveryError, DeliveryStoppedError, KafkaError):
+            raise
+        except Exception as exc:  # (not expected) the batch is read again, never skipped
+            raise DeliveryError(f"the delivery stage failed: {exc!r}") from exc
         if self.exactly_once:
             return
         self._committed.update(offsets)

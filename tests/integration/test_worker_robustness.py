@@ -18,17 +18,18 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
+from serving.delivery import Delivery, DeliveryError
 from serving.events import Label, encode_label, format_timestamp
 from serving.metrics import ScoringMetrics
 from serving.scoring import ScoringCore, build_core
-from serving.worker import ISOLATION_LIMIT, Worker, build_worker
+from serving.worker import ISOLATION_LIMIT, Worker, build_worker, fault_dependency
 from skewless.services.process import wait_for
 from skewless.settings import Settings
 from tests.conftest import (
@@ -508,3 +509,28 @@ def test_a_scoring_that_fails_for_every_event_is_waited_out_not_dead_lettered(
         thread.join(timeout=60)
     assert len(_dead_letters(settings, 0)) <= ISOLATION_LIMIT
     assert _committed(settings) <= ISOLATION_LIMIT  # the rest is read again, not lost
+
+
+def test_a_failure_inside_the_delivery_stage_reads_the_batch_again(
+    kafka_service: Settings,
+) -> None:
+    """Whatever fails in the delivery stage's thread surfaces when the batch is settled as a
+    `DeliveryError`, which the worker waits out and answers by reading the batch again: a
+    batch handed over is committed or read again, never skipped."""
+    settings = kafka_service
+    group = f"stage-{uuid.uuid4().hex[:8]}"
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    delivery = Delivery(settings, consumer, client_id="stage-test")
+    try:
+        # (a value the producer cannot serialize: a failure that is neither Kafka's nor ours)
+        delivery.hand_over([(settings.topic_scores, None, cast(bytes, 12345))], {})
+        with pytest.raises(DeliveryError, match="delivery stage failed") as failure:
+            delivery.settle()
+        assert fault_dependency(failure.value) == "kafka"
+        assert not delivery.handed
+        delivery.deliver([(settings.topic_scores, b"1", b"{}")], {})  # and it goes on
+    finally:
+        delivery.close()
+        consumer.close()
