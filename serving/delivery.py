@@ -243,7 +243,7 @@ class Delivery:
         """
         try:
             self.settle(asynchronous=False)
-        except (DeliveryError, DeliveryStoppedError) as exc:
+        except Exception as exc:  # (whatever it was, closing goes on)
             logger.warning("the last batch was not committed: %s", exc)
         try:
             if self._in_transaction:
@@ -266,7 +266,7 @@ class Delivery:
         if handed is not None:
             try:
                 handed.result()
-            except (DeliveryError, DeliveryStoppedError, KafkaError) as exc:
+            except Exception as exc:  # (dropped either way)
                 logger.debug("batch dropped from the delivery stage: %r", exc)
 
     @staticmethod
