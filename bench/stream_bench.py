@@ -248,6 +248,18 @@ class FastProducer:
         self.flush(timeout)
 
 
+def publish_window(
+    settings: Settings, data: Path, window: pd.DataFrame, offered: float | None
+) -> None:
+    """Replay the events of `window` (consecutive rows of the data) at `offered` events/s, with
+    the labels a live stream would carry over the same period."""
+    first, last = window["tx_datetime"].iloc[0], window["tx_datetime"].iloc[-1]
+    end = last + pd.Timedelta(microseconds=1)
+    replay(settings, data, first.to_pydatetime(), end.to_pydatetime(), offered,
+           sequence_header=False, trailing_labels=False,
+           linger_ms=5 if offered is None else 0, make_producer=FastProducer)  # fmt: skip
+
+
 def run_load(
     base: Settings,
     data: Path,
@@ -259,20 +271,12 @@ def run_load(
 ) -> LoadResult:
     """Replay `window` at `offered` events/s through `workers` worker processes; measure it."""
     settings = private_settings(base, delivery, partitions)
-    first, last = window["tx_datetime"].iloc[0], window["tx_datetime"].iloc[-1]
-    end = last + pd.Timedelta(microseconds=1)
-
-    def publish() -> None:
-        replay(settings, data, first.to_pydatetime(), end.to_pydatetime(), offered,
-               sequence_header=False, trailing_labels=False,
-               linger_ms=5 if offered is None else 0, make_producer=FastProducer)  # fmt: skip
-
     if offered is None:  # a backlog: everything published before the workers start
-        publish()
+        publish_window(settings, data, window, offered)
         processes, started_s = start_workers(settings, len(window), workers)
     else:
         processes, started_s = start_workers(settings, len(window), workers)
-        publish()
+        publish_window(settings, data, window, offered)
     for process in processes:
         process.wait(timeout=600)
     events = len(window)
@@ -382,9 +386,7 @@ def profile_worker(base: Settings, data: Path, window: pd.DataFrame) -> None:
     """The worker under cProfile on a backlog of `window` (at-least-once): its top entries, in
     microseconds per event (profiling slows Python code down, not the servers' time)."""
     settings = private_settings(base)
-    first, last = window["tx_datetime"].iloc[0], window["tx_datetime"].iloc[-1]
-    replay(settings, data, first.to_pydatetime(), (last + pd.Timedelta(microseconds=1))
-           .to_pydatetime(), None, sequence_header=False, trailing_labels=False)  # fmt: skip
+    publish_window(settings, data, window, None)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "worker.prof"
         (worker,), _ = start_workers(settings, len(window), profile=path)
@@ -482,7 +484,7 @@ def main() -> None:
               f"{r.events:,} | {r.throughput:,.0f} | {latency} |")  # fmt: skip
     print(f"| - | - | naive per-event loop | - | {NAIVE_EVENTS:,} | {naive:,.0f} "
           "| - | - | - | - | - |")  # fmt: skip
-    scale_out = [r for r in results if r.partitions == SCALE_OUT_PARTITIONS]
+    scale_out = [r for run, r in zip(runs, results, strict=True) if run[3] is not None]
     two_workers = max((r.throughput for r in scale_out if r.workers == 2), default=float("nan"))
     one_worker = max((r.throughput for r in scale_out if r.workers == 1), default=float("nan"))
     results = [r for r in results if r not in scale_out]

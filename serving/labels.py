@@ -25,8 +25,8 @@ from its committed offsets (from the beginning when there are none). The worker 
 positions a batch's labels were read to (`maybe_commit`, at most every `COMMIT_EVERY_S`) only
 once that batch is committed: its labels are in the state and their dead letters
 acknowledged. After a batch that failed it reads again from the committed positions
-(`rewind`). Reading labels again is harmless: the state
-keeps one label per transaction id (`serving.events`, "Identity").
+(`rewind`). Reading labels again is harmless: the state keeps one label per transaction id
+(`serving.events`, "Identity").
 """
 
 from __future__ import annotations
