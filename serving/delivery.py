@@ -52,9 +52,11 @@ transactional id) or one that cannot initialise (not authorized) raises
 batch it split (too large for the broker) is still in flight, so `commit` flushes again until
 every record has an outcome (`FLUSH_ATTEMPTS`).
 
-What is outside Kafka is not in the transaction: the Redis state and Feast online rows are
-written before the commit and are idempotent; the label consumer's offsets are committed on
-their own (reading labels again is harmless).
+What is outside Kafka is not in the transaction: the Redis state (written by the worker) and
+the Feast online rows (written by the stage, before it produces the batch's records, so a
+reader that sees a score finds its online rows) are idempotent and written before the commit;
+a failure to write them is a `DeliveryError` like any other. The label consumer's offsets are
+committed on their own (reading labels again is harmless).
 """
 
 from __future__ import annotations
@@ -154,14 +156,21 @@ class Delivery:
         """Whether a batch is in the delivery stage, not settled yet."""
         return self._handed is not None
 
-    def hand_over(self, outgoing: list[Outgoing], offsets: Offsets) -> None:
-        """Give a batch to the delivery stage and return at once: the stage produces its
-        `outgoing` records (in a transaction in exactly-once) and commits `offsets`, its next
-        ones. `settle` it before handing over the next batch."""
+    def hand_over(
+        self,
+        outgoing: list[Outgoing],
+        offsets: Offsets,
+        before: Callable[[], None] | None = None,
+    ) -> None:
+        """Give a batch to the delivery stage and return at once: the stage runs `before`
+        (the batch's writes outside Kafka that readers of its records may count on: the
+        Feast online rows), produces its `outgoing` records (in a transaction in
+        exactly-once) and commits `offsets`, its next ones. `settle` it before handing over
+        the next batch."""
         if self._handed is not None:
             raise RuntimeError("a batch is already in the delivery stage: settle it first")
         metadata = self.consumer.group_metadata() if self.exactly_once else None
-        self._handed = self._stage.submit(self._deliver, outgoing, offsets, metadata)
+        self._handed = self._stage.submit(self._deliver, outgoing, offsets, metadata, before)
 
     def settle(self, asynchronous: bool = True) -> None:
         """Wait for the batch in the delivery stage (if any): committed, or `DeliveryError`
@@ -188,10 +197,21 @@ class Delivery:
             raise DeliveryError(f"the batch's offsets were not committed: {exc!r}") from exc
 
     def _deliver(
-        self, outgoing: list[Outgoing], offsets: Offsets, metadata: object
+        self,
+        outgoing: list[Outgoing],
+        offsets: Offsets,
+        metadata: object,
+        before: Callable[[], None] | None,
     ) -> tuple[Offsets, float]:
         """The delivery stage's work for one batch (its own thread); its offsets, and when its
         records were acknowledged."""
+        if before is not None:
+            try:
+                before()
+            except Exception as exc:  # (a Redis fault: the worker meets it again, reading)
+                raise DeliveryError(
+                    f"the batch's writes before its records failed: {exc!r}"
+                ) from exc
         if self.exactly_once and not self._in_transaction:
             self._fatal_unless(self.producer.begin_transaction)
             self._in_transaction = True

@@ -155,9 +155,11 @@ class ScoringCore:
     def write_online(self, batch: ScoredBatch) -> None:
         """The last event of each entity in the batch becomes its Feast online row.
 
-        One round trip. Callers run it once the scores are on their way (it is not needed to
-        score), so `get_online_features` sees stream-fresh features. Degraded rows (scored
-        without their windows) leave the rows of their entities as they were.
+        One round trip. The worker's delivery stage runs it while the next batch is computed
+        (it is not needed to score), before it produces this batch's scores, so
+        `get_online_features` sees stream-fresh features by the time a score can be read.
+        Degraded rows (scored without their windows) leave the rows of their entities as they
+        were.
         """
         transactions, windows = batch.transactions, batch.windows
         computed = np.flatnonzero(~batch.degraded)  # degraded rows have no window values

@@ -4,23 +4,25 @@ One loop per micro-batch: poll transactions (at most `batch_max_events`, waiting
 `batch_max_wait_ms`), bring the label state up to the labels topic's end as of that moment
 (`serving.labels`), parse and range-check (`serving.validation`: malformed events, amounts out
 of bounds, events too late or too far ahead go to the dead-letter topic with the reason; the
-rest of the batch goes on), score through the shared core and write the Feast online rows;
-then settle the batch before (below), produce this batch's scores, feature log and dead letters
-and hand it to the delivery stage (`serving.delivery`), which commits it while the loop goes on
-with the next batch: its offsets after the acknowledgements (at-least-once), or a Kafka
-transaction holding its records and offsets (exactly-once).
+rest of the batch goes on) and score through the shared core; then settle the batch before
+(below), make this batch's scores, feature log and dead letters and hand it to the delivery
+stage (`serving.delivery`), which writes its Feast online rows, produces its records and
+commits it while the loop goes on with the next batch: its offsets after the
+acknowledgements (at-least-once), or a Kafka transaction holding its records and offsets
+(exactly-once).
 
 Three stages overlap, as the guide's pipelined inference has them: kafka-python fetches the
 next records in the background while a batch is computed (its consumer sends the next fetch
 requests as soon as its buffer is drained); the loop computes batch n; the delivery stage
-waits for batch n-1's acknowledgements and commits it. Queues are bounded: the consumer's
-fetch buffer by `max_poll_records` and the partition fetch size, the delivery stage by one
-batch (`skewless_queue_depth{stage="delivery"}`; the time a computed batch waits for the one
-before is `skewless_delivery_wait_seconds`). Batches adapt to the load by themselves: a poll
-returns what has arrived, up to `batch_max_events`, so a quiet stream is scored in small
-batches at once and a busy one in full batches. Per partition, batches are produced and
-committed in order. When a batch is not committed, it and the batch computed after it are read
-again from the first one's offsets (their state updates are idempotent).
+writes batch n-1's online rows, waits for its acknowledgements and commits it. Queues are
+bounded: the consumer's fetch buffer by `max_poll_records` and the partition fetch size, the
+delivery stage by one batch (`skewless_queue_depth{stage="delivery"}`; the time a computed
+batch waits for the one before is `skewless_delivery_wait_seconds`). Batches adapt to the
+load by themselves: a poll returns what has arrived, up to `batch_max_events`, so a quiet
+stream is scored in small batches at once and a busy one in full batches. Per partition,
+batches are produced and committed in order. When a batch is not committed, it and the batch
+computed after it are read again from the first one's offsets (their state updates are
+idempotent).
 
 A crash therefore re-scores at most the two uncommitted batches, which in exactly-once were
 never visible to `read_committed` readers; scores are keyed by `transaction_id`, so an
@@ -139,8 +141,12 @@ def fault_dependency(exc: BaseException) -> str | None:
 
     Faults: Redis unreachable or restarting (after the client's own retries) or answering that
     it cannot write now, a Redis Cluster down or moving slots; any Kafka error or failed
-    delivery; `ScoringFaultError`.
+    delivery (Redis's, when the delivery stage failed to write the online rows);
+    `ScoringFaultError`.
     """
+    cause = exc.__cause__
+    if isinstance(exc, DeliveryError) and cause is not None and fault_dependency(cause) == "redis":
+        return "redis"
     if isinstance(exc, DeliveryError | KafkaError) and not isinstance(exc, DeliveryStoppedError):
         return "kafka"
     if isinstance(exc, ScoringFaultError):
@@ -509,8 +515,6 @@ class Worker:
         batch = None
         if len(parsed):
             batch = self._compute(parsed, [records[index] for index in parsed.rows])
-            # Idempotent, so a batch read again writes the same rows.
-            self.core.write_online(batch)
             self._take_refused()
         stats = WorkerStats(consumed=len(records), batches=1)
         scores = self._score_records(batch, stats) if batch is not None else []
@@ -531,8 +535,15 @@ class Worker:
         refused, self._refused_dead_letters = self._refused_dead_letters, []
         outgoing += [(dead_letter_topic, None, value) for value in refused]
         stats.dead_letters = len(parsed.rejected) + len(label_dead_letters) + len(refused)
-        # Every score and dead letter acknowledged (or in the transaction) before the commit.
-        self.delivery.hand_over(outgoing, _next_offsets(records))
+        # The online rows, then every score and dead letter acknowledged (or in the
+        # transaction), before the commit. The rows are idempotent: a batch read again writes
+        # the same ones.
+        scored = batch
+        self.delivery.hand_over(
+            outgoing,
+            _next_offsets(records),
+            before=None if scored is None else lambda: self.core.write_online(scored),
+        )
         self._handed = _Handed(
             records=records,
             stats=stats,

@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import pandas as pd
 import pytest
+import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
@@ -534,3 +535,49 @@ def test_a_failure_inside_the_delivery_stage_reads_the_batch_again(
     finally:
         delivery.close()
         consumer.close()
+
+
+def test_the_online_rows_are_written_before_the_batch_s_records_or_it_is_read_again(
+    kafka_service: Settings,
+) -> None:
+    """The delivery stage writes a batch's online rows (`before`) ahead of its records, so a
+    reader that sees a score finds them; when that write fails, nothing of the batch is
+    produced and the failure is Redis's fault to wait out, the batch read again."""
+    settings = kafka_service
+    group = f"stage-{uuid.uuid4().hex[:8]}"
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    watcher = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    partitions = [
+        TopicPartition(settings.topic_scores, p)
+        for p in watcher.partitions_for_topic(settings.topic_scores) or ()
+    ]
+
+    def records() -> int:
+        return sum(watcher.end_offsets(partitions).values())
+
+    def unreachable() -> None:
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:1")
+
+    delivery = Delivery(settings, consumer, client_id="stage-test")
+    try:
+        start = records()
+        seen: list[int] = []
+        delivery.hand_over(
+            [(settings.topic_scores, b"1", b"{}")], {}, before=lambda: seen.append(records())
+        )
+        delivery.settle(asynchronous=False)
+        assert seen == [start]
+        assert records() == start + 1
+
+        delivery.hand_over([(settings.topic_scores, b"2", b"{}")], {}, before=unreachable)
+        with pytest.raises(DeliveryError, match="before its records") as failure:
+            delivery.settle()
+        assert fault_dependency(failure.value) == "redis"
+        delivery.abort()
+        assert records() == start + 1
+    finally:
+        delivery.close()
+        consumer.close()
+        watcher.close()
