@@ -134,10 +134,12 @@ class ScoringMetrics:
         self.consumer_lag = Gauge("skewless_consumer_lag", "records behind the end", registry=r)
         self.queue_depth = Gauge(
             "skewless_queue_depth",
-            "batches in a stage's queue: delivery = handed to the delivery stage, not committed",
+            "batches in a stage's queue: compute = read, its state and scores being computed; "
+            "delivery = handed to the delivery stage, not committed",
             ["stage"], registry=r,
         )  # fmt: skip
-        self.queue_depth.labels(stage="delivery").set(0)
+        for stage in ("compute", "delivery"):
+            self.queue_depth.labels(stage=stage).set(0)
         self.delivery_wait = Histogram(
             "skewless_delivery_wait_seconds",
             "time a computed batch waited for the batch before it to be committed",

@@ -1,33 +1,36 @@
 """`skewless serve`: the Kafka scoring worker (transactions in, fraud scores out).
 
 One loop per micro-batch: poll transactions (at most `batch_max_events`, waiting at most
-`batch_max_wait_ms`), bring the label state up to the labels topic's end as of that moment
-(`serving.labels`), parse and range-check (`serving.validation`: malformed events, amounts out
-of bounds, events too late or too far ahead go to the dead-letter topic with the reason; the
-rest of the batch goes on) and score through the shared core; then settle the batch before
-(below), make this batch's scores, feature log and dead letters and hand it to the delivery
-stage (`serving.delivery`), which writes its Feast online rows, produces its records and
-commits it while the loop goes on with the next batch: its offsets after the
+`batch_max_wait_ms`), read the labels topic up to its end as of that moment and store those
+labels in the state (`serving.labels`), parse and range-check (`serving.validation`:
+malformed events, amounts out of bounds, events too late or too far ahead go to the
+dead-letter topic with the reason; the rest of the batch goes on) and give the batch to the
+compute stage, which adds it to the state and scores it through the shared core. Once it is
+computed, settle the batch before (below), make this batch's scores, feature log and dead
+letters and hand it to the delivery stage (`serving.delivery`), which writes its Feast online
+rows, produces its records and commits it while the loop goes on: its offsets after the
 acknowledgements (at-least-once), or a Kafka transaction holding its records and offsets
 (exactly-once).
 
-Three stages overlap, as the guide's pipelined inference has them: kafka-python fetches the
-next records in the background while a batch is computed (its consumer sends the next fetch
-requests as soon as its buffer is drained); the loop computes batch n; the delivery stage
-writes batch n-1's online rows, waits for its acknowledgements and commits it. Queues are
-bounded: the consumer's fetch buffer by `max_poll_records` and the partition fetch size, the
-delivery stage by one batch (`skewless_queue_depth{stage="delivery"}`; the time a computed
-batch waits for the one before is `skewless_delivery_wait_seconds`). Batches adapt to the
-load by themselves: a poll returns what has arrived, up to `batch_max_events`, so a quiet
-stream is scored in small batches at once and a busy one in full batches. Per partition,
-batches are produced and committed in order. When a batch is not committed, it and the batch
-computed after it are read again from the first one's offsets (their state updates are
-idempotent).
+Three stages overlap, as the guide's pipelined inference has them: the loop reads and parses
+batch n+1 (and the labels due before it) while the compute stage, a thread of its own, waits
+for Redis to add batch n to the state and compute its windows (the cost that dominates a
+batch), and the delivery stage writes batch n-1's online rows, waits for its
+acknowledgements and commits it. The labels read for batch n+1 go into the state only once
+batch n is computed, so no batch sees labels read after its transactions. Queues are bounded:
+each stage holds one batch (`skewless_queue_depth{stage="compute"|"delivery"}`; the time a
+computed batch waits for the one before is `skewless_delivery_wait_seconds`), the consumer's
+fetch buffer `max_poll_records` and the partition fetch size. Batches adapt to the load by
+themselves: a poll returns what has arrived, up to `batch_max_events`, so a quiet stream is
+scored in small batches at once, and while a batch is computed the next gathers what arrives
+until it is ready. Per partition, batches are produced and committed in order. When a batch
+is not committed, it and the batches read after it are read again from the first one's
+offsets (their state updates are idempotent).
 
-A crash therefore re-scores at most the two uncommitted batches, which in exactly-once were
-never visible to `read_committed` readers; scores are keyed by `transaction_id`, so an
-at-least-once consumer deduplicating by key sees every transaction once. Only a fenced or
-unauthorized producer stops the worker.
+A crash therefore re-scores at most the two batches scored but not committed, which in
+exactly-once were never visible to `read_committed` readers; scores are keyed by
+`transaction_id`, so an at-least-once consumer deduplicating by key sees every transaction
+once. Only a fenced or unauthorized producer stops the worker.
 
 Every Kafka client is kafka-python's public `KafkaConsumer` or `KafkaProducer`. The
 transactions are read with `isolation_level='read_committed'`, so a transactional producer
@@ -40,8 +43,11 @@ import gc
 import logging
 import signal
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from types import FrameType
 
 import numpy as np
@@ -68,7 +74,7 @@ from serving.events import (
     unknown_label_dead_letter,
     without_early_labels,
 )
-from serving.labels import LabelReader
+from serving.labels import LabelReader, Labels
 from serving.metrics import ScoringMetrics
 from serving.scoring import ScoredBatch, ScoringCore, build_core
 from serving.validation import EventLimits, StreamClock, arrival_micros, validate_transactions
@@ -115,6 +121,10 @@ PARTITION_SKEW_SHARE = 0.25
 in stream time (`serving.alignment`): the state keeps what an entity's latest event needs plus
 the allowed lateness, so the partition read behind finds its windows whole. The rest of the
 lateness is left for the span of a batch and of a partition's own disorder."""
+
+POLL_WHILE_COMPUTING_MS = 2
+"""While a batch is computed, the next one is gathered in polls this short, until the
+computed batch is ready or the next one full."""
 
 BATCH_DEPENDENCIES = ("redis", "kafka", "scoring")
 """Faults a committed batch proves over (the registry's are the champion watcher's)."""
@@ -194,6 +204,18 @@ class _Handed:
     """The reason code of each of its dead letters."""
     batch: ScoredBatch | None
     label_positions: dict[TopicPartition, int]
+
+
+@dataclass
+class _Computing:
+    """A batch whose features and scores are being computed in the compute stage."""
+
+    records: list[ConsumerRecord]
+    parsed: ParsedBatch
+    scored: Future[ScoredBatch] | None
+    """The compute stage's work (None when the batch has no valid event)."""
+    label_positions: dict[TopicPartition, int]
+    """Where the labels in the state before it were read to."""
 
 
 def score_bodies(
@@ -304,10 +326,18 @@ class Worker:
         self._refused_dead_letters: list[bytes] = []
         """Dead-letter records of the labels the state refused, until a batch commits them
         (kept when a batch is read again: the state will not refuse them a second time)."""
+        self._compute_stage = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="skewless-compute"
+        )
+        self._computing: _Computing | None = None
+        """The batch in the compute stage, until handed over to the delivery stage."""
         self._handed: _Handed | None = None
         """The batch in the delivery stage, until settled."""
         self._failed: _Handed | None = None
         """A batch the delivery stage did not commit, until it is read again."""
+        self._labels_stored: dict[TopicPartition, int] = {}
+        """Where the labels in the state were read to (the labels read for the next batch, while
+        one is computed, are not in it yet)."""
         self._label_positions: dict[TopicPartition, int] = {}
         """Where the labels were read to when the last committed batch was handed over."""
         self.stats = WorkerStats()
@@ -337,14 +367,16 @@ class Worker:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
-    def drain_labels(self) -> int:
-        """Read the labels topic up to the end it has now into the state.
+    def _store_labels(self, labels: Labels) -> int:
+        """Labels read from the topic (`LabelReader.catch_up`) into the state; malformed ones
+        become dead letters, sent with the next batch handed over.
 
-        "Now" is after the transactions of the batch were fetched, so every label readable
-        before them is in the state when they are scored (`serving.labels`).
+        The worker reads the labels topic up to the end it has once a batch's transactions
+        were fetched, and stores them before the batch is computed, so every label readable
+        before its transactions is in the state when they are scored (`serving.labels`).
         """
-        labels = self.labels.catch_up()
         if not labels.values:
+            self._labels_stored = self.labels.positions()
             return 0
         parsed = without_early_labels(parse_labels(labels.values), labels.published_ms)
         for index, exc in parsed.rejected:  # sent with the next batch, in its transaction
@@ -354,6 +386,7 @@ class Worker:
                 (dead_letter(value, exc.reason, tp.topic, tp.partition, offset), exc.code)
             )
         stored = self.core.state.add_labels(parsed.columns) if len(parsed) else 0
+        self._labels_stored = self.labels.positions()
         self._take_refused()
         if stored:
             self.metrics.labels_in.inc(stored)
@@ -384,22 +417,22 @@ class Worker:
                 budget = self.settings.batch_max_events
                 if max_events is not None:
                     budget = min(budget, max_events - self._consumed())
-                polled = self.consumer.poll(
-                    timeout_ms=max(1, self.settings.batch_max_wait_ms), max_records=budget
-                )
+                polled = self._poll(budget)
                 quiet = not any(polled.values())
                 records = [] if quiet else self._in_step(polled)
                 if not quiet:
                     last_event = time.monotonic()
                 try:
+                    fetched = self.labels.catch_up() if records else Labels()
+                    self._finish_isolating()  # the batch computed meanwhile
                     if not records:  # quiet, or all read too far ahead (read again later)
                         self._settle()
                         idle = time.monotonic() - last_event
                         if quiet and idle_exit_s is not None and idle > idle_exit_s:
                             break
                         continue
-                    labels = self.drain_labels()
-                    self._process_isolating(records)
+                    labels = self._store_labels(fetched)
+                    self._start_isolating(records)
                 except Exception as exc:
                     dependency = fault_dependency(exc)
                     if dependency is None:
@@ -418,8 +451,31 @@ class Worker:
         return stats
 
     def _consumed(self) -> int:
-        """Events of the committed batches and of the batch in the delivery stage."""
-        return self.stats.consumed + (self._handed.stats.consumed if self._handed else 0)
+        """Events of the committed batches and of the batches in the compute and delivery
+        stages."""
+        computing = len(self._computing.records) if self._computing else 0
+        return (
+            self.stats.consumed + computing + (self._handed.stats.consumed if self._handed else 0)
+        )
+
+    def _poll(self, budget: int) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """The next batch's records: what arrives within `batch_max_wait_ms`, or, while a
+        batch is being computed, what arrives until it is ready (at most `budget`)."""
+        computing = self._computing.scored if self._computing else None
+        if computing is None:
+            return self.consumer.poll(
+                timeout_ms=max(1, self.settings.batch_max_wait_ms), max_records=budget
+            )
+        polled: dict[TopicPartition, list[ConsumerRecord]] = {}
+        gathered = 0
+        while gathered < budget and not computing.done():
+            more = self.consumer.poll(
+                timeout_ms=POLL_WHILE_COMPUTING_MS, max_records=budget - gathered
+            )
+            for tp, records in more.items():
+                polled.setdefault(tp, []).extend(records)
+                gathered += len(records)
+        return polled
 
     def _wait_out(
         self, records: list[ConsumerRecord], dependency: str, exc: Exception, backoff: float
@@ -439,26 +495,43 @@ class Worker:
         while not self._stopping and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def _attempt(self, records: list[ConsumerRecord]) -> Exception | None:
-        """`_process`; a failure that is not a server's fault is returned (the batch aborted)
-        for the caller to isolate, a fault or a failed delivery raises."""
+    def _attempt(self, step: Callable[[], None]) -> Exception | None:
+        """Run a step of a batch (`_start`, `_finish`, `_process`); a failure that is not a
+        server's fault is returned (the batch dropped from the compute stage, the one before
+        settled, the producer's batch aborted) for the caller to isolate, a fault or a failed
+        delivery raises."""
         try:
-            self._process(records)
+            step()
         except Exception as exc:
             if isinstance(exc, DeliveryError) or fault_dependency(exc) is not None:
                 raise
+            self._drop_computing()
             self._settle()  # the batch before is not this one's to drop
             self.delivery.abort()
             return exc
         return None
 
-    def _process_isolating(self, records: list[ConsumerRecord]) -> None:
-        """`_process`, and if it fails for a reason that is not a fault of a server, the batch
-        is bisected until the events that fail alone are found; each goes to the dead-letter
-        topic with the error as its reason, the others are scored (`ISOLATION_LIMIT`)."""
-        error = self._attempt(records)
-        if error is None:
+    def _start_isolating(self, records: list[ConsumerRecord]) -> None:
+        """`_start`; if it fails for a reason that is not a fault of a server, the batch is
+        isolated (`_isolate`) at once."""
+        error = self._attempt(partial(self._start, records))
+        if error is not None:
+            self._isolate(records, error)
+
+    def _finish_isolating(self) -> None:
+        """`_finish` the batch in the compute stage, if any; if it fails for a reason that is
+        not a fault of a server, the batch is isolated (`_isolate`)."""
+        computing = self._computing
+        if computing is None:
             return
+        error = self._attempt(self._finish)
+        if error is not None:
+            self._isolate(computing.records, error)
+
+    def _isolate(self, records: list[ConsumerRecord], error: Exception) -> None:
+        """A batch that failed for a reason that is not a fault of a server is bisected until
+        the events that fail alone are found; each goes to the dead-letter topic with the error
+        as its reason, the others are scored (`ISOLATION_LIMIT`)."""
         logger.warning("batch of %d events failed (%r): isolating the cause",
                        len(records), error)  # fmt: skip
         self._bisect(records, [], error)
@@ -472,7 +545,7 @@ class Worker:
             return
         middle = len(records) // 2
         for half in (records[:middle], records[middle:]):
-            half_error = self._attempt(half)
+            half_error = self._attempt(partial(self._process, half))
             if half_error is not None:
                 self._bisect(half, failed, half_error)
 
@@ -503,7 +576,15 @@ class Worker:
 
     def _process(self, records: list[ConsumerRecord]) -> None:
         """Compute one batch and its records, settle the batch before, hand this one to the
-        delivery stage."""
+        delivery stage, waiting for each step."""
+        self._start(records)
+        self._finish()
+
+    def _start(self, records: list[ConsumerRecord]) -> None:
+        """Parse and range-check a batch, and give its valid events to the compute stage,
+        which adds them to the state and scores them while the worker reads the next batch."""
+        if self._computing is not None:
+            raise RuntimeError("a batch is already in the compute stage: finish it first")
         stamps = np.fromiter((r.timestamp for r in records), np.int64, len(records))
         parsed = validate_transactions(
             parse_transactions([record.value for record in records]),
@@ -512,9 +593,34 @@ class Worker:
             self.clock,
         )
         self.metrics.consumer_lag.set(self._lag())
+        valid = [records[index] for index in parsed.rows]
+        scored = self._compute_stage.submit(self._compute, parsed, valid) if valid else None
+        self._computing = _Computing(records, parsed, scored, self._labels_stored)
+        self.metrics.queue_depth.labels(stage="compute").set(1)
+
+    def _drop_computing(self) -> _Computing | None:
+        """Take the batch out of the compute stage once its work is over (whatever came of
+        it); it is not handed over."""
+        computing, self._computing = self._computing, None
+        if computing is not None and computing.scored is not None:
+            try:
+                computing.scored.result()
+            except Exception as exc:  # (dropped either way)
+                logger.debug("batch dropped from the compute stage: %r", exc)
+        self.metrics.queue_depth.labels(stage="compute").set(0)
+        return computing
+
+    def _finish(self) -> None:
+        """Wait for the batch in the compute stage, make its records, settle the batch before,
+        hand this one to the delivery stage. A failure leaves it in the compute stage, for
+        `_rewind` (a fault) or `_attempt` (isolated) to take."""
+        computing = self._computing
+        if computing is None:
+            return
+        records, parsed = computing.records, computing.parsed
         batch = None
-        if len(parsed):
-            batch = self._compute(parsed, [records[index] for index in parsed.rows])
+        if computing.scored is not None:
+            batch = computing.scored.result()
             self._take_refused()
         stats = WorkerStats(consumed=len(records), batches=1)
         scores = self._score_records(batch, stats) if batch is not None else []
@@ -552,8 +658,10 @@ class Worker:
             + [code for _, code in label_dead_letters]
             + [REASON_LABEL_UNKNOWN_TRANSACTION] * len(refused),
             batch=batch,
-            label_positions=self.labels.positions(),
+            label_positions=computing.label_positions,
         )
+        self._computing = None
+        self.metrics.queue_depth.labels(stage="compute").set(0)
         self.metrics.queue_depth.labels(stage="delivery").set(1)
 
     def _settle(self) -> None:
@@ -586,8 +694,9 @@ class Worker:
 
     def _rewind(self, records: list[ConsumerRecord], failure: DeliveryError | None) -> None:
         """Drop a batch that was not committed and read it again from its first offsets (with
-        the batch before it if that one was not committed either), with the labels from their
-        committed positions (dead letters of malformed labels were in the dropped batch).
+        the batch before it if that one was not committed either, and the batch in the compute
+        stage), with the labels from their committed positions (dead letters of malformed
+        labels were in the dropped batch).
 
         Partitions the group has meanwhile given to another worker are left to it.
         """
@@ -600,6 +709,9 @@ class Worker:
             raise
         except Exception as exc:  # kept in `_failed`: read again below
             logger.warning("the batch before was not committed either: %r", exc)
+        computing = self._drop_computing()
+        if computing is not None:
+            records = computing.records + records
         failed, self._failed = self._failed, None
         if failed is not None:
             records = failed.records + records
@@ -729,16 +841,19 @@ class Worker:
         return lag
 
     def close(self) -> None:
-        """Settle the batch in the delivery stage, close the clients (an open transaction is
-        aborted)."""
+        """Finish the batch in the compute stage, settle the one in the delivery stage, close
+        the clients (an open transaction is aborted)."""
         self.core.watcher.stop()
         try:
             try:
+                self._finish_isolating()
                 self._settle()
             except Exception as exc:  # read again by whoever reads its partitions next
-                logger.warning("the last batch was not committed: %r", exc)
+                logger.warning("the last batches were not committed: %r", exc)
+                self._drop_computing()
             self.labels.commit(self._label_positions)
         finally:
+            self._compute_stage.shutdown(wait=True)
             try:
                 self.delivery.close()
             finally:
