@@ -12,8 +12,8 @@ rows, produces its records and commits it while the loop goes on: its offsets af
 acknowledgements (at-least-once), or a Kafka transaction holding its records and offsets
 (exactly-once).
 
-Three stages overlap, as the guide's pipelined inference has them: the loop reads and parses
-batch n+1 (and the labels due before it) while the compute stage, a thread of its own, waits
+Three stages overlap, as the guide's pipelined inference has them: the loop reads batch n+1
+and the labels due before it from Kafka while the compute stage, a thread of its own, waits
 for Redis to add batch n to the state and compute its windows (the cost that dominates a
 batch), and the delivery stage writes batch n-1's online rows, waits for its
 acknowledgements and commits it. The labels read for batch n+1 go into the state only once
@@ -423,15 +423,19 @@ class Worker:
                 if not quiet:
                     last_event = time.monotonic()
                 try:
-                    fetched = self.labels.catch_up() if records else Labels()
-                    self._finish_isolating()  # the batch computed meanwhile
+                    # The labels due before `records` are read while the batch before is still
+                    # computed, or once it is handed over if it is ready (its latency first).
+                    fetched = self.labels.catch_up() if records and self._computing_now() else None
+                    self._finish_isolating()
+                    if records and fetched is None:
+                        fetched = self.labels.catch_up()
                     if not records:  # quiet, or all read too far ahead (read again later)
                         self._settle()
                         idle = time.monotonic() - last_event
                         if quiet and idle_exit_s is not None and idle > idle_exit_s:
                             break
                         continue
-                    labels = self._store_labels(fetched)
+                    labels = self._store_labels(fetched or Labels())
                     self._start_isolating(records)
                 except Exception as exc:
                     dependency = fault_dependency(exc)
@@ -457,6 +461,11 @@ class Worker:
         return (
             self.stats.consumed + computing + (self._handed.stats.consumed if self._handed else 0)
         )
+
+    def _computing_now(self) -> bool:
+        """Whether the compute stage is still at work on its batch."""
+        scored = self._computing.scored if self._computing else None
+        return scored is not None and not scored.done()
 
     def _poll(self, budget: int) -> dict[TopicPartition, list[ConsumerRecord]]:
         """The next batch's records: what arrives within `batch_max_wait_ms`, or, while a
