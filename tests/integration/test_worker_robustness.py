@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -581,3 +582,58 @@ def test_the_online_rows_are_written_before_the_batch_s_records_or_it_is_read_ag
         delivery.close()
         consumer.close()
         watcher.close()
+
+
+@pytest.mark.parametrize("poisoned", [False, True], ids=["computed", "isolated"])
+def test_labels_read_while_a_batch_is_computed_are_not_committed_with_it(
+    trained_platform: TrainedPlatform, poisoned: bool
+) -> None:
+    """The labels the worker reads while a batch is in the compute stage go into the state only
+    after it; so the batch, and the halves it is bisected into when an event fails alone, commit
+    the label positions of before them. Committing past labels not yet in the state would lose
+    them to a crash."""
+    settings = _settings(trained_platform)
+    good = _good(trained_platform, 8)
+    _produce(settings, [json.dumps(event_body(r)).encode() for _, r in good.iterrows()])
+    core = build_core(settings)
+    poison = {int(good.iloc[5]["transaction_id"])} if poisoned else set()
+    worker = Worker(settings, _Poisoned(core, poison), ScoringMetrics())
+    stored = worker.labels.positions()
+    try:
+        records: list[Any] = []
+        deadline = time.monotonic() + 60
+        while len(records) < len(good) and time.monotonic() < deadline:
+            records += [r for rs in worker.consumer.poll(timeout_ms=500).values() for r in rs]
+        assert len(records) == len(good)
+        worker._store_labels(worker.labels.catch_up())
+        stored = worker.labels.positions()
+        worker._start_isolating(records)
+        ahead = [
+            encode_label(
+                Label(
+                    transaction_id=int(row["transaction_id"]),
+                    customer_id=int(row["customer_id"]),
+                    terminal_id=int(row["terminal_id"]),
+                    tx_datetime=row["tx_datetime"].to_pydatetime(),
+                    tx_fraud=0,
+                    label_time=row["tx_datetime"].to_pydatetime(),
+                )
+            )
+            for _, row in good.iterrows()
+        ]
+        _produce(settings, ahead, topic=settings.topic_labels)
+        assert len(worker.labels.catch_up().values) == len(ahead)  # read ahead, not stored
+        worker._finish_isolating()
+        worker._settle()
+        assert worker._label_positions == stored
+        assert worker.stats.scored == len(good) - len(poison)
+    finally:
+        worker.close()
+    group = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=f"{settings.consumer_group}-labels"
+    )
+    try:
+        committed = {tp: group.committed(tp) or 0 for tp in stored}
+    finally:
+        group.close()
+    assert committed == stored  # the labels read ahead are read again by the next worker
