@@ -653,11 +653,10 @@ class Worker:
         # The online rows, then every score and dead letter acknowledged (or in the
         # transaction), before the commit. The rows are idempotent: a batch read again writes
         # the same ones.
-        scored = batch
         self.delivery.hand_over(
             outgoing,
             _next_offsets(records),
-            before=None if scored is None else lambda: self.core.write_online(scored),
+            before=None if batch is None else partial(self.core.write_online, batch),
         )
         self._handed = _Handed(
             records=records,

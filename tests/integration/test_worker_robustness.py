@@ -65,6 +65,21 @@ def _with_time(row: pd.Series, moment: datetime, **changes: Any) -> bytes:
     return json.dumps(body).encode()
 
 
+def _label_of(row: pd.Series, after: timedelta) -> bytes:
+    """The label (not fraud) of the transaction `row`, known `after` its time."""
+    when = row["tx_datetime"].to_pydatetime()
+    return encode_label(
+        Label(
+            transaction_id=int(row["transaction_id"]),
+            customer_id=int(row["customer_id"]),
+            terminal_id=int(row["terminal_id"]),
+            tx_datetime=when,
+            tx_fraud=0,
+            label_time=when + after,
+        )
+    )
+
+
 def _settings(platform: TrainedPlatform, delivery: str = "at_least_once") -> Settings:
     return private_settings(
         platform, stream_state_prefix=f"test:{uuid.uuid4().hex}", delivery=delivery
@@ -384,17 +399,7 @@ def test_malformed_labels_are_dead_letters_with_their_reason(
 ) -> None:
     settings = _settings(trained_platform)
     good = _good(trained_platform, 4)
-    row = good.iloc[0]
-    label = encode_label(
-        Label(
-            transaction_id=int(row["transaction_id"]),
-            customer_id=int(row["customer_id"]),
-            terminal_id=int(row["terminal_id"]),
-            tx_datetime=row["tx_datetime"].to_pydatetime(),
-            tx_fraud=0,
-            label_time=row["tx_datetime"].to_pydatetime() + timedelta(days=7),
-        )
-    )
+    label = _label_of(good.iloc[0], after=timedelta(days=7))
     _produce(settings, [b"{not json", None, label], topic=settings.topic_labels)
     _produce(settings, [json.dumps(event_body(r)).encode() for _, r in good.iterrows()])
     stats = build_worker(settings).run(max_events=len(good), idle_exit_s=10)
@@ -598,7 +603,6 @@ def test_labels_read_while_a_batch_is_computed_are_not_committed_with_it(
     core = build_core(settings)
     poison = {int(good.iloc[5]["transaction_id"])} if poisoned else set()
     worker = Worker(settings, _Poisoned(core, poison), ScoringMetrics())
-    stored = worker.labels.positions()
     try:
         records: list[Any] = []
         deadline = time.monotonic() + 60
@@ -608,19 +612,7 @@ def test_labels_read_while_a_batch_is_computed_are_not_committed_with_it(
         worker._store_labels(worker.labels.catch_up())
         stored = worker.labels.positions()
         worker._start_isolating(records)
-        ahead = [
-            encode_label(
-                Label(
-                    transaction_id=int(row["transaction_id"]),
-                    customer_id=int(row["customer_id"]),
-                    terminal_id=int(row["terminal_id"]),
-                    tx_datetime=row["tx_datetime"].to_pydatetime(),
-                    tx_fraud=0,
-                    label_time=row["tx_datetime"].to_pydatetime(),
-                )
-            )
-            for _, row in good.iterrows()
-        ]
+        ahead = [_label_of(row, after=timedelta(0)) for _, row in good.iterrows()]
         _produce(settings, ahead, topic=settings.topic_labels)
         assert len(worker.labels.catch_up().values) == len(ahead)  # read ahead, not stored
         worker._finish_isolating()
