@@ -17,6 +17,7 @@ CUSTOMER_SPENDING = WindowAggregation(
     entity="customer",
     entity_key="customer_id",
     windows_days=(1, 7, 30),
+    decimals=2,  # (amounts in cents)
     outputs=(
         Output("customer_tx_count_{days}d", Function.COUNT),
         Output("customer_avg_amount_{days}d", Function.MEAN, column="tx_amount"),
@@ -30,6 +31,7 @@ TERMINAL_RISK = WindowAggregation(
     entity_key="terminal_id",
     windows_days=(1, 7, 30),
     delay_days=LABEL_DELAY_DAYS,
+    decimals=0,  # (labels are 0 or 1)
     outputs=(
         Output("terminal_tx_count_{days}d", Function.COUNT),
         Output("terminal_risk_{days}d", Function.MEAN, column="tx_fraud"),

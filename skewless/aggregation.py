@@ -18,6 +18,13 @@ Semantics, shared by the Spark backfill, the streaming updater and the pure refe
   `t - d` has its label arriving exactly at `t`, and counts.
 - **Empty windows.** A count over an empty window is 0; a mean over an empty window is the
   declared `empty_value` (0.0 for the reference feature set). No feature is ever null.
+- **Values are summed exactly.** A declaration sums its value columns in whole units of
+  `10**-decimals` (`decimals`, by default 2: an amount in cents): each value is rounded to
+  `decimals` decimals first (`rint(value * 10**decimals)`, half to even), and a mean is
+  `sum / 10**decimals / count`. The sums are of integers, exact in float64 while an entity's
+  total stays below `2**53` units (9e13 at cents), so they do not depend on the order in which
+  an engine adds the events or on what else it holds: every engine gives the same bits, and an
+  event scored again after the state moved on gets the same features.
 """
 
 from __future__ import annotations
@@ -70,6 +77,8 @@ class WindowAggregation:
     outputs: tuple[Output, ...]
     windows_days: tuple[int, ...]
     delay_days: int = 0
+    decimals: int = 2
+    """Value columns are summed in units of 10**-decimals (see the module doc)."""
     event_time: str = "tx_datetime"
     order_key: str = "transaction_id"
     description: str = ""
@@ -79,6 +88,8 @@ class WindowAggregation:
             raise ValueError(f"{self.name}: windows must be positive numbers of days")
         if self.delay_days < 0:
             raise ValueError(f"{self.name}: the delay cannot be negative")
+        if not 0 <= self.decimals <= 9:
+            raise ValueError(f"{self.name}: decimals must lie between 0 and 9")
 
     @property
     def delay(self) -> timedelta:
@@ -88,6 +99,11 @@ class WindowAggregation:
     def horizon(self) -> timedelta:
         """How far back from an event the widest window reaches (delay included)."""
         return timedelta(days=self.delay_days + max(self.windows_days))
+
+    @property
+    def unit_scale(self) -> float:
+        """Units of a value column per 1 (its values are summed as `rint(value * unit_scale)`)."""
+        return float(10**self.decimals)
 
     @property
     def value_columns(self) -> tuple[str, ...]:

@@ -30,8 +30,10 @@ def window_aggregates(events: pd.DataFrame, declaration: WindowAggregation) -> p
     keys_all = ordered[declaration.entity_key].to_numpy()
     positions = pd.Series(np.arange(len(ordered))).groupby(keys_all, sort=False).indices
     delay = _micros(declaration.delay_days)
-    values_of = {
-        column: ordered[column].to_numpy(dtype=np.float64) for column in declaration.value_columns
+    scale = declaration.unit_scale
+    values_of = {  # (in whole units: their sums are exact)
+        column: np.rint(ordered[column].to_numpy(dtype=np.float64) * scale)
+        for column in declaration.value_columns
     }
     for rows in positions.values():
         times = times_all[rows]
@@ -50,7 +52,9 @@ def window_aggregates(events: pd.DataFrame, declaration: WindowAggregation) -> p
                 prefix = np.concatenate([[0.0], np.cumsum(values)])
                 sums = prefix[upper] - prefix[lower]
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    means = np.where(counts > 0, sums / np.maximum(counts, 1), output.empty_value)
+                    means = np.where(
+                        counts > 0, sums / scale / np.maximum(counts, 1), output.empty_value
+                    )
                 columns[name][rows] = means
     for name, values in columns.items():
         is_count = name in declaration.count_features

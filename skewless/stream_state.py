@@ -6,11 +6,11 @@ returns each window's count and sums, never the events, and its cost does not gr
 entity's history.
 
 **Keys.** Each entity of a declaration has, under the hash tag `{declaration:entity}` (one
-Redis Cluster slot per entity; the key head also carries a digest of the tiles, so changed
-tiles get new keys):
+Redis Cluster slot per entity; the key head also carries a digest of the tiles and of the
+declaration's value unit, so changed tiles or decimals get new keys):
 - `...:e`, a sorted set of its events (score: event time in microseconds; member: event time as
-  little-endian int64, order key as big-endian offset binary, value columns as little-endian
-  float64).
+  little-endian int64, order key as big-endian offset binary, value columns in whole units as
+  little-endian float64).
 - `...:i`, a hash from order key (transaction id, 8 bytes) to the member counted for it:
   what makes writes idempotent *by identity*. An event whose member is already there changes
   nothing (a replay is never counted twice); one with the same id and another member (a
@@ -48,8 +48,10 @@ the sorted set, up to `x`. With `d = 0`, events at exactly `U` count only up to 
 order key, so equal timestamps follow `(event_time, order_key)`. A window thus costs two
 entries of the top array and, per edge, at most half a parent's sub-tiles per level plus the
 events of one small tile: with day, hour and minute tiles, at most 12 + 30 tiles and 16
-events (or a minute's events), whatever the history. Counts are exact (integers in doubles);
-sums differ from a direct sum by rounding only (differences of sums over the kept range).
+events (or a minute's events), whatever the history. Counts are exact (integers in doubles),
+and so are sums: members carry values in whole units of the declaration's `decimals`
+(`skewless.aggregation`). So a window's sum does not depend on what else the state holds or
+held, and an event scored again after the state moved on gets the same bits.
 
 **Removal.** The entity's watermark is the latest time it was computed at, or, for a
 declaration without delay, the latest event added (labels do not move it: a worker may read
@@ -170,7 +172,8 @@ class StreamAggregation:
         object.__setattr__(self, "dtype", np.dtype(columns))
         object.__setattr__(self, "_config_head", np.asarray(config, dtype="<f8").tobytes())
         object.__setattr__(self, "config", self._config_head + struct.pack("<d", -math.inf))
-        tiles = hashlib.blake2s(repr(self.tiles).encode(), digest_size=3).hexdigest()
+        layout = repr((self.tiles, decl.decimals)).encode()
+        tiles = hashlib.blake2s(layout, digest_size=3).hexdigest()
         head = f"{self.prefix}:{LAYOUT}.{tiles}:{{{decl.name}:"
         object.__setattr__(self, "_key_head", head.encode())
 
@@ -202,14 +205,17 @@ class StreamAggregation:
     def pack(
         self, times: np.ndarray, orders: np.ndarray, values: Mapping[str, np.ndarray]
     ) -> bytes:
-        """The events' members, back to back: time, order key and value columns, packed."""
+        """The events' members, back to back: time, order key and value columns (in whole
+        units), packed."""
         if len(times) and int(np.abs(times).max()) >= _MAX_MICROS:
             raise ValueError("event times must lie within 2**53 microseconds of the epoch")
         records = np.empty(len(times), dtype=self.dtype)
         records["time"] = times
         records["order"] = orders.astype(np.int64).view(np.uint64) ^ _ORDER_BIAS
-        for name in self.declaration.value_columns:
-            records[name] = values[name]
+        scale = self.declaration.unit_scale
+        with np.errstate(over="ignore"):  # (a value too large for its units gives inf sums)
+            for name in self.declaration.value_columns:
+                records[name] = np.rint(values[name] * scale)
         return records.tobytes()
 
     def call(self, parts: Sequence[Part], until: int | None = None) -> Command:
@@ -227,9 +233,11 @@ class StreamAggregation:
         """The declaration's features from the function's (count, sums) per window.
 
         `aggregates` has one row per event, and per window its count then one sum per value
-        column. A NaN count (the window reached below what the state keeps) gives NaN features.
+        column (in whole units). A NaN count (the window reached below what the state keeps)
+        gives NaN features.
         """
         decl = self.declaration
+        scale = decl.unit_scale
         width = 1 + len(decl.value_columns)
         result = np.empty((len(aggregates), len(decl.feature_names)))
         column = 0
@@ -243,7 +251,9 @@ class StreamAggregation:
                     at = window * width + 1 + decl.value_columns.index(output.column)
                     sums = aggregates[:, at]
                     with np.errstate(invalid="ignore", divide="ignore"):
-                        means = np.where(count > 0, sums / np.maximum(count, 1), output.empty_value)
+                        means = np.where(
+                            count > 0, sums / scale / np.maximum(count, 1), output.empty_value
+                        )
                     result[:, column] = np.where(np.isnan(count), np.nan, means)
                 column += 1
         return result
@@ -395,7 +405,8 @@ class StreamState:
             for at in range(0, len(blob), size):
                 position = int(struct.unpack_from("<d", blob, at)[0])
                 record = np.frombuffer(blob, agg.dtype, 1, at + 8)[0]
-                values = {name: float(record[name]) for name in agg.declaration.value_columns}
+                scale = agg.declaration.unit_scale
+                values = {n: float(record[n]) / scale for n in agg.declaration.value_columns}
                 self._refused.append(
                     RefusedEvent(
                         agg.declaration.name,

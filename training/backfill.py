@@ -12,7 +12,8 @@ the events up to the transaction itself in `(event_time, order_key)` order, so e
 same timestamp and a larger id stay out. Running (unbounded preceding) frames cost one pass
 over each entity's sorted events whatever the window width, where Spark re-aggregates a sliding
 range frame whenever it moves (measured twice as slow on the customer windows of the demo data).
-Counts are exact integers; sums of values differ from a direct sum by rounding only.
+Counts are exact integers, and so are sums: the values are summed in whole units of the
+declaration's `decimals` (`skewless.aggregation`).
 
 `backfill(..., incremental=True)` recomputes only the days `training.incremental` plans from
 the record of the previous backfill: their features are computed from the raw events of those
@@ -72,7 +73,10 @@ def window_features(transactions: DataFrame, declaration: WindowAggregation) -> 
         F.col(key).cast("long").alias(key),
         F.col(declaration.event_time).cast("timestamp").alias(declaration.event_time),
         F.col(order).cast("long").alias(order),
-        *(F.col(column).cast("double").alias(column) for column in declaration.value_columns),
+        *(  # (in whole units: their sums are exact)
+            F.rint(F.col(column).cast("double") * F.lit(declaration.unit_scale)).alias(column)
+            for column in declaration.value_columns
+        ),
     ).withColumn(_MICROS, F.unix_micros(F.col(declaration.event_time)))
 
     by_time = Window.partitionBy(key).orderBy(_MICROS)
@@ -100,7 +104,9 @@ def window_features(transactions: DataFrame, declaration: WindowAggregation) -> 
         ),
     )
     features = [
-        _feature(output, _UPPER, _lower(days)).alias(output.feature_name(days))
+        _feature(output, _UPPER, _lower(days), declaration.unit_scale).alias(
+            output.feature_name(days)
+        )
         for days in declaration.windows_days
         for output in declaration.outputs
     ]
@@ -135,14 +141,16 @@ def _running(prefix: str, frame: WindowSpec, columns: tuple[str, ...]) -> list[C
     ]
 
 
-def _feature(output: Output, upper: str, lower: str) -> Column:
-    """One output over the events in prefix `upper` and not in prefix `lower`."""
+def _feature(output: Output, upper: str, lower: str, scale: float) -> Column:
+    """One output over the events in prefix `upper` and not in prefix `lower`, whose sums are
+    of values in units of `1 / scale`."""
     count = F.col(_count_of(upper)) - F.col(_count_of(lower))
     if output.function is Function.COUNT:
         return count.cast("long")
     assert output.column is not None
     total = F.col(_sum_of(upper, output.column)) - F.col(_sum_of(lower, output.column))
-    return F.when(count > 0, total / count).otherwise(F.lit(output.empty_value)).cast("double")
+    mean = total / F.lit(scale) / count
+    return F.when(count > 0, mean).otherwise(F.lit(output.empty_value)).cast("double")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,45 @@ def test_backfill_equals_reference(
 ) -> None:
     declaration = _declarations(backfill_settings)[name]
     _assert_matches_reference(_computed(spark, raw_path, declaration), transactions, declaration)
+
+
+@pytest.mark.parametrize("name", ["customer_spending", "terminal_risk"])
+def test_backfill_and_reference_give_the_same_bits(
+    spark: SparkSession,
+    backfill_settings: Settings,
+    transactions: pd.DataFrame,
+    raw_path: Path,
+    name: str,
+) -> None:
+    """Sums are of whole units (`decimals`), so exact: the engines agree to the last bit."""
+    declaration = _declarations(backfill_settings)[name]
+    actual = _computed(spark, raw_path, declaration)
+    expected = window_aggregates(transactions, declaration)
+    expected.index = pd.Index(transactions[declaration.order_key].to_numpy())
+    actual = actual.loc[expected.index]
+    for feature in declaration.feature_names:
+        np.testing.assert_array_equal(actual[feature], expected[feature], err_msg=feature)
+
+
+def test_values_are_rounded_to_the_declared_decimals_half_to_even(spark: SparkSession) -> None:
+    declaration = replace(DELAYED_AMOUNTS, windows_days=(2,), delay_days=0, decimals=0)
+    start = pd.Timestamp("2026-06-01", tz="UTC")
+    frame = pd.DataFrame({
+        "transaction_id": [1, 2, 3, 4],
+        "tx_datetime": [start + k * MICRO for k in range(4)],
+        "customer_id": [7, 7, 7, 7],
+        "tx_amount": [2.5, 3.5, 0.5, 1.25],  # (in units: 2, 4, 0, 1)
+        "tx_fraud": [0.4, 0.6, 1.0, 0.0],  # (0, 1, 1, 0)
+    })  # fmt: skip
+    want = pd.DataFrame({
+        "avg_amount_2d": [2.0, 3.0, 2.0, 1.75],
+        "fraud_share_2d": [0.0, 0.5, 2 / 3, 0.5],
+    }, index=frame["transaction_id"])  # fmt: skip
+    computed = window_features(spark.createDataFrame(frame), declaration).toPandas()
+    computed = computed.set_index("transaction_id").loc[want.index]
+    reference = window_aggregates(frame, declaration).set_axis(frame["transaction_id"])
+    for got in (computed, reference):
+        np.testing.assert_array_equal(got[want.columns].to_numpy(), want.to_numpy())
 
 
 def test_other_windows_delay_and_empty_values_follow_the_declaration(

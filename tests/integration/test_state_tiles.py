@@ -404,3 +404,43 @@ def test_a_version_sent_too_late_to_be_kept_takes_the_earlier_one_with_it(
     # 30 days: (8.1, 38.1] holds days 9 to 38 and the new one, not the transaction of day 10
     assert windows[4] == 30
     assert windows[5] == pytest.approx((sum(range(9, 39)) - 10 + 100 + 10 * 30) / 30)
+
+
+def test_a_re_score_gives_the_same_bits_whatever_the_state_took_in_since(
+    state_redis: Settings,
+) -> None:
+    """At-least-once delivery scores an event again after the state moved on: later events in
+    the same tiles, labels, old days removed. Sums are exact, so the windows are bit for bit
+    those of the first score (and of the reference)."""
+    rng = np.random.default_rng(17)
+    count = 60_000
+    begin = pd.Timestamp(datetime(2026, 4, 1, tzinfo=UTC))
+    seconds = np.sort(rng.integers(0, 50 * 86_400, count))
+    raw = pd.DataFrame({
+        "transaction_id": rng.permutation(count).astype(np.int64),
+        "tx_datetime": begin + pd.to_timedelta(seconds, unit="s"),
+        "customer_id": rng.integers(0, 3, count),
+        "terminal_id": rng.integers(0, 3, count),
+        "tx_amount": np.round(rng.gamma(2.0, 30.0, count) * rng.choice([1, 1e-2, 1e3], count), 2),
+        "tx_fraud": (rng.random(count) < 0.05).astype(np.int8),
+    }).sort_values(["tx_datetime", "transaction_id"], ignore_index=True)  # fmt: skip
+    start = begin + pd.Timedelta(days=44)
+    state = _state(state_redis, CROSSING)
+    state.initialize(raw, start.to_pydatetime(), label_delay_days=7)
+    later = raw[raw["tx_datetime"] >= start]
+    first_batch = later.head(400)
+    label_times = raw["tx_datetime"] + DELAY
+    published = first_batch["tx_datetime"].max()
+    state.add_labels(raw[(label_times >= start) & (label_times <= published)])
+    first = _frame(state.score_features(first_batch.drop(columns=["tx_fraud"])), first_batch.index)
+    for part in np.array_split(np.arange(400, len(later)), 20):  # to 6 days after the batch
+        batch = later.iloc[part]
+        now = batch["tx_datetime"].max()
+        state.add_labels(raw[(label_times > published) & (label_times <= now)])
+        published = now
+        state.score_features(batch.drop(columns=["tx_fraud"]), skip=np.ones(len(batch), bool))
+    again = _frame(state.score_features(first_batch.drop(columns=["tx_fraud"])), first_batch.index)
+    assert not again.isna().to_numpy().any()
+    np.testing.assert_array_equal(again.to_numpy(), first.to_numpy())
+    expected = _expected(raw).loc[again.index, again.columns].to_numpy(dtype=float)
+    np.testing.assert_array_equal(again.to_numpy(), expected)  # (the reference's bits too)

@@ -52,13 +52,21 @@ def test_members_order_like_time_then_order_key_as_bytes() -> None:
         agg.pack(np.array([1 << 53]), np.array([1]), {"tx_amount": np.zeros(1)})
 
 
+def test_values_are_packed_in_whole_units_rounded_half_to_even() -> None:
+    agg = StreamAggregation(CUSTOMER_SPENDING)  # (decimals=2: cents)
+    amounts = np.array([69.77, 348.85, 0.005, 0.015, 1e12, 0.0])
+    packed = agg.pack(np.arange(6), np.arange(6), {"tx_amount": amounts})
+    cents = np.frombuffer(packed, agg.dtype)["tx_amount"]
+    np.testing.assert_array_equal(cents, [6977, 34885, 0, 2, 1e14, 0])
+
+
 def test_features_from_counts_and_sums_with_empty_and_incomplete_windows() -> None:
     agg = StreamAggregation(CUSTOMER_SPENDING)
-    # per window (1, 7, 30 days): count, sum of tx_amount
+    # per window (1, 7, 30 days): count, sum of tx_amount in cents
     aggregates = np.array([
-        [2, 30.0, 4, 100.0, 4, 100.0],
-        [0, 0.0, 0, 0.0, 1, 7.5],
-        [np.nan, np.nan, 1, 2.0, np.nan, np.nan],
+        [2, 3000.0, 4, 10000.0, 4, 10000.0],
+        [0, 0.0, 0, 0.0, 1, 750.0],
+        [np.nan, np.nan, 1, 200.0, np.nan, np.nan],
     ])  # fmt: skip
     features = agg.features(aggregates)
     assert CUSTOMER_SPENDING.feature_names[:2] == ("customer_tx_count_1d", "customer_avg_amount_1d")
