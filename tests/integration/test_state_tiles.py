@@ -410,8 +410,8 @@ def test_a_re_score_gives_the_same_bits_whatever_the_state_took_in_since(
     state_redis: Settings,
 ) -> None:
     """At-least-once delivery scores an event again after the state moved on: later events in
-    the same tiles, labels, old days removed. Sums are exact, so the windows are bit for bit
-    those of the first score (and of the reference)."""
+    the same tiles, labels, sub-tiles built, old days removed. Sums are exact, so the windows
+    are bit for bit those of the first score (and of the reference)."""
     rng = np.random.default_rng(17)
     count = 60_000
     begin = pd.Timestamp(datetime(2026, 4, 1, tzinfo=UTC))
@@ -424,22 +424,39 @@ def test_a_re_score_gives_the_same_bits_whatever_the_state_took_in_since(
         "tx_amount": np.round(rng.gamma(2.0, 30.0, count) * rng.choice([1, 1e-2, 1e3], count), 2),
         "tx_fraud": (rng.random(count) < 0.05).astype(np.int8),
     }).sort_values(["tx_datetime", "transaction_id"], ignore_index=True)  # fmt: skip
-    start = begin + pd.Timedelta(days=44)
     state = _state(state_redis, CROSSING)
-    state.initialize(raw, start.to_pydatetime(), label_delay_days=7)
-    later = raw[raw["tx_datetime"] >= start]
-    first_batch = later.head(400)
+    state.initialize(raw, (begin + pd.Timedelta(days=37)).to_pydatetime(), label_delay_days=7)
     label_times = raw["tx_datetime"] + DELAY
-    published = first_batch["tx_datetime"].max()
-    state.add_labels(raw[(label_times >= start) & (label_times <= published)])
-    first = _frame(state.score_features(first_batch.drop(columns=["tx_fraud"])), first_batch.index)
-    for part in np.array_split(np.arange(400, len(later)), 20):  # to 6 days after the batch
-        batch = later.iloc[part]
-        now = batch["tx_datetime"].max()
+    published = begin + pd.Timedelta(days=37)
+
+    def stream(events: pd.DataFrame, computed: bool) -> pd.DataFrame:
+        nonlocal published
+        now = events["tx_datetime"].max()
         state.add_labels(raw[(label_times > published) & (label_times <= now)])
-        published = now
-        state.score_features(batch.drop(columns=["tx_fraud"]), skip=np.ones(len(batch), bool))
-    again = _frame(state.score_features(first_batch.drop(columns=["tx_fraud"])), first_batch.index)
+        published = max(published, now)
+        skip = None if computed else np.ones(len(events), bool)
+        return _frame(state.score_features(events.drop(columns=["tx_fraud"]), skip), events.index)
+
+    def kept_old() -> list[int]:
+        """Customer 0's events before day 10 and terminal 0's before day 5 (what a stream at
+        day 50 no longer keeps: horizon plus lateness, 37 and 44 days)."""
+        kept = []
+        for agg, day in zip(state.aggregations, (10, 5), strict=True):
+            bound = (begin + pd.Timedelta(days=day)).value // 1000
+            kept.append(cast(int, state.client.zcount(agg.keys(0)[0], "-inf", f"({bound}")))
+        return kept
+
+    rescored_from = begin + pd.Timedelta(days=44)
+    before = raw[(raw["tx_datetime"] >= published) & (raw["tx_datetime"] < rescored_from)]
+    for part in np.array_split(np.arange(len(before)), 10):  # days 37 to 44
+        stream(before.iloc[part], computed=False)
+    later = raw[raw["tx_datetime"] >= rescored_from]
+    first = stream(later.head(400), computed=True)
+    assert min(kept_old()) > 0
+    for part in np.array_split(np.arange(400, len(later)), 20):  # to 6 days after the batch
+        stream(later.iloc[part], computed=True)  # (a terminal's time moves with its scores)
+    assert kept_old() == [0, 0]  # (days removed: the running aggregates start later now)
+    again = stream(later.head(400), computed=True)
     assert not again.isna().to_numpy().any()
     np.testing.assert_array_equal(again.to_numpy(), first.to_numpy())
     expected = _expected(raw).loc[again.index, again.columns].to_numpy(dtype=float)
