@@ -173,8 +173,8 @@ class StreamAggregation:
         object.__setattr__(self, "_config_head", np.asarray(config, dtype="<f8").tobytes())
         object.__setattr__(self, "config", self._config_head + struct.pack("<d", -math.inf))
         layout = repr((self.tiles, decl.decimals)).encode()
-        tiles = hashlib.blake2s(layout, digest_size=3).hexdigest()
-        head = f"{self.prefix}:{LAYOUT}.{tiles}:{{{decl.name}:"
+        digest = hashlib.blake2s(layout, digest_size=3).hexdigest()
+        head = f"{self.prefix}:{LAYOUT}.{digest}:{{{decl.name}:"
         object.__setattr__(self, "_key_head", head.encode())
 
     @property
@@ -400,12 +400,12 @@ class StreamState:
     ) -> None:
         """Keep the labels the calls refused (see `take_refused`)."""
         size = 8 + agg.dtype.itemsize
+        scale = agg.declaration.unit_scale
         for reply, entities in zip(replies, call_entities, strict=True):
             blob = reply[2]
             for at in range(0, len(blob), size):
                 position = int(struct.unpack_from("<d", blob, at)[0])
                 record = np.frombuffer(blob, agg.dtype, 1, at + 8)[0]
-                scale = agg.declaration.unit_scale
                 values = {n: float(record[n]) / scale for n in agg.declaration.value_columns}
                 self._refused.append(
                     RefusedEvent(

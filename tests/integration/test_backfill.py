@@ -137,12 +137,18 @@ def _computed(spark: SparkSession, raw_path: Path, declaration: WindowAggregatio
     return frame.set_index(declaration.order_key)
 
 
+def _reference(transactions: pd.DataFrame, declaration: WindowAggregation) -> pd.DataFrame:
+    """The reference's features, indexed by order key."""
+    expected = window_aggregates(transactions, declaration)
+    expected.index = pd.Index(transactions[declaration.order_key].to_numpy())
+    return expected
+
+
 def _assert_matches_reference(
     actual: pd.DataFrame, transactions: pd.DataFrame, declaration: WindowAggregation
 ) -> None:
     """Counts exactly equal, means within 1e-9 relative, for every transaction once."""
-    expected = window_aggregates(transactions, declaration)
-    expected.index = pd.Index(transactions[declaration.order_key].to_numpy())
+    expected = _reference(transactions, declaration)
     assert actual.index.is_unique
     assert sorted(actual.index) == sorted(expected.index)
     actual = actual.loc[expected.index]
@@ -184,10 +190,8 @@ def test_backfill_and_reference_give_the_same_bits(
 ) -> None:
     """Sums are of whole units (`decimals`), so exact: the engines agree to the last bit."""
     declaration = _declarations(backfill_settings)[name]
-    actual = _computed(spark, raw_path, declaration)
-    expected = window_aggregates(transactions, declaration)
-    expected.index = pd.Index(transactions[declaration.order_key].to_numpy())
-    actual = actual.loc[expected.index]
+    expected = _reference(transactions, declaration)
+    actual = _computed(spark, raw_path, declaration).loc[expected.index]
     for feature in declaration.feature_names:
         np.testing.assert_array_equal(actual[feature], expected[feature], err_msg=feature)
 
