@@ -7,7 +7,13 @@ the streaming state tiles their events (the backfill and the reference do not re
 
 from datetime import timedelta
 
-from skewless.aggregation import Function, Output, StateTiles, WindowAggregation
+from skewless.aggregation import (
+    Function,
+    Output,
+    StateTiles,
+    TransactionHistory,
+    WindowAggregation,
+)
 
 LABEL_DELAY_DAYS = 7
 """A transaction's fraud label is known this many days after the transaction."""
@@ -40,6 +46,21 @@ TERMINAL_RISK = WindowAggregation(
 )
 
 AGGREGATIONS = (CUSTOMER_SPENDING, TERMINAL_RISK)
+
+CUSTOMER_HISTORY = TransactionHistory(
+    name="customer_history",
+    entity_key="customer_id",
+    length=5,
+    features=(
+        "amount",
+        "during_weekend",
+        "during_night",
+        *CUSTOMER_SPENDING.feature_names,
+        *TERMINAL_RISK.feature_names,
+    ),
+    description="The card holder's last 5 transactions before this one, as they were scored.",
+)
+"""What fraud_model_v1's sequence models read: the feature service carries its name and length."""
 
 STATE_TILES = StateTiles(
     widths=(timedelta(days=1), timedelta(hours=1), timedelta(minutes=1)),

@@ -135,6 +135,57 @@ class WindowAggregation:
 
 
 @dataclass(frozen=True)
+class TransactionHistory:
+    """An entity's last `length` transactions before each transaction, as the feature vectors
+    served to them: what a sequence model reads (a rolling window of events, not of aggregates).
+
+    Semantics, shared by the offline builder and the streaming state (`skewless.history`):
+
+    - **Order.** The entity's transactions are ordered by `(event_time, order_key)`, as the
+      windows are. Step `k` (1 to `length`) of a transaction is the `k`-th transaction of the
+      same entity before it in that order: one at the same instant with a smaller id counts,
+      the transaction itself never does.
+    - **Columns.** Step `k` holds that transaction's `features` (the vector it was scored
+      with) and its age, the seconds from it to this transaction: `{name}_{k}_{feature}` and
+      `{name}_{k}_age_s` (`column_names`, step 1 first).
+    - **Padding.** When the entity has fewer than `k` earlier transactions, every column of
+      step `k` is NaN, whatever the model does with it.
+    - **Bounded state.** The streaming state keeps the entity's last `kept` transactions
+      (`kept_factor` times `length`), so a transaction scored again after at most
+      `kept - length` later ones of its entity gets the same history.
+    """
+
+    name: str
+    entity_key: str
+    length: int
+    features: tuple[str, ...]
+    kept_factor: int = 4
+    event_time: str = "tx_datetime"
+    order_key: str = "transaction_id"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.length < 1 or self.kept_factor < 1:
+            raise ValueError(f"{self.name}: the length and kept factor must be at least 1")
+        if not self.features or len(set(self.features)) != len(self.features):
+            raise ValueError(f"{self.name}: needs features, each named once")
+
+    @property
+    def kept(self) -> int:
+        """Transactions the streaming state keeps per entity."""
+        return self.kept_factor * self.length
+
+    def step_columns(self, step: int) -> tuple[str, ...]:
+        """Step `step`'s columns: its features in declared order, then its age."""
+        return (*(f"{self.name}_{step}_{f}" for f in self.features), f"{self.name}_{step}_age_s")
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """Every column of the history, step 1 (the latest earlier transaction) first."""
+        return tuple(name for step in range(1, self.length + 1) for name in self.step_columns(step))
+
+
+@dataclass(frozen=True)
 class StateTiles:
     """How the streaming state tiles each entity's events (the backfill does not read it).
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from skewless.aggregation import StateTiles, WindowAggregation
+from skewless.aggregation import StateTiles, TransactionHistory, WindowAggregation
 from skewless.logs import prints_to_log
 from skewless.settings import Settings, load_settings
 
@@ -97,6 +97,18 @@ def load_declarations(settings: Settings) -> tuple[WindowAggregation, ...]:
     ):
         raise TypeError(f"{settings.feature_repo}/aggregations.py must define AGGREGATIONS")
     return declarations
+
+
+def load_history(settings: Settings) -> TransactionHistory | None:
+    """The transaction history declared next to the aggregations, if one is."""
+    module = _load_repo_module(settings.feature_repo, "aggregations")
+    found = [value for value in vars(module).values() if isinstance(value, TransactionHistory)]
+    if len(found) > 1:
+        names = ", ".join(history.name for history in found)
+        raise TypeError(
+            f"{settings.feature_repo}/aggregations.py declares several histories: {names}"
+        )
+    return found[0] if found else None
 
 
 def load_state_tiles(settings: Settings) -> StateTiles:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import hiredis
@@ -79,6 +80,36 @@ def execute(client: Client, commands: Sequence[Command]) -> list[Any]:
                 raise chunk_replies[errors[0]]
             replies += chunk_replies
     return replies
+
+
+class FunctionLibrary:
+    """A Redis Function library (a Lua file starting `#!lua name=...`), loaded before its first
+    use and again when Redis lost it (a Redis restarted empty): on every primary of a cluster,
+    as redis-py sends `FUNCTION LOAD` to all of them. `FUNCTION LOAD REPLACE` replaces an
+    older copy of the same library."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.loaded = False
+
+    def load(self, client: Client) -> None:
+        client.function_load(self.path.read_text(), replace=True)
+        self.loaded = True
+
+    def execute(self, client: Client, commands: Sequence[Command]) -> list[Any]:
+        """`execute` the commands, loading the library first when it is not (or no more)."""
+        if not self.loaded:
+            self.load(client)
+        try:
+            return execute(client, commands)
+        except redis.ResponseError as error:
+            if "function not found" not in str(error).lower():
+                raise
+            logger.warning(
+                "the Redis Function library %s was missing: loading it again", self.path.name
+            )
+            self.load(client)
+            return execute(client, commands)
 
 
 def command_key(command: Command) -> bytes:

@@ -292,28 +292,17 @@ class StreamState:
             StreamAggregation(d, prefix, tiles or StateTiles(), allowed_lateness)
             for d in declarations
         )
-        self._loaded = False
+        self._library = redis_batch.FunctionLibrary(LIBRARY)
         self._by_slot = isinstance(client, redis.RedisCluster)
         """Calls hold one slot's entities only: a cluster refuses keys of several slots."""
 
     def load_function(self) -> None:
-        """Load (or replace) the state's Redis Function library (on every primary of a
-        cluster: redis-py sends `FUNCTION LOAD` to all of them)."""
-        self.client.function_load(LIBRARY.read_text(), replace=True)
-        self._loaded = True
+        """Load (or replace) the state's Redis Function library."""
+        self._library.load(self.client)
 
     def _execute(self, commands: list[Command]) -> list:
         """Run the calls; a Redis that lost the function (restarted empty) gets it again."""
-        if not self._loaded:
-            self.load_function()
-        try:
-            return redis_batch.execute(self.client, commands)
-        except redis.ResponseError as error:
-            if "function not found" not in str(error).lower():
-                raise
-            logger.warning("the state's Redis Function was missing: loading it again")
-            self.load_function()
-            return redis_batch.execute(self.client, commands)
+        return self._library.execute(self.client, commands)
 
     def _call_order(self, agg: StreamAggregation, entities: np.ndarray) -> np.ndarray:
         """The stable permutation putting rows in call order: by entity, or in a cluster by

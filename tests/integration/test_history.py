@@ -1,0 +1,112 @@
+"""The streaming transaction history against the offline builder, on Redis and Redis Cluster."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skewless.aggregation import TransactionHistory
+from skewless.history import HistoryState, offline_history
+from skewless.services import redis_server
+from skewless.settings import Settings
+from skewless.stream_state import as_columns
+
+pytestmark = pytest.mark.integration
+
+HISTORY = TransactionHistory(
+    name="customer_history", entity_key="customer_id", length=3, features=("amount", "risk"),
+    kept_factor=8,
+)  # fmt: skip
+
+
+def _transactions(rows: int, customers: int, seed: int = 7) -> pd.DataFrame:
+    """Transactions with many same-instant pairs (whole minutes) and ids not in time order."""
+    rng = np.random.default_rng(seed)
+    minutes = rng.integers(0, 3 * 24 * 60, rows)
+    return pd.DataFrame({
+        "transaction_id": rng.permutation(rows).astype(np.int64) + 1,
+        "tx_datetime": pd.Timestamp("2026-06-01", tz="UTC") + pd.to_timedelta(minutes, "min"),
+        "customer_id": rng.integers(0, customers, rows),
+        "amount": np.round(rng.lognormal(3, 1.5, rows), 2),
+        "risk": rng.random(rows) / 3,
+    })  # fmt: skip
+
+
+def _state(settings: Settings) -> HistoryState:
+    return HistoryState(redis_server.client(settings), HISTORY, f"test:{uuid.uuid4().hex}")
+
+
+def _push(state: HistoryState, batch: pd.DataFrame) -> pd.DataFrame:
+    got = state.push(as_columns(batch), batch[list(HISTORY.features)].to_numpy(np.float64))
+    return pd.DataFrame(got, index=batch.index, columns=list(HISTORY.column_names))
+
+
+def test_offline_history_follows_time_then_id_and_pads_with_nan() -> None:
+    at = pd.Timestamp("2026-06-01", tz="UTC")
+    frame = pd.DataFrame({
+        "transaction_id": [5, 2, 9, 4],
+        "tx_datetime": [at, at, at + pd.Timedelta(seconds=90), at - pd.Timedelta(days=1)],
+        "customer_id": [1, 1, 1, 2],
+        "amount": [10.0, 20.0, 30.0, 40.0], "risk": [0.0, 0.5, 1.0, 0.25],
+    })  # fmt: skip
+    history = offline_history(frame, HISTORY)
+    step_1 = list(HISTORY.step_columns(1))
+    assert history.loc[1].isna().all()  # id 2 comes first at the shared instant
+    assert history.loc[0, step_1].tolist() == [20.0, 0.5, 0.0]  # id 5 sees id 2, age 0 s
+    assert history.loc[2, step_1].tolist() == [10.0, 0.0, 90.0]
+    assert history.loc[2, list(HISTORY.step_columns(2))].tolist() == [20.0, 0.5, 90.0]
+    assert history.loc[2, list(HISTORY.step_columns(3))].isna().all()
+    assert history.loc[3].isna().all()  # another customer's transactions never count
+    only = offline_history(frame, HISTORY, wanted=pd.Series([9]))
+    pd.testing.assert_frame_equal(only, history.loc[[2]])
+
+
+def test_streamed_histories_equal_the_offline_ones_bit_for_bit(state_redis: Settings) -> None:
+    """Batches arrive out of time order within themselves; a replay of a batch and a re-score
+    after fewer than `kept - length` later transactions give the same bits."""
+    frame = _transactions(3_000, 40)
+    expected = offline_history(frame, HISTORY)
+    state = _state(state_redis)
+    by_time = frame.sort_values("tx_datetime", kind="stable")
+    batches = [
+        by_time.iloc[at : at + 250].sample(frac=1, random_state=at) for at in range(0, 3_000, 250)
+    ]
+    got = pd.concat([_push(state, batch) for batch in batches])
+    pd.testing.assert_frame_equal(got.sort_index(), expected.sort_index(), check_exact=True)
+    again = _push(state, batches[-1])  # a replay: the same members, nothing added
+    pd.testing.assert_frame_equal(again, expected.loc[batches[-1].index], check_exact=True)
+    members, index = state.keys(int(frame["customer_id"].iloc[0]))
+    assert state.client.zcard(members) == state.client.hlen(index) == HISTORY.kept
+
+
+def test_a_re_sent_transaction_replaces_its_member(state_redis: Settings) -> None:
+    frame = _transactions(40, 1)
+    state = _state(state_redis)
+    _push(state, frame.iloc[:20])
+    moved = frame.iloc[[5]].assign(amount=1234.5)
+    _push(state, moved)
+    expected = offline_history(pd.concat([frame.iloc[:20].drop(index=5), moved]), HISTORY)
+    later = frame.iloc[20:]
+    whole = pd.concat([frame.iloc[:20].drop(index=5), moved, later])
+    pd.testing.assert_frame_equal(
+        _push(state, later), offline_history(whole, HISTORY).loc[later.index], check_exact=True
+    )
+    assert len(expected) == 20
+
+
+def test_initialize_loads_the_state_a_stream_from_until_needs(state_redis: Settings) -> None:
+    frame = _transactions(2_000, 30)
+    until = pd.Timestamp("2026-06-02 13:00", tz="UTC")
+    state = _state(state_redis)
+    _push(state, frame.sort_values("tx_datetime"))  # a state that went further, replayed
+    loaded = state.initialize(frame, until.to_pydatetime())
+    before = frame[frame["tx_datetime"] < until]
+    assert loaded == sum(min(len(g), HISTORY.kept) for _, g in before.groupby("customer_id"))
+    after = frame[frame["tx_datetime"] >= until].sort_values("tx_datetime")
+    got = pd.concat([_push(state, after.iloc[at : at + 100]) for at in range(0, len(after), 100)])
+    pd.testing.assert_frame_equal(
+        got, offline_history(frame, HISTORY).loc[got.index], check_exact=True
+    )
