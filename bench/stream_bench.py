@@ -53,13 +53,13 @@ from kafka.errors import KafkaTimeoutError
 from state_bench import hot_entity, private_redis
 
 from serving.champion import load_version
-from serving.replay import label_delay, replay
+from serving.replay import replay
 from skewless import feature_store, redis_batch
 from skewless.data import read_transactions, resolve_data
 from skewless.services import kafka, redis_server
 from skewless.services.process import wait_for
 from skewless.settings import Settings, load_settings
-from skewless.stream_state import StreamState
+from training.materialize import load_stream_state
 
 LOADS: tuple[float | None, ...] = (1_000, 5_000, 20_000, None)
 EXACTLY_ONCE_LOADS: tuple[float | None, ...] = (None,)
@@ -315,13 +315,11 @@ def delete_topics(settings: Settings) -> None:
 
 
 def load_state(base: Settings, raw: pd.DataFrame, until: pd.Timestamp) -> None:
-    """The streaming state a stream starting at `until` needs, under the benchmark's prefix."""
+    """The streaming state a stream starting at `until` needs (windows and transaction
+    history), under the benchmark's prefix."""
     settings = private_settings(base)
-    declarations = feature_store.load_declarations(settings)
-    client = redis_server.client(settings)
-    clear_state(client)
-    state = StreamState(client, declarations, STATE_PREFIX)
-    state.initialize(raw, until.to_pydatetime(), label_delay(declarations).days)
+    clear_state(redis_server.client(settings))
+    load_stream_state(settings, raw, until.to_pydatetime())
 
 
 def clear_state(client: redis_batch.Client) -> None:
@@ -359,11 +357,11 @@ def naive_baseline(settings: Settings, frame: pd.DataFrame) -> float:
     return len(rows) / elapsed
 
 
-def model_latency(settings: Settings) -> str:
-    """The champion's serving latency (its ONNX export, loaded as the worker loads it): p50
-    and p99 milliseconds of one call, per batch size in `MODEL_BATCHES`, on random positive
-    rows (the network's time does not depend on the values)."""
-    model = load_version(settings)
+def model_latency(settings: Settings, version: str | None = None) -> str:
+    """The champion's (or `version`'s) serving latency (its ONNX export, loaded as the worker
+    loads it): p50 and p99 milliseconds of one call, per batch size in `MODEL_BATCHES`, on
+    random positive rows (the network's time does not depend on the values)."""
+    model = load_version(settings, version)
     rng = np.random.default_rng(11)
     width = len(model.feature_names)
     base = rng.lognormal(size=(max(MODEL_BATCHES), width)).astype(np.float32)
@@ -428,6 +426,10 @@ def main() -> None:
         help=f"leave out the scale-out loads (1 and 2 workers, {SCALE_OUT_PARTITIONS} partitions)",
     )  # fmt: skip
     parser.add_argument(
+        "--model-latency", metavar="VERSION", nargs="?", const="champion",
+        help="only measure a registered version's model latency (default: the champion's)",
+    )  # fmt: skip
+    parser.add_argument(
         "--profile", action="store_true",
         help=f"only profile the worker on a backlog of {PROFILE_EVENTS:,} events (cProfile)",
     )  # fmt: skip
@@ -444,6 +446,10 @@ def main() -> None:
         for workers in (1, 2):
             runs.append((None, "at_least_once", workers, SCALE_OUT_PARTITIONS, SCALE_OUT_EVENTS))
     base = load_settings()
+    if args.model_latency:
+        version = None if args.model_latency == "champion" else args.model_latency
+        print(model_latency(base, version))
+        return
     data = resolve_data(base, None)
     raw = read_transactions(data)
     start = raw["tx_datetime"].max() - timedelta(days=HISTORY_DAYS)

@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 from kafka import KafkaConsumer, TopicPartition
 
 from skewless import feature_store, registry
+from skewless.aggregation import TransactionHistory
+from skewless.data import read_transactions, resolve_data
+from skewless.history import offline_history
 from skewless.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -36,8 +40,37 @@ def offline_features(settings: Settings, served: pd.DataFrame) -> pd.DataFrame:
     frame = spark.createDataFrame(entities)
     store = feature_store.open_store(settings)
     service = store.get_feature_service(settings.feature_service)
-    offline = offline_store.historical_features(store, service, frame)
-    return offline.set_index("transaction_id")
+    offline = offline_store.historical_features(store, service, frame).set_index("transaction_id")
+    history = feature_store.load_history(settings)
+    if history is not None and set(history.column_names) & set(served.columns):
+        offline = offline.join(_offline_history(settings, served, history))
+    return offline
+
+
+def transactions_path(settings: Settings, version: str) -> Path:
+    """The transactions data set `version` was trained from (its run's `data_path` tag), which
+    holds the served transactions when a stream replays it; the demo data without the tag."""
+    client = registry.client(settings)
+    run = client.get_run(str(client.get_model_version(settings.model_name, version).run_id))
+    tagged = run.data.tags.get("data_path")
+    return resolve_data(settings, Path(tagged) if tagged else None)
+
+
+def _offline_history(
+    settings: Settings, served: pd.DataFrame, history: TransactionHistory
+) -> pd.DataFrame:
+    """The served transactions' history recomputed offline, indexed by transaction id: the
+    vectors of the offline tables and of the data set the serving model was trained from
+    (`transactions_path`: a replay streams it)."""
+    from skewless import offline_store
+
+    version = str(served["model_version"].mode().iloc[0])
+    raw = read_transactions(transactions_path(settings, version))
+    raw = raw[raw["tx_datetime"] <= served["tx_datetime"].max()]
+    vectors = offline_store.transaction_vectors(
+        settings, raw, feature_store.load_declarations(settings)
+    )
+    return offline_history(vectors, history, wanted=served["transaction_id"])
 
 
 def _read_topic(settings: Settings, topic: str) -> list[bytes]:

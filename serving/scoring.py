@@ -19,6 +19,8 @@ import pandas as pd
 
 from serving.champion import ChampionWatcher
 from skewless import redis_batch
+from skewless.aggregation import TransactionHistory
+from skewless.history import HistoryState, prefix_beside
 from skewless.model_runtime import LoadedModel
 from skewless.online_store import OnlineView
 from skewless.redis_batch import Command
@@ -66,21 +68,40 @@ class ModelContractError(RuntimeError):
     """A model needs features the serving code cannot compute."""
 
 
-def computable_features(state: StreamState) -> tuple[str, ...]:
-    """Every feature the core computes: the per-transaction ones and each window's."""
+def computable_features(state: StreamState, history: HistoryState | None = None) -> tuple[str, ...]:
+    """Every feature the core computes: the per-transaction ones, each window's and, with a
+    declared history, its columns."""
     names = list(TRANSACTION_FEATURES)
     for agg in state.aggregations:
         names += agg.declaration.feature_names
-    return tuple(names)
+    return (*names, *(history.history.column_names if history else ()))
 
 
-def check_contract(model: LoadedModel, state: StreamState) -> None:
+def history_state(state: StreamState, history: TransactionHistory | None) -> HistoryState | None:
+    """The state of the declared history (None without one), next to the window state.
+
+    Raises `ModelContractError` when the history's vectors hold features the core does not
+    compute (a declaration error: the vectors would be NaN forever)."""
+    if history is None:
+        return None
+    unknown = sorted(set(history.features) - set(computable_features(state)))
+    if unknown:
+        raise ModelContractError(
+            f"the transaction history {history.name} holds features serving does not compute: "
+            f"{', '.join(unknown)}; declare them, or remove them from its features"
+        )
+    return HistoryState(state.client, history, prefix_beside(state.aggregations[0].prefix))
+
+
+def check_contract(
+    model: LoadedModel, state: StreamState, history: HistoryState | None = None
+) -> None:
     """Raise `ModelContractError` naming the features of `model` the core cannot compute.
 
     Without this check such a feature would be missing on every row, and the model's fitted
     default would silently stand in for it on 100% of the traffic.
     """
-    computable = set(computable_features(state))
+    computable = set(computable_features(state, history))
     missing = [name for name in model.feature_names if name not in computable]
     if missing:
         raise ModelContractError(
@@ -96,14 +117,19 @@ class ScoringCore:
     """Features + champion model for batches of transactions.
 
     The champion must use only features the core computes (`check_contract`): at start a
-    model that does not is refused, and the watcher does not swap to one.
+    model that does not is refused, and the watcher does not swap to one. With a declared
+    history, every scored transaction joins its entity's history, whatever the champion reads,
+    so a model that reads it can take over at any moment.
     """
 
-    def __init__(self, state: StreamState, watcher: ChampionWatcher) -> None:
-        check_contract(watcher.current, state)
+    def __init__(
+        self, state: StreamState, watcher: ChampionWatcher, history: HistoryState | None = None
+    ) -> None:
+        check_contract(watcher.current, state, history)
         self.state = state
+        self.history = history
         self.watcher = watcher
-        watcher.accepts = lambda model: check_contract(model, state)
+        watcher.accepts = lambda model: check_contract(model, state, history)
         self.views = {
             agg.declaration.name: OnlineView.of(PROJECT, agg.declaration)
             for agg in state.aggregations
@@ -133,6 +159,12 @@ class ScoringCore:
             matrix = windows[agg.declaration.name]
             for index, name in enumerate(agg.declaration.feature_names):
                 values[name] = matrix[:, index]
+        if self.history is not None:  # (a second round trip: it stores the vectors just made)
+            decl = self.history.history
+            vectors = np.column_stack([values[name] for name in decl.features])
+            earlier = self.history.push(columns, vectors.astype(np.float64))
+            for index, name in enumerate(decl.column_names):
+                values[name] = earlier[:, index]
         features = np.full((rows, len(model.feature_names)), np.nan)
         for position, name in enumerate(model.feature_names):
             if name in values:
@@ -180,7 +212,7 @@ class ScoringCore:
 def build_core(settings: Settings) -> ScoringCore:
     """State, champion model (loaded with retries, watched for alias moves) and core."""
     from serving.champion import load_with_retry
-    from skewless.feature_store import load_declarations, load_state_tiles
+    from skewless.feature_store import load_declarations, load_history, load_state_tiles
     from skewless.services import redis_server
 
     state = StreamState(
@@ -190,7 +222,8 @@ def build_core(settings: Settings) -> ScoringCore:
         load_state_tiles(settings),
         timedelta(seconds=settings.state_allowed_lateness_s),
     )
+    history = history_state(state, load_history(settings))
     model = load_with_retry(settings, deadline_s=settings.service_start_timeout_s)
-    check_contract(model, state)  # before the watcher starts: a refused model stops here
+    check_contract(model, state, history)  # before the watcher starts: a refused model stops
     watcher = ChampionWatcher(settings, model, settings.champion_poll_s).start()
-    return ScoringCore(state, watcher)
+    return ScoringCore(state, watcher, history)

@@ -54,6 +54,11 @@ _MICROS_PER_SECOND = 1e6
 Columns = Mapping[str, np.ndarray]
 
 
+def prefix_beside(state_prefix: str) -> str:
+    """The history's key prefix next to a window state's (`settings.stream_state_prefix`)."""
+    return f"{state_prefix}:history"
+
+
 def offline_history(
     vectors: pd.DataFrame, history: TransactionHistory, wanted: pd.Series | None = None
 ) -> pd.DataFrame:
@@ -61,7 +66,8 @@ def offline_history(
 
     `vectors` has one row per transaction: the entity key, event time (UTC datetimes), order key
     and the declared features, for every transaction that may come before a wanted one. The
-    result has the index of the rows it describes and `history.column_names` as columns.
+    result has a row per transaction described, in the order of `vectors`, indexed by its
+    order key, and `history.column_names` as columns.
     """
     entities = vectors[history.entity_key].to_numpy(dtype=np.int64)
     micros = _micros(vectors[history.event_time])
@@ -85,7 +91,9 @@ def offline_history(
         result[present, at : at + width - 1] = values[earlier]
         ages = (micros[rows[present]] - micros[earlier]) / _MICROS_PER_SECOND
         result[present, at + width - 1] = ages
-    return pd.DataFrame(result, index=vectors.index[rows], columns=list(history.column_names))
+    back = np.argsort(rows)  # the rows in the order of `vectors`
+    index = pd.Index(orders[rows[back]], name=history.order_key)
+    return pd.DataFrame(result[back], index=index, columns=list(history.column_names))
 
 
 def _micros(times: pd.Series) -> np.ndarray:
@@ -198,7 +206,7 @@ class HistoryState:
         blobs: list[bytes] = []
         sorted_entities, sorted_slots = entities[order], slots[order]
         starts = np.flatnonzero(np.diff(sorted_entities, prepend=sorted_entities[:1] - 1))
-        ends = np.append(starts[1:], len(order))
+        ends = np.append(starts[1:], len(order))[: len(starts)]  # (no entity: no run)
         for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
             if blobs and (len(blobs) >= limit or sorted_slots[start] != sorted_slots[start - 1]):
                 commands.append((FCALL, FUNCTION, b"%d" % len(keys), *keys, *config, *blobs))

@@ -21,6 +21,7 @@ Feast's own transformation (`OnDemandFeatureView.transform_arrow`), as Feast's r
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +30,11 @@ import pandas as pd
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+
+from skewless.aggregation import WindowAggregation
+from skewless.feature_store import offline_table_path
+from skewless.settings import Settings
+from skewless.transaction_features import add_transaction_features
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore, FeatureView, OnDemandFeatureView
@@ -145,3 +151,24 @@ def _transaction_rows(
     return table.where((time >= F.lit(since)) & (time <= F.lit(until))).select(
         *view.join_keys, time.alias(EVENT_TIMESTAMP), TRANSACTION_ID, *names
     )
+
+
+def transaction_vectors(
+    settings: Settings, transactions: pd.DataFrame, declarations: Sequence[WindowAggregation]
+) -> pd.DataFrame:
+    """`transactions` (canonical columns) with their per-transaction features and each
+    declaration's features from its offline table, joined on the transaction id: the vectors
+    a transaction history is made of, read without Spark (as the tables hold one row per
+    transaction, these are the rows `historical_features` joins). A transaction without a
+    row in a table (not backfilled) has NaN features of it."""
+    frame = add_transaction_features(transactions)
+    for declaration in declarations:
+        columns = [TRANSACTION_ID, *declaration.feature_names]
+        table = pd.read_parquet(offline_table_path(settings, declaration.name), columns=columns)
+        if table[TRANSACTION_ID].duplicated().any():
+            raise OfflineStoreError(
+                f"the offline table {declaration.name} holds several rows for one transaction "
+                "(rerun the backfill)"
+            )
+        frame = frame.merge(table, on=TRANSACTION_ID, how="left")
+    return frame

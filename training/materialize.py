@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from skewless.aggregation import WindowAggregation
-from skewless.feature_store import load_declarations, offline_table_path
+from skewless.aggregation import WindowAggregation, label_delay_days
+from skewless.feature_store import (
+    load_declarations,
+    load_history,
+    load_state_tiles,
+    offline_table_path,
+)
+from skewless.history import HistoryState, prefix_beside
+from skewless.offline_store import transaction_vectors
 from skewless.online_store import OnlineView
 from skewless.services import redis_server
 from skewless.settings import Settings
+from skewless.stream_state import StreamState
 
 logger = logging.getLogger(__name__)
 
@@ -79,3 +87,28 @@ def materialize(
         written[declaration.name] = done
         logger.info("materialized %d rows of %s", done, declaration.name)
     return written
+
+
+def load_stream_state(settings: Settings, raw: pd.DataFrame, until: datetime) -> dict[str, int]:
+    """The streaming state a stream starting at `until` needs, from the raw transactions: the
+    window state (`StreamState.initialize`) and the declared transaction history (from the
+    offline tables' vectors, `HistoryState.initialize`), under `settings.stream_state_prefix`.
+    Returns the events and history transactions loaded."""
+    declarations = load_declarations(settings)
+    state = StreamState(
+        redis_server.client(settings),
+        declarations,
+        settings.stream_state_prefix,
+        load_state_tiles(settings),
+        timedelta(seconds=settings.state_allowed_lateness_s),
+    )
+    delay = label_delay_days(declarations)
+    loaded = {"stream_state_events": state.initialize(raw, until, label_delay_days=delay)}
+    history = load_history(settings)
+    if history is not None:
+        vectors = transaction_vectors(settings, raw, declarations)
+        prefix = prefix_beside(settings.stream_state_prefix)
+        loaded["history_transactions"] = HistoryState(state.client, history, prefix).initialize(
+            vectors, until
+        )
+    return loaded

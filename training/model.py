@@ -2,7 +2,9 @@
 
 `FraudNet.forward` takes RAW features (NaN for missing) in the preprocessor's order and fills,
 standardises and scores them itself, so the exported ONNX graph carries the defaults and the
-scaling: serving feeds raw feature values and never re-implements the preprocessing.
+scaling: serving feeds raw feature values and never re-implements the preprocessing. A
+sequence model reads the declared transaction history too (`ModelInputs`): the same single
+input, its last columns the history's steps, which a GRU reads inside the graph.
 """
 
 from __future__ import annotations
@@ -35,29 +37,90 @@ ONNX_OPSET = 18
 
 LOGISTIC_REGRESSION: Final = "logistic_regression"
 FEEDFORWARD: Final = "feedforward"
-ModelFamily = Literal["logistic_regression", "feedforward"]
+SEQUENCE: Final = "sequence"
+ModelFamily = Literal["logistic_regression", "feedforward", "sequence"]
+AGE_SCALE = 10.0
+"""A history step's age enters the GRU as `log1p(seconds) / AGE_SCALE` (30 days: about 1.5)."""
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """The columns a model may read: the feature service's, then the declared transaction
+    history's (`TransactionHistory.column_names`: `history_steps` steps of equal width, each
+    ending with its age in seconds)."""
+
+    features: tuple[str, ...]
+    history: tuple[str, ...] = ()
+    history_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if bool(self.history) != bool(self.history_steps) or (
+            self.history and len(self.history) % self.history_steps
+        ):
+            raise ValueError("history columns must split into history_steps steps of one width")
+
+    @property
+    def step_width(self) -> int:
+        """Columns of one history step (its features and its age)."""
+        return len(self.history) // self.history_steps if self.history_steps else 0
+
+    def columns_of_all(self) -> list[str]:
+        """Every column a model may read."""
+        return [*self.features, *self.history]
+
+    def columns(self, params: TrainingParams) -> list[str]:
+        """What a model of `params` reads, in its input order."""
+        return [*self.features, *(self.history if params.family == SEQUENCE else ())]
+
+    def require_history(self, params: TrainingParams) -> None:
+        if params.family == SEQUENCE and not self.history:
+            raise ValueError(
+                "a sequence model reads the transaction history, and the feature repository "
+                "declares none (TransactionHistory in aggregations.py)"
+            )
 
 
 class FraudNet(nn.Module):
-    """Raw features -> fill NaN -> standardise -> MLP (ReLU, optional dropout) -> probability.
+    """Raw features -> fill NaN -> standardise -> [GRU over the history] -> MLP -> probability.
 
     Without hidden layers it is a logistic regression on the standardised features: the same
-    module, training loop and ONNX export, so serving cannot tell the families apart.
+    module, training loop and ONNX export, so serving cannot tell the families apart. With
+    `history_steps`, the last `history_steps * step width` input columns are the transaction
+    history, step 1 (the latest) first; a step whose age is NaN is padding. A GRU of
+    `history_units` reads the steps oldest first (standardised features and scaled age, zeroed
+    on padding, and a presence flag), and the MLP reads the current features and its last state.
     """
 
     fill_values: torch.Tensor
     means: torch.Tensor
     stds: torch.Tensor
+    oldest_first: torch.Tensor
 
     def __init__(
-        self, preprocessor: Preprocessor, hidden_sizes: tuple[int, ...], dropout: float = 0.0
+        self,
+        preprocessor: Preprocessor,
+        hidden_sizes: tuple[int, ...],
+        dropout: float = 0.0,
+        history_steps: int = 0,
+        step_width: int = 0,
+        history_units: int = 0,
     ) -> None:
         super().__init__()
         self.register_buffer("fill_values", torch.tensor(preprocessor.fill_values))
         self.register_buffer("means", torch.tensor(preprocessor.means))
         self.register_buffer("stds", torch.tensor(preprocessor.stds))
-        layers: list[nn.Module] = []
         width = len(preprocessor.feature_names)
+        self.history_steps, self.step_width = history_steps, step_width
+        self.current_width = width - history_steps * step_width
+        self.gru: nn.GRU | None = None
+        if history_steps:
+            if step_width < 2 or history_units < 1 or self.current_width < 1:
+                raise ValueError("a history needs steps of features and an age, and GRU units")
+            self.register_buffer("oldest_first", torch.arange(history_steps - 1, -1, -1))
+            # (per step: its standardised features, its scaled age, a presence flag)
+            self.gru = nn.GRU(step_width + 1, history_units, batch_first=True)
+            width = self.current_width + history_units
+        layers: list[nn.Module] = []
         for size in hidden_sizes:
             layers += [nn.Linear(width, size), nn.ReLU()]
             layers += [nn.Dropout(dropout)] if dropout > 0 else []
@@ -71,7 +134,18 @@ class FraudNet(nn.Module):
 
     def logits(self, raw: torch.Tensor) -> torch.Tensor:
         """One logit per row, shape `(batch,)`."""
-        return self.mlp(self.preprocess(raw)).squeeze(-1)
+        inputs = self.preprocess(raw)
+        if self.gru is not None:
+            current = inputs[:, : self.current_width]
+            shape = (-1, self.history_steps, self.step_width)
+            steps = inputs[:, self.current_width :].reshape(shape)
+            ages = raw[:, self.current_width :].reshape(shape)[:, :, -1:]
+            present = (~torch.isnan(ages)).to(inputs.dtype)
+            age = torch.log1p(torch.clamp(torch.nan_to_num(ages), min=0.0)) / AGE_SCALE
+            sequence = torch.cat([steps[:, :, :-1] * present, age * present, present], dim=2)
+            _, last = self.gru(sequence[:, self.oldest_first])
+            inputs = torch.cat([current, last[-1]], dim=1)
+        return self.mlp(inputs).squeeze(-1)
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         """Fraud probability per row, shape `(batch,)`."""
@@ -82,7 +156,8 @@ class FraudNet(nn.Module):
 class TrainingParams:
     """Architecture, optimiser, early stopping and class-imbalance settings of one run.
 
-    `hidden_sizes=()` trains a logistic regression (`family`).
+    `hidden_sizes=()` trains a logistic regression, `history_units > 0` a sequence model (a GRU
+    of that width over the transaction history, then `hidden_sizes`): `family`.
 
     `imbalance`: "none" (plain BCE), "pos_weight" (positives weighted by the negative/positive
     ratio in BCE) or "oversample" (positives repeated that many times per epoch); the ratio is
@@ -101,13 +176,19 @@ class TrainingParams:
     seed: int = 42
     imbalance: Literal["none", "pos_weight", "oversample"] = "none"
     max_positive_weight: float = 10.0
+    history_units: int = 0
 
     @property
     def family(self) -> ModelFamily:
-        """Logistic regression without hidden layers, a feed-forward network with them."""
+        """A sequence model with history units; else logistic regression without hidden
+        layers, a feed-forward network with them."""
+        if self.history_units:
+            return SEQUENCE
         return FEEDFORWARD if self.hidden_sizes else LOGISTIC_REGRESSION
 
     def __post_init__(self) -> None:
+        if self.history_units < 0:
+            raise ValueError("history units cannot be negative")
         if min((*self.hidden_sizes, self.batch_size, self.max_epochs, self.patience)) < 1:
             raise ValueError("hidden sizes, batch size, max epochs and patience must be >= 1")
         if not 0 <= self.dropout < 1 or self.learning_rate <= 0 or self.max_positive_weight < 1:
@@ -144,8 +225,13 @@ def train(
     val_labels: npt.ArrayLike,
     params: TrainingParams,
     on_epoch: Callable[[EpochReport], None] | None = None,
+    history_steps: int = 0,
+    step_width: int = 0,
 ) -> TrainedModel:
     """Fit on (features, labels); early-stop on validation AP and keep the best weights.
+
+    A sequence model (`params.history_units`) reads the last `history_steps` steps of
+    `step_width` columns as the transaction history (`ModelInputs.columns`, `.step_width`).
 
     Deterministic on CPU for a given seed (one thread, deterministic kernels; both settings are
     restored on return). The validation loss uses the same class weighting as the training loss.
@@ -166,7 +252,7 @@ def train(
         rows = torch.cat([rows, extra])
     history: list[EpochReport] = []
     with _deterministic_cpu(params.seed) as generator:
-        module = FraudNet(preprocessor, params.hidden_sizes, params.dropout)
+        module = _module(preprocessor, params, history_steps, step_width)
         optimizer = torch.optim.Adam(
             module.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
         )
@@ -199,6 +285,19 @@ def train(
     return TrainedModel(module, preprocessor, params, best_epoch, tuple(history))
 
 
+def _module(
+    preprocessor: Preprocessor, params: TrainingParams, history_steps: int, step_width: int
+) -> FraudNet:
+    """The untrained module of `params` (a sequence model reads `history_steps` steps of
+    `step_width` columns, the last ones)."""
+    if params.family != SEQUENCE:
+        return FraudNet(preprocessor, params.hidden_sizes, params.dropout)
+    return FraudNet(
+        preprocessor, params.hidden_sizes, params.dropout, history_steps, step_width,
+        params.history_units,
+    )  # fmt: skip
+
+
 def predict(model: TrainedModel, features: pd.DataFrame) -> FloatArray:
     """Fraud probabilities for the rows of `features` (eager torch, in chunks of 64k rows)."""
     matrix = torch.from_numpy(model.preprocessor.matrix(features))
@@ -220,6 +319,11 @@ def export_onnx(model: TrainedModel, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        # (the GRU's warning on other batch sizes: its initial state is zeros of the batch's
+        # size, computed in the graph; the tests score other batch sizes against eager torch)
+        warnings.filterwarnings(
+            "ignore", "Exporting a model to ONNX with a batch_size other than 1"
+        )
         torch.onnx.export(
             module,
             (torch.zeros(2, len(model.preprocessor.feature_names)),),

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,22 +32,22 @@ from rich.progress import Progress, TaskID
 from skewless import feature_store, offline_store
 from skewless.aggregation import label_delay_days
 from skewless.data import DataError, read_transactions
+from skewless.history import offline_history
 from skewless.known_frauds import first_fraud_days, known_compromised
 from skewless.model_runtime import ONNX_FILE, REFERENCE_ARTIFACT, OnnxScorer
 from skewless.quality import validate_transactions
 from skewless.registry import GATE_METRIC
-from skewless.services import redis_server
 from skewless.settings import Settings
 from skewless.spark import spark_session
 from skewless.statistics import reference_statistics, save_statistics
-from skewless.stream_state import StreamState
 from training import protocol, search, tracking
 from training.backfill import backfill
 from training.evaluate import evaluate, plot_precision_recall, plot_roc
-from training.materialize import materialize
+from training.materialize import load_stream_state, materialize
 from training.model import (
     LOGISTIC_REGRESSION,
     EpochReport,
+    ModelInputs,
     TrainedModel,
     TrainingParams,
     export_onnx,
@@ -208,7 +208,7 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
         first_frauds = [
             first_fraud_days(raw[_within(raw, w.train_start, w.test_end)]) for w in all_windows
         ]
-        del raw
+        raw = raw[raw["tx_datetime"] < windows.test_end]  # (what a history may look back on)
     spark = spark_session(settings)
     with _stage(summary, "backfill"):
         for table in backfill(settings, options.data, options.incremental_backfill):
@@ -219,6 +219,13 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
         store = feature_store.open_store(settings)
         service = store.get_feature_service(settings.feature_service)
         features = offline_store.feature_names(service)
+        sequence = feature_store.load_history(settings)
+        inputs = ModelInputs(
+            tuple(features),
+            sequence.column_names if sequence else (),
+            sequence.length if sequence else 0,
+        )
+        inputs.require_history(options.params)
     with _stage(summary, "training_set"):
         entities = offline_store.entity_frame(
             spark, options.data, all_windows[-1].train_start, windows.test_end
@@ -229,6 +236,12 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
             for start, end in ((w.train_start, w.train_end), (w.test_start, w.test_end)):
                 needed = needed | ((time >= F.lit(start)) & (time < F.lit(end)))
         frame = offline_store.historical_features(store, service, entities.where(needed))
+        if sequence is not None:  # every model may read it, and the gate's champion too
+            vectors = offline_store.transaction_vectors(settings, raw, declarations)
+            earlier = offline_history(vectors, sequence, wanted=frame["transaction_id"])
+            frame = frame.join(earlier, on="transaction_id")
+            del vectors, earlier
+        del raw
         folds = [
             Fold(
                 index,
@@ -258,21 +271,21 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
         candidates: list[search.CandidateResult] = []
         if options.search:
             with _stage(summary, "select"):
-                candidates = _select(selection_folds, features, options, delay_days)
+                candidates = _select(selection_folds, inputs, options, delay_days)
             options = replace(options, params=search.choose(candidates).candidate.params)
         mlflow.log_params(tracking.model_params(options.params))
         results = []
         for fold in folds:
             with _stage(summary, "train" if fold.index == 0 else f"train_fold_{fold.index}"):
                 results.append(
-                    _train_fold(fold, features, options, delay_days, workdir, nested=len(folds) > 1)
+                    _train_fold(fold, inputs, options, delay_days, workdir, nested=len(folds) > 1)
                 )
         latest = results[0]
         summary.fold_metrics = [result.metrics for result in results]
         if candidates:
             with _stage(summary, "baseline"):
                 summary.selection = _baseline(
-                    candidates, summary.fold_metrics, folds, features, options, delay_days, workdir
+                    candidates, summary.fold_metrics, folds, inputs, options, delay_days, workdir
                 )
         summary.rows.update(
             train=len(latest.fit),
@@ -292,17 +305,18 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
             # served week matches it), scored by the model being registered.
             scorer = OnnxScorer(workdir / ONNX_FILE)
             train_frame = latest.fold.train
+            columns = list(scorer.feature_names)
             seen = train_frame.assign(
-                score=scorer.score(train_frame[features].to_numpy(dtype="float32"))
+                score=scorer.score(train_frame[columns].to_numpy(dtype="float32"))
             )
-            stats = reference_statistics(seen, [*features, "score"], tail_features=["score"])
+            stats = reference_statistics(seen, [*columns, "score"], tail_features=["score"])
             mlflow.log_artifact(str(save_statistics(stats, workdir / REFERENCE_ARTIFACT)))
         with _stage(summary, "gate"):
             gate_folds = [
                 tracking.GateFold(
                     result.fold.windows.test_start,
                     result.fold.windows.test_end,
-                    result.scored.loc[result.protocol_rows, features].to_numpy(dtype="float32"),
+                    result.scored.loc[result.protocol_rows, list(inputs.columns_of_all())],
                     result.scored.loc[result.protocol_rows, "tx_fraud"].to_numpy(),
                     result.metrics[GATE_METRIC],
                 )
@@ -335,7 +349,7 @@ def fold_statistics(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
 
 def _train_fold(
     fold: Fold,
-    features: list[str],
+    inputs: ModelInputs,
     options: TrainOptions,
     delay_days: int,
     workdir: Path,
@@ -353,12 +367,13 @@ def _train_fold(
         if nested:
             params = {f"window_{key}": value for key, value in fold.windows.as_params().items()}
             mlflow.log_params({"fold": str(fold.index), **params})
-        model = _train_with_progress(fit, validation, features, options.params, log_epochs)
+        model = _train_with_progress(fit, validation, inputs, options.params, log_epochs)
         folder = workdir / f"fold-{fold.index}"
         scorer = OnnxScorer(export_onnx(model, folder / ONNX_FILE))
         known = known_compromised(fold.test, fold.first_frauds, delay_days)
+        columns = inputs.columns(options.params)
         scored = fold.test.assign(
-            score=scorer.score(fold.test[features].to_numpy(dtype="float32")),
+            score=scorer.score(fold.test[columns].to_numpy(dtype="float32")),
             known_compromised=known,
         )
         logger.info("fold %d (test %s):", fold.index, f"{fold.windows.test_start:%Y-%m-%d}")
@@ -372,7 +387,7 @@ def _train_fold(
 
 
 def _select(
-    folds: list[Fold], features: list[str], options: TrainOptions, delay_days: int
+    folds: list[Fold], inputs: ModelInputs, options: TrainOptions, delay_days: int
 ) -> list[search.CandidateResult]:
     """Score the grid on the validation folds: a nested run per candidate, the search space,
     every candidate's figures and the choice on the parent run."""
@@ -381,7 +396,7 @@ def _select(
         fit, early_stopping = _split_train_validation(fold.train)
         known = known_compromised(fold.test, fold.first_frauds, delay_days)
         prepared.append(search.SelectionFold(fold.index, fit, early_stopping, fold.test, known))
-    grid = search.candidates(options.params)
+    grid = search.candidates(options.params, with_history=bool(inputs.history))
     logger.info(
         "model selection: %d candidates x %d validation folds (test weeks %s), %d workers",
         len(grid),
@@ -393,7 +408,7 @@ def _select(
     results = search.run_search(
         grid,
         prepared,
-        features,
+        inputs,
         options.search_workers,
         on_result=tracking.log_candidate,
     )
@@ -412,7 +427,7 @@ def _baseline(
     results: list[search.CandidateResult],
     chosen_fold_metrics: list[dict[str, float]],
     folds: list[Fold],
-    features: list[str],
+    inputs: ModelInputs,
     options: TrainOptions,
     delay_days: int,
     workdir: Path,
@@ -434,7 +449,7 @@ def _baseline(
             params = replace(options, params=baseline.candidate.params)
             folder = workdir / "baseline"
             fold_metrics = [
-                _train_fold(fold, features, params, delay_days, folder, False, False).metrics
+                _train_fold(fold, inputs, params, delay_days, folder, False, False).metrics
                 for fold in folds
             ]
             metrics = fold_statistics(fold_metrics)
@@ -497,7 +512,7 @@ def _progress() -> Progress:
 def _train_with_progress(
     fit: pd.DataFrame,
     validation: pd.DataFrame,
-    features: list[str],
+    inputs: ModelInputs,
     params: TrainingParams,
     log_epochs: bool = True,
 ) -> TrainedModel:
@@ -521,13 +536,16 @@ def _train_with_progress(
                 description=f"epoch {report.epoch} val AP {report.val_average_precision:.3f}",
             )
 
+        columns = inputs.columns(params)
         return train(
-            fit[features],
+            fit[columns],
             fit["tx_fraud"].to_numpy(),
-            validation[features],
+            validation[columns],
             validation["tx_fraud"].to_numpy(),
             params,
             on_epoch=on_epoch,
+            history_steps=inputs.history_steps,
+            step_width=inputs.step_width,
         )
 
 
@@ -545,7 +563,8 @@ def _log_test_artifacts(scored: pd.DataFrame, workdir: Path) -> None:
 def materialize_with_progress(
     spark: SparkSession, settings: Settings, data: Path, until: datetime | None = None
 ) -> dict[str, int]:
-    """`materialize` with a progress bar per view, then the streaming state up to `until`.
+    """`materialize` with a progress bar per view, then the streaming state (windows and the
+    declared transaction history) up to `until`.
 
     Without `until`, the state is that of the end of the data, so a live stream carries on
     from there.
@@ -562,14 +581,6 @@ def materialize_with_progress(
     raw = read_transactions(data)
     moment = until or (raw["tx_datetime"].max() + pd.Timedelta(microseconds=1)).to_pydatetime()
     declarations = feature_store.load_declarations(settings)
-    state = StreamState(
-        redis_server.client(settings),
-        declarations,
-        settings.stream_state_prefix,
-        feature_store.load_state_tiles(settings),
-        timedelta(seconds=settings.state_allowed_lateness_s),
-    )
-    delay = label_delay_days(declarations)
-    written["stream_state_events"] = state.initialize(raw, moment, label_delay_days=delay)
+    written |= load_stream_state(settings, raw, moment)
     feature_store.record_materialization(settings, declarations, moment)
     return written

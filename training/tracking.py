@@ -211,11 +211,12 @@ def _version(package: str) -> str:
 
 @dataclass(frozen=True)
 class GateFold:
-    """One fold's protocol test set and the challenger's score on it."""
+    """One fold's protocol test set (every column a model may read) and the challenger's score
+    on it."""
 
     test_start: datetime
     test_end: datetime
-    features: np.ndarray
+    rows: pd.DataFrame
     labels: np.ndarray
     challenger_score: float
 
@@ -247,7 +248,7 @@ def apply_gate(
             champion_score = float(
                 np.mean(
                     [
-                        average_precision(folds[i].labels, scorer.score(folds[i].features))
+                        average_precision(folds[i].labels, _score(scorer, folds[i].rows))
                         for i in used
                     ]
                 )
@@ -272,6 +273,12 @@ def apply_gate(
         "champion" if promoted else "stays challenger",
     )
     return decision
+
+
+def _score(scorer: OnnxScorer, rows: pd.DataFrame) -> np.ndarray:
+    """The champion's scores of `rows`, read in its own input order (it may read other
+    columns than the challenger: another family, the history or not)."""
+    return scorer.score(rows[list(scorer.feature_names)].to_numpy(dtype="float32"))
 
 
 def _training_window(

@@ -40,8 +40,10 @@ def _state(settings: Settings) -> HistoryState:
 
 
 def _push(state: HistoryState, batch: pd.DataFrame) -> pd.DataFrame:
+    """The batch's histories from the state, indexed by transaction id."""
     got = state.push(as_columns(batch), batch[list(HISTORY.features)].to_numpy(np.float64))
-    return pd.DataFrame(got, index=batch.index, columns=list(HISTORY.column_names))
+    index = pd.Index(batch["transaction_id"], name="transaction_id")
+    return pd.DataFrame(got, index=index, columns=list(HISTORY.column_names))
 
 
 def test_offline_history_follows_time_then_id_and_pads_with_nan() -> None:
@@ -53,15 +55,16 @@ def test_offline_history_follows_time_then_id_and_pads_with_nan() -> None:
         "amount": [10.0, 20.0, 30.0, 40.0], "risk": [0.0, 0.5, 1.0, 0.25],
     })  # fmt: skip
     history = offline_history(frame, HISTORY)
-    step_1 = list(HISTORY.step_columns(1))
-    assert history.loc[1].isna().all()  # id 2 comes first at the shared instant
-    assert history.loc[0, step_1].tolist() == [20.0, 0.5, 0.0]  # id 5 sees id 2, age 0 s
-    assert history.loc[2, step_1].tolist() == [10.0, 0.0, 90.0]
-    assert history.loc[2, list(HISTORY.step_columns(2))].tolist() == [20.0, 0.5, 90.0]
-    assert history.loc[2, list(HISTORY.step_columns(3))].isna().all()
-    assert history.loc[3].isna().all()  # another customer's transactions never count
+    assert history.index.tolist() == [5, 2, 9, 4]
+    rows = history.to_numpy()
+    width = len(HISTORY.features) + 1
+    assert np.isnan(rows[1]).all()  # id 2 comes first at the shared instant
+    assert rows[0, :width].tolist() == [20.0, 0.5, 0.0]  # id 5 sees id 2, age 0 s
+    assert rows[2, : 2 * width].tolist() == [10.0, 0.0, 90.0, 20.0, 0.5, 90.0]
+    assert np.isnan(rows[2, 2 * width :]).all()
+    assert history.loc[4].isna().all()  # another customer's transactions never count
     only = offline_history(frame, HISTORY, wanted=pd.Series([9]))
-    pd.testing.assert_frame_equal(only, history.loc[[2]])
+    pd.testing.assert_frame_equal(only, history.loc[[9]])
 
 
 def test_streamed_histories_equal_the_offline_ones_bit_for_bit(state_redis: Settings) -> None:
@@ -77,9 +80,10 @@ def test_streamed_histories_equal_the_offline_ones_bit_for_bit(state_redis: Sett
     got = pd.concat([_push(state, batch) for batch in batches])
     pd.testing.assert_frame_equal(got.sort_index(), expected.sort_index(), check_exact=True)
     again = _push(state, batches[-1])  # a replay: the same members, nothing added
-    pd.testing.assert_frame_equal(again, expected.loc[batches[-1].index], check_exact=True)
+    ids = batches[-1]["transaction_id"]
+    pd.testing.assert_frame_equal(again, expected.loc[ids], check_exact=True)
     members, index = state.keys(int(frame["customer_id"].iloc[0]))
-    assert state.client.zcard(members) == state.client.hlen(index) == HISTORY.kept
+    assert state.client.zcard(members) == state.client.hlen(index.decode()) == HISTORY.kept
 
 
 def test_a_re_sent_transaction_replaces_its_member(state_redis: Settings) -> None:
@@ -88,13 +92,11 @@ def test_a_re_sent_transaction_replaces_its_member(state_redis: Settings) -> Non
     _push(state, frame.iloc[:20])
     moved = frame.iloc[[5]].assign(amount=1234.5)
     _push(state, moved)
-    expected = offline_history(pd.concat([frame.iloc[:20].drop(index=5), moved]), HISTORY)
     later = frame.iloc[20:]
     whole = pd.concat([frame.iloc[:20].drop(index=5), moved, later])
-    pd.testing.assert_frame_equal(
-        _push(state, later), offline_history(whole, HISTORY).loc[later.index], check_exact=True
-    )
-    assert len(expected) == 20
+    expected = offline_history(whole, HISTORY).loc[later["transaction_id"]]
+    pd.testing.assert_frame_equal(_push(state, later), expected, check_exact=True)
+    assert (expected.filter(like="_amount") == 1234.5).any().any()  # the new amount is read
 
 
 def test_initialize_loads_the_state_a_stream_from_until_needs(state_redis: Settings) -> None:
@@ -102,6 +104,8 @@ def test_initialize_loads_the_state_a_stream_from_until_needs(state_redis: Setti
     until = pd.Timestamp("2026-06-02 13:00", tz="UTC")
     state = _state(state_redis)
     _push(state, frame.sort_values("tx_datetime"))  # a state that went further, replayed
+    assert state.initialize(frame, frame["tx_datetime"].min().to_pydatetime()) == 0  # nothing
+    assert _push(state, frame.iloc[:0]).empty
     loaded = state.initialize(frame, until.to_pydatetime())
     before = frame[frame["tx_datetime"] < until]
     assert loaded == sum(min(len(g), HISTORY.kept) for _, g in before.groupby("customer_id"))

@@ -17,6 +17,7 @@ from skewless.model_runtime import OnnxScorer, Preprocessor
 from training.model import (
     EpochReport,
     FraudNet,
+    ModelInputs,
     TrainedModel,
     TrainingParams,
     export_onnx,
@@ -226,3 +227,61 @@ def test_no_hidden_layer_is_a_logistic_regression_that_exports_the_same_way(
     onnx = OnnxScorer(export_onnx(model, tmp_path / "lr.onnx"))
     np.testing.assert_allclose(onnx.score(raw.numpy()), by_hand, rtol=1e-5, atol=1e-6)
     assert average_precision(data["test"][1], by_hand) > 0.5
+
+
+SEQUENCE_HISTORY = ModelInputs(
+    features=("amount", "noise"),
+    history=tuple(f"h_{step}_{name}" for step in (1, 2, 3) for name in ("amount", "age_s")),
+    history_steps=3,
+)
+
+
+def _sequences(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Fraud when the card's previous transaction was large and recent: nothing in the current
+    transaction tells. A third of the rows have fewer than 3 earlier transactions (padding)."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"amount": rng.lognormal(3.0, 1.0, n), "noise": rng.normal(0, 1, n)})
+    for step in (1, 2, 3):
+        frame[f"h_{step}_amount"] = rng.lognormal(3.0, 1.0, n)
+        frame[f"h_{step}_age_s"] = rng.exponential(3_600.0 * step, n)
+    earlier = rng.integers(0, 4, n)  # how many earlier transactions the card has
+    for step in (1, 2, 3):
+        frame.loc[earlier < step, [f"h_{step}_amount", f"h_{step}_age_s"]] = np.nan
+    labels = (frame["h_1_amount"] > 40) & (frame["h_1_age_s"] < 1_800)
+    return frame, labels.to_numpy(dtype=np.int64)
+
+
+def test_a_sequence_model_learns_from_the_history_and_exports_the_same_way(
+    tmp_path: Path,
+) -> None:
+    params = replace(SMALL, history_units=8, max_epochs=20)
+    frame, labels = _sequences(6_000, 1)
+    val_frame, val_labels = _sequences(2_000, 2)
+    columns = SEQUENCE_HISTORY.columns(params)
+    assert columns[-1] == "h_3_age_s" and SEQUENCE_HISTORY.columns(SMALL) == ["amount", "noise"]
+    model = train(
+        *(frame[columns], labels, val_frame[columns], val_labels, params),
+        history_steps=3, step_width=SEQUENCE_HISTORY.step_width,
+    )  # fmt: skip
+    assert params.family == "sequence"
+    scores = predict(model, val_frame[columns])
+    assert auc_roc(val_labels, scores) > 0.95
+    current_only = train(
+        frame[["amount", "noise"]], labels, val_frame[["amount", "noise"]], val_labels, SMALL
+    )
+    assert auc_roc(val_labels, predict(current_only, val_frame[["amount", "noise"]])) < 0.6
+    scorer = OnnxScorer(export_onnx(model, tmp_path / "sequence.onnx"))
+    matrix = val_frame[columns].to_numpy(dtype=np.float32)
+    np.testing.assert_allclose(scorer.score(matrix), scores, atol=1e-5)
+    padded = val_frame["h_3_age_s"].isna().to_numpy()
+    changed = matrix.copy()
+    changed[:, columns.index("h_3_amount")] = 1e6  # a padded step's features are not read
+    assert (scorer.score(changed)[padded] == scorer.score(matrix)[padded]).all()
+    assert (scorer.score(changed)[~padded] != scorer.score(matrix)[~padded]).any()
+
+
+def test_a_sequence_model_needs_a_declared_history() -> None:
+    with pytest.raises(ValueError, match="declares none"):
+        ModelInputs(("amount",)).require_history(replace(SMALL, history_units=8))
+    with pytest.raises(ValueError, match="steps of one width"):
+        ModelInputs(("amount",), ("a", "b", "c"), 2)

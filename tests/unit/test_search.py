@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 
 from training import search
-from training.model import TrainingParams
+from training.model import ModelInputs, TrainingParams
 from training.search import Candidate, CandidateResult, FoldScore, SelectionFold
 
 QUICK = TrainingParams(hidden_sizes=(8,), batch_size=64, max_epochs=2, patience=1, seed=3)
+INPUTS = ModelInputs(("amount", "noise"))
 
 
 def _fold(index: int, seed: int) -> SelectionFold:
@@ -44,11 +45,16 @@ def _result(name: str, aps: list[float], family_sizes: tuple[int, ...] = (8,)) -
     return CandidateResult(candidate, scores)
 
 
-def test_grid_covers_both_families_with_distinct_names() -> None:
-    grid = search.candidates(QUICK)
+def test_grid_covers_every_family_with_distinct_names() -> None:
+    grid = search.candidates(QUICK, with_history=False)
     names = [c.name for c in grid]
     assert len(set(names)) == len(grid)
     assert {c.params.family for c in grid} == {"feedforward", "logistic_regression"}
+    with_history = search.candidates(QUICK)
+    sequences = [c for c in with_history if c.params.family == "sequence"]
+    assert [c.name for c in with_history if c.params.family != "sequence"] == names
+    assert len(sequences) == 4 and all(c.params.history_units == 32 for c in sequences)
+    assert "sequence-gru32-128x64-dropout0.2-lr0.003-pos_weight" in [c.name for c in sequences]
     assert {c.params.imbalance for c in grid} == {"none", "pos_weight", "oversample"}
     assert all(c.params.seed == QUICK.seed and c.params.max_epochs == 2 for c in grid)
     sizes = len(search.FEEDFORWARD_GRID["hidden_sizes"]) * len(search.FEEDFORWARD_GRID["dropout"])
@@ -78,11 +84,9 @@ def test_choice_is_the_best_mean_validation_ap_and_the_first_on_a_tie() -> None:
 
 def test_candidates_are_scored_on_each_fold_alike_in_workers_and_here() -> None:
     folds = [_fold(0, 1), _fold(1, 2)]
-    grid = search.candidates(QUICK)[:1] + search.candidates(QUICK)[-1:]
+    grid = search.candidates(QUICK, False)[:1] + search.candidates(QUICK, False)[-1:]
     seen: list[str] = []
-    here = search.run_search(
-        grid, folds, ["amount", "noise"], 1, lambda r: seen.append(r.candidate.name)
-    )
+    here = search.run_search(grid, folds, INPUTS, 1, lambda r: seen.append(r.candidate.name))
     assert seen == [c.name for c in grid]
     for result in here:
         assert [score.fold for score in result.folds] == [0, 1]
@@ -94,7 +98,7 @@ def test_candidates_are_scored_on_each_fold_alike_in_workers_and_here() -> None:
             }
             assert 1 <= score.best_epoch <= score.epochs <= 2
         assert 0.0 < result.statistics()[f"{search.SELECTION_METRIC}_mean"] <= 1.0
-    pooled = search.run_search(grid, folds, ["amount", "noise"], 2)
+    pooled = search.run_search(grid, folds, INPUTS, 2)
     for a, b in zip(here, pooled, strict=True):  # deterministic per seed, whatever the process
         assert [s.metrics for s in a.folds] == [s.metrics for s in b.folds]
 
@@ -104,4 +108,4 @@ def test_a_failing_candidate_stops_the_search_with_its_error() -> None:
     no_frauds = replace(good, early_stopping=good.early_stopping.assign(tx_fraud=0))
     grid = search.candidates(QUICK)[:3]
     with pytest.raises(ValueError, match="both classes"):
-        search.run_search(grid, [no_frauds, good], ["amount", "noise"], 2)
+        search.run_search(grid, [no_frauds, good], INPUTS, 2)
