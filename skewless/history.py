@@ -164,7 +164,7 @@ class HistoryState:
         declaration is removed, then each entity's last `kept` transactions before `until`
         (rows of `vectors`, as for `offline_history`) are stored. Returns the members stored."""
         decl = self.history
-        removed = self._remove_all()
+        removed = redis_batch.remove_keys_under(self.client, self._head)
         micros = _micros(vectors[decl.event_time])
         before = vectors[micros < _micros(pd.Series([until.astimezone(UTC)]))[0]]
         before = before.sort_values([decl.event_time, decl.order_key], kind="stable")
@@ -217,12 +217,6 @@ class HistoryState:
             commands.append((FCALL, FUNCTION, b"%d" % len(keys), *keys, *config, *blobs))
         replies = self._library.execute(self.client, commands)
         return [blob for reply in replies for blob in reply], order
-
-    def _remove_all(self) -> int:
-        """Remove every key of this declaration's histories (on every node of a cluster)."""
-        keys = list(self.client.scan_iter(match=self._head + b"*", count=1_000))
-        redis_batch.execute(self.client, [(b"DEL", key) for key in keys])
-        return len(keys)
 
 
 FCALL = b"FCALL"

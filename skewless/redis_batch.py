@@ -23,6 +23,7 @@ commands must be idempotent (the platform's are: a batch may also be sent again 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -80,6 +81,15 @@ def execute(client: Client, commands: Sequence[Command]) -> list[Any]:
                 raise chunk_replies[errors[0]]
             replies += chunk_replies
     return replies
+
+
+def remove_keys_under(client: Client, head: bytes) -> int:
+    """Unlink every key that starts with `head` (on every primary of a cluster); returns how
+    many. `SCAN` finds them, so Redis keeps serving meanwhile."""
+    pattern = re.sub(rb"([*?\[\]\\])", rb"\\\1", head) + b"*"
+    keys = list(client.scan_iter(match=pattern, count=1_000))
+    execute(client, [(b"UNLINK", key) for key in keys])
+    return len(keys)
 
 
 class FunctionLibrary:

@@ -63,9 +63,10 @@ allowed lateness behind the watermark and needs nothing before `t - horizon`. Ev
 than the first tile kept are dropped on arrival (the worker already sends events later than
 the allowed lateness to the dead-letter topic); a window that would hold an event removed or
 dropped is NaN rather than short. Loading the state for a stream starting at `until`
-(`initialize`) sets the watermark to `until`, even back in time: a replay of an earlier period
-over a state that went further gets every event after `until - horizon` again, and windows
-from `until` on are complete.
+(`initialize`) removes the declarations' keys first and sets the watermark of the entities it
+loads to `until`: a replay of an earlier period over a state that went further gets every
+event after `until - horizon` again, and windows from `until` on are complete, also for the
+entities that had no event in the load.
 
 **Round trips.** One pipelined write per batch: per declaration, `FCALL`s of up to
 `MAX_ENTITIES_PER_CALL` entities each. In a Redis Cluster a call holds the entities of one slot
@@ -185,6 +186,11 @@ class StreamAggregation:
     @property
     def horizon_micros(self) -> int:
         return self.declaration.horizon.days * MICROS_PER_DAY
+
+    @property
+    def key_head(self) -> bytes:
+        """What every key of the declaration (in this layout) starts with."""
+        return self._key_head
 
     def keys(self, entity_id: int) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
         """The entity's events, tiles, sub-tile arrays, index, known transactions and waiting
@@ -470,12 +476,18 @@ class StreamState:
     def initialize(self, raw: pd.DataFrame, until: datetime, label_delay_days: int) -> int:
         """Load the state a stream starting at `until` needs, from raw transactions.
 
-        Transactions with time < until feed the undelayed declarations; labels that were
-        published before `until` (time + delay < until) feed the delayed ones. Only events
-        within each declaration's horizon are loaded; the watermark of every entity loaded
-        becomes `until`, even if the state had gone further (a replay from an earlier time).
+        Every key of the declarations (in this layout) is removed first: the state becomes what
+        the stream needs and nothing else, also when it had gone further (a replay from an
+        earlier time), where an entity without events in the load would otherwise keep its
+        later watermark and serve NaN windows. Transactions with time < until feed the
+        undelayed declarations; labels that were published before `until` (time + delay <
+        until) feed the delayed ones. Only events within each declaration's horizon are loaded;
+        the watermark of every entity loaded becomes `until`.
         """
         end = until.astimezone(UTC)
+        removed = sum(
+            redis_batch.remove_keys_under(self.client, agg.key_head) for agg in self.aggregations
+        )
         added = 0
         commands: list[Command] = []
         plans = []
@@ -502,7 +514,10 @@ class StreamState:
         replies = self._execute(commands)
         for agg, first, count, call_entities in plans:
             self._note_refused(agg, replies[first : first + count], call_entities)
-        logger.info("stream state initialised with %d events up to %s", added, end.isoformat())
+        logger.info(
+            "stream state initialised with %d events up to %s (%d keys removed first)",
+            *(added, end.isoformat(), removed),
+        )
         for event in self.take_refused():  # (labels that waited in vain, left from a stream)
             logger.warning("a label the state refused (no transaction of its id): %s", event)
         return added

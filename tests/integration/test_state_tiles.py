@@ -134,6 +134,21 @@ def test_a_replay_from_an_earlier_time_over_a_state_that_went_further(
     _assert_matches(replayed, _expected(raw))
 
 
+def test_a_replay_from_the_first_day_over_a_state_that_went_further(
+    state_redis: Settings, raw: pd.DataFrame
+) -> None:
+    """The load for a replay from the data's first instant holds no event at all: the entities
+    the later stream left in the state start empty again, with complete windows (they kept
+    their later watermark and served NaN windows)."""
+    state = _state(state_redis)
+    state.initialize(raw, raw["tx_datetime"].max().to_pydatetime(), label_delay_days=7)
+    first = raw["tx_datetime"].min().floor("D")
+    assert state.initialize(raw, first.to_pydatetime(), label_delay_days=7) == 0
+    replayed = _stream(state, raw[raw["tx_datetime"] < first + pd.Timedelta(days=3)], first, 6)
+    assert len(replayed) > 150 and not replayed.isna().any().any()
+    _assert_matches(replayed, _expected(raw))
+
+
 def test_out_of_order_arrival_gives_the_same_windows(state_redis: Settings) -> None:
     """Transactions and labels arrive shuffled across batches; once all are in, every event's
     windows are those of the reference (each window is read from (time, order), not arrival)."""
