@@ -21,6 +21,7 @@ from skewless.settings import Settings, SettingsError, load_settings
 if TYPE_CHECKING:
     from monitoring.monitor import Window
     from skewless_cli.demo import DemoResult
+    from training.model import TrainingParams
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
@@ -231,6 +232,40 @@ DataOption = Annotated[
 ]
 
 
+def _training_params(
+    epochs: int,
+    seed: int,
+    hidden_sizes: str,
+    dropout: float,
+    learning_rate: float,
+    imbalance: str,
+    history_units: int,
+) -> TrainingParams:
+    """The command line's model settings; a bad one exits 2 naming its option."""
+    from training.model import TrainingParams
+
+    if imbalance not in ("none", "pos_weight", "oversample"):
+        raise typer.BadParameter("none, pos_weight or oversample", param_hint="--imbalance")
+    try:
+        sizes = tuple(int(size) for size in hidden_sizes.split(",") if size.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(
+            "whole numbers, comma separated", param_hint="--hidden-sizes"
+        ) from exc
+    try:
+        return TrainingParams(
+            hidden_sizes=sizes,
+            dropout=dropout,
+            learning_rate=learning_rate,
+            imbalance=imbalance,  # type: ignore[arg-type]
+            max_epochs=epochs,
+            seed=seed,
+            history_units=history_units,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--hidden-sizes") from exc
+
+
 @app.command("train")
 def train_command(
     ctx: typer.Context,
@@ -246,6 +281,21 @@ def train_command(
     test_days: Annotated[int, typer.Option(help="test window in days")] = 7,
     epochs: Annotated[int, typer.Option(help="maximum epochs (early stopping ends sooner)")] = 100,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
+    hidden_sizes: Annotated[
+        str,
+        typer.Option(help="hidden layer sizes, e.g. 128,64 ('' trains a logistic regression)"),
+    ] = "64,32",
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.99, help="dropout share")] = 0.0,
+    learning_rate: Annotated[float, typer.Option(min=1e-9, help="Adam's learning rate")] = 1e-3,
+    imbalance: Annotated[
+        str, typer.Option(help="class imbalance: none, pos_weight or oversample")
+    ] = "none",
+    history_units: Annotated[
+        int,
+        typer.Option(
+            min=0, help="GRU units over the declared transaction history (0: no sequence model)"
+        ),
+    ] = 0,
     materialize: Annotated[bool, typer.Option(help="write the latest features to Redis")] = True,
     folds: Annotated[
         int,
@@ -267,10 +317,8 @@ def train_command(
     ] = 2,
 ) -> None:
     """Backfill features with Spark, train the torch model, evaluate, register and gate it."""
-    from dataclasses import replace
 
     from skewless.data import resolve_data
-    from training.model import TrainingParams
     from training.pipeline import TrainOptions, run_training
 
     settings = _settings(ctx)
@@ -280,7 +328,9 @@ def train_command(
         train_days=train_days,
         delay_days=delay_days,
         test_days=test_days,
-        params=replace(TrainingParams(), max_epochs=epochs, seed=seed),
+        params=_training_params(
+            epochs, seed, hidden_sizes, dropout, learning_rate, imbalance, history_units
+        ),
         materialize=materialize,
         folds=folds,
         search=search,
