@@ -150,9 +150,10 @@ class TransactionHistory:
       `{name}_{k}_age_s` (`column_names`, step 1 first).
     - **Padding.** When the entity has fewer than `k` earlier transactions, every column of
       step `k` is NaN, whatever the model does with it.
-    - **Bounded state.** The streaming state keeps the entity's last `kept` transactions
-      (`kept_factor` times `length`), so a transaction scored again after at most
-      `kept - length` later ones of its entity gets the same history.
+    - **Bounded state.** The streaming state keeps at least the entity's last `kept`
+      transactions (`kept_factor` times `length`) and at most `kept + length`, so a
+      transaction scored again after at most `kept - length` later ones of its entity gets
+      the same history.
     """
 
     name: str

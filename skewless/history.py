@@ -4,9 +4,10 @@ in Redis, with the same bits.
 **Offline** (`offline_history`): from the feature vectors of an entity's transactions (the
 offline tables' features, one row per transaction), each transaction's earlier ones.
 
-**Online** (`HistoryState`): each entity's last `kept` transactions in Redis, written by the
-scoring core with the vectors it scored them with, read back for each new transaction in the
-same call (a Redis Function, `assets/transaction_history.lua`). Keys, under the hash tag
+**Online** (`HistoryState`): each entity's last `kept` to `kept + length` transactions in
+Redis, written by the scoring core with the vectors it scored them with, read back for each
+new transaction in the same call (a Redis Function, `assets/transaction_history.lua`). Keys,
+under the hash tag
 `{history:entity}` (one Redis Cluster slot per entity; the key head carries a digest of the
 declaration, so another length or other features get new keys):
 - `...:m`, a sorted set of its transactions with every score 0, so ordered by their bytes:
@@ -49,7 +50,8 @@ MAX_ENTITIES_PER_CALL = 200
 LOAD_CHUNK = 2_000
 """Entities per call when a load stores members without reading histories."""
 _BIAS = np.uint64(1 << 63)
-_MICROS_PER_SECOND = 1e6
+_MICROS = 1e6
+"""Microseconds per second."""
 
 Columns = Mapping[str, np.ndarray]
 
@@ -89,7 +91,7 @@ def offline_history(
         earlier = by_time[positions[present] - step]
         at = (step - 1) * width
         result[present, at : at + width - 1] = values[earlier]
-        ages = (micros[rows[present]] - micros[earlier]) / _MICROS_PER_SECOND
+        ages = (micros[rows[present]] - micros[earlier]) / _MICROS
         result[present, at + width - 1] = ages
     back = np.argsort(rows)  # the rows in the order of `vectors`
     index = pd.Index(orders[rows[back]], name=history.order_key)
@@ -113,6 +115,8 @@ class HistoryState:
         self.dtype = np.dtype(
             [("time", ">u8"), ("order", ">u8"), ("vector", "<f8", (len(history.features),))]
         )
+        self._reply = np.dtype([("count", "u1"), ("earlier", self.dtype, (history.length,))])
+        """A transaction's reply: how many earlier members, then `length` members (padded)."""
         digest = hashlib.blake2s(repr(history).encode(), digest_size=3).hexdigest()
         self._head = f"{prefix}:h1.{digest}:{{{history.name}:".encode()
         self._library = redis_batch.FunctionLibrary(LIBRARY)
@@ -140,23 +144,13 @@ class HistoryState:
         times = np.asarray(transactions[decl.event_time], dtype=np.int64)
         records = self.pack(times, transactions[decl.order_key], vectors)
         replies, rows = self._store(transactions[decl.entity_key], records, read=True)
-        size = self.dtype.itemsize
-        width = len(decl.features) + 1
-        result = np.full((len(times), decl.length * width), np.nan)
-        row_at = 0
-        for blob in replies:
-            at = 0
-            while at < len(blob):
-                row = rows[row_at]
-                row_at += 1
-                count = blob[at]
-                earlier = np.frombuffer(blob, self.dtype, count, at + 1)
-                at += 1 + count * size
-                if not count:
-                    continue
-                ages = (times[row] - (earlier["time"] ^ _BIAS).view(np.int64)) / _MICROS_PER_SECOND
-                cells = np.column_stack([earlier["vector"], ages])
-                result[row, : count * width] = cells.reshape(-1)
+        replied = np.frombuffer(b"".join(replies), self._reply)  # (one per row, in `rows` order)
+        earlier = replied["earlier"]
+        ages = (times[rows][:, None] - (earlier["time"] ^ _BIAS).view(np.int64)) / _MICROS
+        steps = np.concatenate([earlier["vector"], ages[:, :, None]], axis=2)
+        steps[np.arange(decl.length)[None, :] >= replied["count"][:, None]] = np.nan  # padding
+        result = np.empty((len(times), len(decl.column_names)))
+        result[rows] = steps.reshape(len(rows), len(decl.column_names))
         return result
 
     def initialize(self, vectors: pd.DataFrame, until: datetime) -> int:
@@ -207,12 +201,17 @@ class HistoryState:
         sorted_entities, sorted_slots = entities[order], slots[order]
         starts = np.flatnonzero(np.diff(sorted_entities, prepend=sorted_entities[:1] - 1))
         ends = np.append(starts[1:], len(order))[: len(starts)]  # (no entity: no run)
-        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-            if blobs and (len(blobs) >= limit or sorted_slots[start] != sorted_slots[start - 1]):
+        packed, size = records[order].tobytes(), self.dtype.itemsize
+        firsts = sorted_entities[starts].tolist()
+        new_slot = np.diff(sorted_slots[starts], prepend=-1) != 0
+        for entity, start, end, other_slot in zip(
+            firsts, starts.tolist(), ends.tolist(), new_slot.tolist(), strict=True
+        ):
+            if blobs and (len(blobs) >= limit or other_slot):
                 commands.append((FCALL, FUNCTION, b"%d" % len(keys), *keys, *config, *blobs))
                 keys, blobs = [], []
-            keys += self.keys(int(sorted_entities[start]))
-            blobs.append(records[order[start:end]].tobytes())
+            keys += self.keys(entity)
+            blobs.append(packed[start * size : end * size])
         if blobs:
             commands.append((FCALL, FUNCTION, b"%d" % len(keys), *keys, *config, *blobs))
         replies = self._library.execute(self.client, commands)
