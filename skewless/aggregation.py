@@ -134,6 +134,10 @@ class WindowAggregation:
         return tuple(name for name, output in self.features if output.function is Function.COUNT)
 
 
+MAX_HISTORY_LENGTH = 255
+"""The streaming state's reply counts a transaction's earlier ones in one byte."""
+
+
 @dataclass(frozen=True)
 class TransactionHistory:
     """An entity's last `length` transactions before each transaction, as the feature vectors
@@ -166,8 +170,11 @@ class TransactionHistory:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.length < 1 or self.kept_factor < 1:
-            raise ValueError(f"{self.name}: the length and kept factor must be at least 1")
+        if not 1 <= self.length <= MAX_HISTORY_LENGTH or self.kept_factor < 1:
+            raise ValueError(
+                f"{self.name}: the length must lie between 1 and {MAX_HISTORY_LENGTH}, the kept "
+                "factor be at least 1"
+            )
         if not self.features or len(set(self.features)) != len(self.features):
             raise ValueError(f"{self.name}: needs features, each named once")
 
