@@ -156,7 +156,7 @@ class TransactionHistory:
       step `k` is NaN, whatever the model does with it.
     - **Bounded state.** The streaming state keeps at least the entity's last `kept`
       transactions (`kept_factor` times `length`) and at most `kept + length`, so a
-      transaction scored again after at most `kept - length` later ones of its entity gets
+      transaction scored again after fewer than `kept - length` later ones of its entity gets
       the same history.
     """
 
