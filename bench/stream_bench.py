@@ -323,9 +323,8 @@ def load_state(base: Settings, raw: pd.DataFrame, until: pd.Timestamp) -> None:
 
 
 def clear_state(client: redis_batch.Client) -> None:
-    keys = list(client.scan_iter(match=f"{STATE_PREFIX}:*", count=10_000))
-    for start in range(0, len(keys), 10_000):
-        client.unlink(*keys[start : start + 10_000])
+    """Remove every key under the benchmark's prefix (windows and history, any layout)."""
+    redis_batch.remove_keys_under(client, f"{STATE_PREFIX}:".encode())
 
 
 def naive_baseline(settings: Settings, frame: pd.DataFrame) -> float:

@@ -2,9 +2,11 @@
 
 A batch of transactions goes in; the window features come from the streaming state (one
 Redis round trip), the per-transaction features from the same formula the on-demand view
-uses, the scores from one call of the champion's ONNX graph (which fills missing values with
-the defaults fitted in training). `write_online` then writes the latest values back in
-Feast's online format, so `get_online_features` sees stream-fresh features.
+uses, the declared transaction history from a second round trip that also stores the batch's
+vectors (`skewless.history`), the scores from one call of the champion's ONNX graph (which
+fills missing values with the defaults fitted in training). `write_online` then writes the
+latest values back in Feast's online format, so `get_online_features` sees stream-fresh
+features.
 """
 
 from __future__ import annotations
@@ -77,8 +79,11 @@ def computable_features(state: StreamState, history: HistoryState | None = None)
     return (*names, *(history.history.column_names if history else ()))
 
 
-def history_state(state: StreamState, history: TransactionHistory | None) -> HistoryState | None:
-    """The state of the declared history (None without one), next to the window state.
+def history_state(
+    state: StreamState, history: TransactionHistory | None, state_prefix: str
+) -> HistoryState | None:
+    """The state of the declared history (None without one), next to the window state's keys
+    (`state_prefix`).
 
     Raises `ModelContractError` when the history's vectors hold features the core does not
     compute (a declaration error: the vectors would be NaN forever)."""
@@ -90,7 +95,7 @@ def history_state(state: StreamState, history: TransactionHistory | None) -> His
             f"the transaction history {history.name} holds features serving does not compute: "
             f"{', '.join(unknown)}; declare them, or remove them from its features"
         )
-    return HistoryState(state.client, history, prefix_beside(state.aggregations[0].prefix))
+    return HistoryState(state.client, history, prefix_beside(state_prefix))
 
 
 def check_contract(
@@ -222,7 +227,7 @@ def build_core(settings: Settings) -> ScoringCore:
         load_state_tiles(settings),
         timedelta(seconds=settings.state_allowed_lateness_s),
     )
-    history = history_state(state, load_history(settings))
+    history = history_state(state, load_history(settings), settings.stream_state_prefix)
     model = load_with_retry(settings, deadline_s=settings.service_start_timeout_s)
     check_contract(model, state, history)  # before the watcher starts: a refused model stops
     watcher = ChampionWatcher(settings, model, settings.champion_poll_s).start()

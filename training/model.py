@@ -252,7 +252,11 @@ def train(
         rows = torch.cat([rows, extra])
     history: list[EpochReport] = []
     with _deterministic_cpu(params.seed) as generator:
-        module = _module(preprocessor, params, history_steps, step_width)
+        steps = history_steps if params.family == SEQUENCE else 0
+        module = FraudNet(
+            preprocessor, params.hidden_sizes, params.dropout, steps, step_width,
+            params.history_units,
+        )  # fmt: skip
         optimizer = torch.optim.Adam(
             module.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
         )
@@ -285,19 +289,6 @@ def train(
     return TrainedModel(module, preprocessor, params, best_epoch, tuple(history))
 
 
-def _module(
-    preprocessor: Preprocessor, params: TrainingParams, history_steps: int, step_width: int
-) -> FraudNet:
-    """The untrained module of `params` (a sequence model reads `history_steps` steps of
-    `step_width` columns, the last ones)."""
-    if params.family != SEQUENCE:
-        return FraudNet(preprocessor, params.hidden_sizes, params.dropout)
-    return FraudNet(
-        preprocessor, params.hidden_sizes, params.dropout, history_steps, step_width,
-        params.history_units,
-    )  # fmt: skip
-
-
 def predict(model: TrainedModel, features: pd.DataFrame) -> FloatArray:
     """Fraud probabilities for the rows of `features` (eager torch, in chunks of 64k rows)."""
     matrix = torch.from_numpy(model.preprocessor.matrix(features))
@@ -319,11 +310,13 @@ def export_onnx(model: TrainedModel, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        # (the GRU's warning on other batch sizes: its initial state is zeros of the batch's
-        # size, computed in the graph; the tests score other batch sizes against eager torch)
+        # The GRU warns that other batch sizes than the traced one may fail, and traces its
+        # input checks: its initial state is zeros of the batch's size, made in the graph, and
+        # the tests score other batch sizes against eager torch.
         warnings.filterwarnings(
             "ignore", "Exporting a model to ONNX with a batch_size other than 1"
         )
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             module,
             (torch.zeros(2, len(model.preprocessor.feature_names)),),

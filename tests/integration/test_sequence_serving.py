@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,14 +13,11 @@ import pytest
 
 from monitoring.monitor import check_skew
 from monitoring.skew import SkewTolerance
-from serving.replay import replay
-from serving.worker import build_worker
 from skewless import feature_store, model_runtime, offline_store
 from skewless.history import offline_history
-from skewless.services.process import wait_for
 from skewless.spark import spark_session
 from tests.conftest import TrainedPlatform, private_settings
-from tests.integration.test_worker import _logged_rows
+from tests.integration.test_worker import _serve_replay
 from training.model import TrainingParams
 from training.pipeline import TrainOptions, materialize_with_progress, run_training
 
@@ -49,12 +45,9 @@ def test_a_sequence_champion_reads_the_offline_history_online(
     materialize_with_progress(
         spark_session(settings), settings, trained_platform.data, until=start.to_pydatetime()
     )
-    expected = tx[tx["tx_datetime"] < start + timedelta(days=2)]
-    replay(settings, trained_platform.data, start, start + timedelta(days=2), None)
-    stats = build_worker(settings).run(max_events=len(expected), idle_exit_s=20)
-    assert stats.scored == len(expected)
-    logged: list[dict[str, Any]] = []
-    assert wait_for(lambda: len(_logged_rows(settings, logged)) >= len(expected), 60)
+    end = start + timedelta(days=2)
+    expected = tx[tx["tx_datetime"] < end]
+    logged = _serve_replay(settings, trained_platform.data, start, end, len(expected))
     served = pd.DataFrame(
         [{"transaction_id": row["transaction_id"], "score": row["score"], **row["features"]}
          for row in logged]

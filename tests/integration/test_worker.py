@@ -103,6 +103,19 @@ def _logged_rows(settings: Settings, into: list[dict[str, Any]]) -> list[dict[st
     return into
 
 
+def _serve_replay(
+    settings: Settings, data: Path, start: datetime, end: datetime, expected: int
+) -> list[dict[str, Any]]:
+    """Replay `[start, end)` of `data`, serve it with one worker (every event scored) and
+    return the feature-log rows."""
+    replay(settings, data, start, end, None)
+    stats = build_worker(settings).run(max_events=expected, idle_exit_s=20)
+    assert stats.scored == expected
+    logged: list[dict[str, Any]] = []
+    assert wait_for(lambda: len(_logged_rows(settings, logged)) >= expected, 60)
+    return logged
+
+
 def _window(platform: TrainedPlatform, days: int) -> pd.DataFrame:
     tx = platform.transactions
     end = REPLAY_START + timedelta(days=days)
@@ -118,11 +131,8 @@ def test_replay_from_t_serves_the_backfill_features_exactly(
         spark_session(settings), settings, trained_platform.data, until=REPLAY_START
     )
     expected = _window(trained_platform, 4)
-    replay(settings, trained_platform.data, REPLAY_START, REPLAY_START + timedelta(days=4), None)
-    stats = build_worker(settings).run(max_events=len(expected), idle_exit_s=20)
-    assert stats.scored == len(expected)
-    logged: list[dict[str, Any]] = []
-    assert wait_for(lambda: len(_logged_rows(settings, logged)) >= len(expected), 60)
+    end = REPLAY_START + timedelta(days=4)
+    logged = _serve_replay(settings, trained_platform.data, REPLAY_START, end, len(expected))
     served = pd.DataFrame(
         [{"transaction_id": b["transaction_id"], **b["features"]} for b in logged]
     )
