@@ -95,10 +95,26 @@ class Profiles:
 
 @dataclass(frozen=True)
 class SimulationResult:
-    """Transactions in the canonical schema and the number of frauds per scenario."""
+    """The parameters, the transactions in the canonical schema, what made each fraud, and the
+    compromised terminals.
 
+    `scenario` holds one code per row of `transactions`: 0 for a genuine transaction, else the
+    1-based index into `SCENARIOS` of the scenario it is counted under. `terminal_compromises`
+    has one row per compromise: `terminal_id`, and `start` and `end` (UTC midnights, end
+    excluded) of the days every transaction of the terminal is a fraud. Neither is part of
+    the canonical schema: a real data set carries no such truth.
+    """
+
+    params: SimulationParams
     transactions: pd.DataFrame
-    fraud_by_scenario: dict[str, int]
+    scenario: npt.NDArray[np.int8]
+    terminal_compromises: pd.DataFrame
+
+    @property
+    def fraud_by_scenario(self) -> dict[str, int]:
+        """Frauds counted under each scenario."""
+        counts = np.bincount(self.scenario, minlength=len(SCENARIOS) + 1)[1:]
+        return {name: int(n) for name, n in zip(SCENARIOS, counts, strict=True)}
 
     @property
     def fraud_rate(self) -> float:
@@ -195,17 +211,34 @@ def _draw_transactions(
     return _Draws(customer, day, second, terminal, amount, cell_start)
 
 
+@dataclass(frozen=True)
+class _TerminalCompromises:
+    """Scenario 2's draws: the terminal and the first and last (excluded) day of each."""
+
+    terminal: IntArray
+    start_day: IntArray
+    stop_day: IntArray
+
+
+def _terminal_compromises(
+    params: SimulationParams, rng: np.random.Generator
+) -> _TerminalCompromises:
+    """Scenario 2: every day, terminals compromised for the next days (cut at the last day)."""
+    n_days = params.n_days
+    picked = _daily_draws(n_days, params.n_terminals, params.compromised_terminals_per_day, rng)
+    start = np.repeat(np.arange(n_days), picked.shape[1])
+    stop = np.minimum(start + params.compromised_terminal_days, n_days)
+    return _TerminalCompromises(picked.ravel(), start, stop)
+
+
 def _compromised_terminal_hits(
-    draws: _Draws, params: SimulationParams, rng: np.random.Generator
+    draws: _Draws, compromises: _TerminalCompromises, params: SimulationParams
 ) -> BoolArray:
     """Scenario 2: True where the terminal was compromised on the transaction's day."""
     n_days, n_terminals = params.n_days, params.n_terminals
-    picked = _daily_draws(n_days, n_terminals, params.compromised_terminals_per_day, rng)
-    start = np.repeat(np.arange(n_days), picked.shape[1])
-    stop = np.minimum(start + params.compromised_terminal_days, n_days)
     change = np.zeros((n_terminals, n_days + 1), dtype=np.int32)
-    np.add.at(change, (picked.ravel(), start), 1)
-    np.add.at(change, (picked.ravel(), stop), -1)
+    np.add.at(change, (compromises.terminal, compromises.start_day), 1)
+    np.add.at(change, (compromises.terminal, compromises.stop_day), -1)
     compromised = np.cumsum(change, axis=1)[:, :n_days] > 0
     hits: BoolArray = compromised[draws.terminal, draws.day]
     return hits
@@ -234,37 +267,59 @@ def _compromised_customer_picks(
 
 
 def _label_frauds(
-    draws: _Draws, params: SimulationParams, rngs: tuple[np.random.Generator, np.random.Generator]
+    draws: _Draws,
+    terminals: _TerminalCompromises,
+    params: SimulationParams,
+    rng: np.random.Generator,
 ) -> tuple[FloatArray, npt.NDArray[np.int8]]:
     """Final amounts and scenario codes (0 genuine, else 1-based index into SCENARIOS)."""
     amount = draws.amount.copy()
     scenario = np.zeros(amount.size, dtype=np.int8)
     scenario[amount > params.fraud_amount_threshold] = 1
-    scenario[(scenario == 0) & _compromised_terminal_hits(draws, params, rngs[0])] = 2
-    picks = _compromised_customer_picks(draws, params, rngs[1])
+    scenario[(scenario == 0) & _compromised_terminal_hits(draws, terminals, params)] = 2
+    picks = _compromised_customer_picks(draws, params, rng)
     amount[picks] = np.round(amount[picks] * params.compromised_amount_factor, 2)
     scenario[picks[scenario[picks] == 0]] = 3
     return amount, scenario
 
 
+def _midnight(start_date: date) -> int:
+    return int(datetime(start_date.year, start_date.month, start_date.day, tzinfo=UTC).timestamp())
+
+
+def _stamps(seconds: IntArray) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex((seconds * 1_000_000).astype("datetime64[us]")).tz_localize("UTC")
+
+
 def _to_frame(
     start_date: date, draws: _Draws, amount: FloatArray, scenario: npt.NDArray[np.int8]
-) -> pd.DataFrame:
-    """Assemble the canonical frame, sorted by time; ids follow that order."""
-    midnight = datetime(start_date.year, start_date.month, start_date.day, tzinfo=UTC)
-    seconds = int(midnight.timestamp()) + draws.day * SECONDS_PER_DAY + draws.second
+) -> tuple[pd.DataFrame, npt.NDArray[np.int8]]:
+    """Assemble the canonical frame, sorted by time (ids follow that order), and the scenario
+    codes in its row order."""
+    seconds = _midnight(start_date) + draws.day * SECONDS_PER_DAY + draws.second
     order = np.argsort(seconds, kind="stable")
-    stamps = pd.DatetimeIndex((seconds[order] * 1_000_000).astype("datetime64[us]"))
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "transaction_id": np.arange(order.size, dtype=np.int64),
-            "tx_datetime": stamps.tz_localize("UTC"),
+            "tx_datetime": _stamps(seconds[order]),
             "customer_id": draws.customer[order],
             "terminal_id": draws.terminal[order],
             "tx_amount": amount[order],
             "tx_fraud": (scenario[order] > 0).astype(np.int8),
         },
         columns=list(COLUMNS),
+    )
+    return frame, scenario[order]
+
+
+def _compromise_frame(start_date: date, compromises: _TerminalCompromises) -> pd.DataFrame:
+    midnight = _midnight(start_date)
+    return pd.DataFrame(
+        {
+            "terminal_id": compromises.terminal,
+            "start": _stamps(midnight + compromises.start_day * SECONDS_PER_DAY),
+            "end": _stamps(midnight + compromises.stop_day * SECONDS_PER_DAY),
+        }
     )
 
 
@@ -273,9 +328,10 @@ def simulate(params: SimulationParams) -> SimulationResult:
     profiles = generate_profiles(params)
     _, rng_tx, rng_terminals, rng_customers = _generators(params.seed)
     draws = _draw_transactions(profiles, params, rng_tx)
-    amount, scenario = _label_frauds(draws, params, (rng_terminals, rng_customers))
-    frame = _to_frame(params.start_date, draws, amount, scenario)
-    by_scenario = np.bincount(scenario, minlength=len(SCENARIOS) + 1)[1:]
-    fraud_by_scenario = {name: int(n) for name, n in zip(SCENARIOS, by_scenario, strict=True)}
-    logger.info("simulated %d transactions, frauds %s", len(frame), fraud_by_scenario)
-    return SimulationResult(frame, fraud_by_scenario)
+    terminals = _terminal_compromises(params, rng_terminals)
+    amount, scenario = _label_frauds(draws, terminals, params, rng_customers)
+    frame, scenario = _to_frame(params.start_date, draws, amount, scenario)
+    compromises = _compromise_frame(params.start_date, terminals)
+    result = SimulationResult(params, frame, scenario, compromises)
+    logger.info("simulated %d transactions, frauds %s", len(frame), result.fraud_by_scenario)
+    return result

@@ -180,3 +180,34 @@ def test_fraud_rate_is_plausible_for_a_mid_size_run() -> None:
 def test_invalid_params_are_rejected(overrides: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         replace(SMALL, **overrides)
+
+
+def test_each_row_carries_the_scenario_it_counts_under(small: SimulationResult) -> None:
+    frame = small.transactions
+    assert small.scenario.shape == (len(frame),)
+    assert np.array_equal(small.scenario > 0, frame["tx_fraud"].to_numpy() == 1)
+    assert (frame["tx_amount"].to_numpy()[small.scenario == 1] > 220).all()
+    codes = np.bincount(small.scenario, minlength=len(SCENARIOS) + 1)[1:]
+    assert list(small.fraud_by_scenario.values()) == codes.tolist()
+
+
+def test_the_compromises_are_the_terminal_frauds(small: SimulationResult) -> None:
+    """Every transaction inside a compromise of its terminal is a fraud, counted under that
+    scenario unless its amount made it one first; no compromised-terminal fraud lies outside."""
+    compromises = small.terminal_compromises
+    per_day = SMALL.compromised_terminals_per_day
+    assert len(compromises) == SMALL.n_days * per_day
+    assert (compromises["end"] - compromises["start"] <= pd.Timedelta(days=28)).all()
+    assert compromises["start"].dt.floor("D").eq(compromises["start"]).all()
+    frame = small.transactions.assign(scenario=small.scenario)
+    pairs = frame.reset_index().merge(compromises, on="terminal_id")
+    inside = pairs[(pairs["start"] <= pairs["tx_datetime"]) & (pairs["tx_datetime"] < pairs["end"])]
+    rows = np.unique(inside["index"].to_numpy())
+    assert len(rows) > 100
+    assert (frame["tx_fraud"].to_numpy()[rows] == 1).all()
+    assert set(frame["scenario"].to_numpy()[rows]) <= {1, 2}
+    assert set(np.flatnonzero(small.scenario == 2)) <= set(rows)
+
+
+def test_the_result_carries_its_parameters(small: SimulationResult) -> None:
+    assert small.params == SMALL

@@ -1,0 +1,140 @@
+"""The protocol's ceiling on simulated data, next to a registered model's figures.
+
+On each of the training pipeline's test folds (the same windows as `skewless train --folds K`)
+and on the handbook's protocol test set, prints the frauds per scenario, the *hidden* ones (a
+compromised terminal's frauds before any transaction of the compromise is labelled, which no
+model can tell from genuine transactions) and the best AUC ROC, average precision and card
+precision@100 any model can reach there (`training.ceiling`), then the same figures of a
+registered model version's folds, read from its MLflow run (the champion by default).
+
+The data set must be `skewless simulate`'s output: the simulation is run again with the given
+parameters (the same options and defaults as `skewless simulate`) and compared with the file,
+since only the simulation knows which scenario made each fraud.
+
+    python bench/quality_ceiling.py [--data NAME] [--folds 4] [--version N] [--seed 42 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import date
+from typing import Any
+
+import numpy as np
+
+from skewless import feature_store, registry
+from skewless.aggregation import label_delay_days
+from skewless.data import dataset_path, read_transactions
+from skewless.registry import METRIC_NAMES, PROTOCOL_PREFIX
+from skewless.settings import load_settings
+from skewless.simulator import SimulationParams, simulate
+from training import protocol
+from training.ceiling import FoldCeiling, protocol_ceiling
+
+TARGETS = {"auc_roc": 0.88, "average_precision": 0.70, "card_precision_at_100": 0.31}
+SHORT = {"auc_roc": "AUC", "average_precision": "AP", "card_precision_at_100": "CP@100"}
+
+
+def _arguments() -> argparse.Namespace:
+    defaults = SimulationParams()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="demo", help="data set name under the data folder")
+    parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--version", help="model version to compare (default: the champion)")
+    parser.add_argument("--orders", type=int, default=10, help="random tie breaks averaged")
+    parser.add_argument("--customers", type=int, default=defaults.n_customers)
+    parser.add_argument("--terminals", type=int, default=defaults.n_terminals)
+    parser.add_argument("--start-date", type=date.fromisoformat, default=defaults.start_date)
+    parser.add_argument("--days", type=int, default=defaults.n_days)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    return parser.parse_args()
+
+
+def _model_folds(settings: Any, version: str | None) -> tuple[str, list[dict[str, float]]]:
+    """The protocol figures of each test fold of `version`'s run (fold 0 first): its nested
+    `fold-K` runs, or the run itself when it trained one fold."""
+    client = registry.client(settings)
+    if version is None:
+        version = registry.champion_version(client, settings.model_name)
+        if version is None:
+            return "", []
+    run = client.get_run(str(client.get_model_version(settings.model_name, version).run_id))
+    children = client.search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
+    )
+    by_fold = {
+        int(child.data.params["fold"]): child.data.metrics
+        for child in children
+        if child.info.run_name.startswith("fold-") and "fold" in child.data.params
+    }
+    runs = [by_fold[k] for k in sorted(by_fold)] or [run.data.metrics]
+    return version, [{name: m[PROTOCOL_PREFIX + name] for name in METRIC_NAMES} for m in runs]
+
+
+def _row(label: str, figures: dict[str, float]) -> str:
+    return f"{label:<34}" + "".join(f"{figures[name]:>9.4f}" for name in METRIC_NAMES)
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {name: float(np.mean([row[name] for row in rows])) for name in METRIC_NAMES}
+
+
+def main() -> int:
+    args = _arguments()
+    settings = load_settings()
+    params = SimulationParams(
+        n_customers=args.customers,
+        n_terminals=args.terminals,
+        start_date=args.start_date,
+        n_days=args.days,
+        seed=args.seed,
+    )
+    data = read_transactions(dataset_path(settings, args.data))
+    result = simulate(params)
+    columns = list(result.transactions.columns)
+    if not data[columns].reset_index(drop=True).equals(result.transactions):
+        print(
+            f"quality_ceiling: {dataset_path(settings, args.data)} is not what `skewless "
+            "simulate` makes with --customers/--terminals/--start-date/--days/--seed as given",
+            file=sys.stderr,
+        )
+        return 2
+    declarations = feature_store.load_declarations(settings)
+    delay = label_delay_days(declarations)
+    history = max(d.horizon.days for d in declarations)
+    times = data["tx_datetime"]
+    start = times.min().to_pydatetime()
+    latest = protocol.split(start, times.max().to_pydatetime(), delay, history_days=history)
+    folds = protocol.prequential_folds(latest, args.folds, start, history)
+    ceilings = protocol_ceiling(result, folds, delay, orders=args.orders)
+    version, model = _model_folds(settings, args.version)
+
+    print(f"label delay {delay} days; protocol test sets; AUC / AP / CP@100")
+    print(f"{'fold (test week)':<34}" + "".join(f"{SHORT[name]:>9}" for name in METRIC_NAMES))
+    for k, ceiling in enumerate(ceilings):
+        _print_fold(k, ceiling, model[k] if k < len(model) else None, version)
+    print(_row("mean: ceiling", _mean([c.figures for c in ceilings])))
+    if len(model) >= len(ceilings):
+        print(_row(f"mean: version {version}", _mean(model[: len(ceilings)])))
+    print(_row("targets", TARGETS))
+    hidden = sum(c.hidden for c in ceilings)
+    frauds = sum(c.frauds for c in ceilings)
+    print(f"hidden frauds: {hidden} of {frauds} ({hidden / frauds:.1%})")
+    return 0
+
+
+def _print_fold(k: int, ceiling: FoldCeiling, model: dict[str, float] | None, version: str) -> None:
+    scenarios = ", ".join(f"{name} {n}" for name, n in ceiling.frauds_by_scenario.items())
+    print(
+        f"fold {k} ({ceiling.test_start:%Y-%m-%d}): {ceiling.transactions:,} transactions, "
+        f"{ceiling.frauds} frauds ({scenarios}), {ceiling.hidden} hidden"
+    )
+    print(_row("  ceiling", ceiling.figures))
+    if model is not None:
+        print(_row(f"  version {version}", model))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The best figures any model can reach on simulated data under the handbook's protocol.
+
+A compromised terminal turns every one of its transactions into a fraud for some days (28 by
+default), and those transactions are drawn exactly as genuine ones: same cards, amounts and
+times, at a terminal picked at random. Until one transaction of the compromise is labelled
+(the label delay after it), nothing a model may read when it scores tells the compromise: no
+feature, history or label carries it yet. Such a fraud is *hidden*.
+
+The ceiling is the ranking of an oracle that knows every other fraud and what is knowable of
+the rest. It puts every visible fraud first, then every other transaction by the number of
+days on which a compromise covering it could have started unseen: the days, within the
+compromise length before the transaction's day, whose midnight falls after the terminal's
+latest labelled transaction (a compromise started before that transaction would have made it
+a labelled fraud). Terminals are compromised independently and with the same chance every
+day, and nothing else of a transaction depends on it, so the chance of a hidden compromise
+grows with that count alone and this order is the best there is; ties are broken at random.
+
+Every other scenario counts as visible, even a compromised card's fraud whose amount is not
+unusual, so the ceiling is an upper bound, not a target. A compromise is revealed from its
+first transaction whose label is known: `delay` or more before the scored transaction (the
+label-delayed windows' edge, inclusive), through whatever window; with two compromises of one
+terminal at once, from the earlier. Each choice can only raise the ceiling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from skewless.fraud_metrics import quality_metrics
+from skewless.known_frauds import first_fraud_days, known_compromised
+from skewless.simulator import SCENARIOS, SimulationResult
+from training.protocol import TimeSplit
+
+COMPROMISED_TERMINAL = SCENARIOS.index("compromised_terminal") + 1
+_EPOCH = pd.Timestamp(0, tz="UTC")
+_DAY_US = 86_400_000_000
+_NONE = np.iinfo(np.int64).min
+
+
+def _microseconds(times: pd.Series) -> npt.NDArray[np.int64]:
+    return np.asarray((times - _EPOCH) // pd.Timedelta(microseconds=1), dtype=np.int64)
+
+
+def latest_labelled(frame: pd.DataFrame, delay: timedelta) -> npt.NDArray[np.int64]:
+    """For each transaction, the time (microseconds since the epoch) of its terminal's latest
+    transaction at or before its own time - `delay`, whose label is known; `_NONE` if none."""
+    terminal = frame["terminal_id"].to_numpy(dtype=np.int64)
+    time = _microseconds(frame["tx_datetime"])
+    delay_us = delay // timedelta(microseconds=1)
+    # One sorted key per (terminal, time): terminal * span + time since `origin`.
+    origin = int(time.min()) - delay_us
+    span = int(time.max()) - origin + 1
+    if int(terminal.max()) >= np.iinfo(np.int64).max // span:
+        raise ValueError("too many terminals over too long a time for one int64 key")
+    keys = terminal * span + (time - origin)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    before = np.searchsorted(sorted_keys, keys - delay_us, side="right") - 1
+    found = order[np.maximum(before, 0)]
+    same = (before >= 0) & (terminal[found] == terminal)
+    return np.where(same, time[found], _NONE)
+
+
+def hidden_frauds(result: SimulationResult, delay: timedelta) -> npt.NDArray[np.bool_]:
+    """For each row of `result.transactions`: is it a compromised terminal's fraud whose
+    compromise has no labelled transaction yet (none at or before the row's time - `delay`)?"""
+    frame = result.transactions
+    rows = np.flatnonzero(result.scenario == COMPROMISED_TERMINAL)
+    time = _microseconds(frame["tx_datetime"])
+    hits = pd.DataFrame(
+        {"row": rows, "terminal_id": frame["terminal_id"].to_numpy()[rows], "time": time[rows]}
+    )
+    compromises = result.terminal_compromises.assign(
+        start=lambda c: _microseconds(c["start"]), end=lambda c: _microseconds(c["end"])
+    )
+    covering = hits.merge(compromises, on="terminal_id")
+    covering = covering[
+        (covering["start"] <= covering["time"]) & (covering["time"] < covering["end"])
+    ]
+    start = covering.groupby("row")["start"].min().reindex(rows)
+    if start.isna().any():
+        raise ValueError("a compromised terminal's fraud lies outside every compromise")
+    hidden = np.zeros(len(frame), dtype=bool)
+    hidden[rows] = latest_labelled(frame, delay)[rows] < start.to_numpy(dtype=np.int64)
+    return hidden
+
+
+def unseen_start_days(
+    frame: pd.DataFrame, delay: timedelta, compromise_days: int
+) -> npt.NDArray[np.int64]:
+    """For each transaction, the days a compromise covering it could have started on and still
+    have no labelled transaction: the `compromise_days` days up to the transaction's own, those
+    whose midnight falls after the terminal's latest labelled transaction."""
+    time = _microseconds(frame["tx_datetime"])
+    day = time // _DAY_US
+    latest = latest_labelled(frame, delay)
+    first_unseen = np.where(latest == _NONE, day - compromise_days + 1, latest // _DAY_US + 1)
+    return day - np.maximum(first_unseen, day - compromise_days + 1) + 1
+
+
+@dataclass(frozen=True)
+class FoldCeiling:
+    """One test fold's protocol test set: its frauds, the hidden ones, and the ceiling."""
+
+    test_start: datetime
+    transactions: int
+    frauds_by_scenario: dict[str, int]
+    hidden: int
+    figures: dict[str, float]
+    """`auc_roc`, `average_precision`, `card_precision_at_100` of the oracle's ranking."""
+
+    @property
+    def frauds(self) -> int:
+        return sum(self.frauds_by_scenario.values())
+
+
+def protocol_ceiling(
+    result: SimulationResult,
+    folds: list[TimeSplit],
+    delay_days: int,
+    orders: int = 10,
+    seed: int = 0,
+) -> list[FoldCeiling]:
+    """The ceiling on each fold's protocol test set (`skewless.known_frauds`: the test window
+    without the cards known compromised on the day, from the labels since the fold's training
+    window), its figures averaged over `orders` random breaks of the oracle's ties."""
+    delay = timedelta(days=delay_days)
+    frame = result.transactions.assign(
+        scenario=result.scenario,
+        hidden=hidden_frauds(result, delay),
+        unseen=unseen_start_days(
+            result.transactions, delay, result.params.compromised_terminal_days
+        ),
+    )
+    rng = np.random.default_rng(seed)
+    ceilings = []
+    for fold in folds:
+        times = frame["tx_datetime"]
+        labelled = frame[(times >= fold.train_start) & (times < fold.test_end)]
+        test = frame[(times >= fold.test_start) & (times < fold.test_end)]
+        test = test[~known_compromised(test, first_fraud_days(labelled), delay_days)]
+        visible = ((test["tx_fraud"] > 0) & ~test["hidden"]).to_numpy()
+        rank = test["unseen"].to_numpy(dtype=np.float64)
+        top = rank.max() + 1
+        runs = [
+            quality_metrics(
+                test.assign(score=np.where(visible, top, rank) + rng.random(len(test)) * 0.5)
+            )
+            for _ in range(orders)
+        ]
+        frauds = test.loc[test["tx_fraud"] > 0, "scenario"].to_numpy()
+        ceilings.append(
+            FoldCeiling(
+                test_start=fold.test_start,
+                transactions=len(test),
+                frauds_by_scenario={
+                    name: int((frauds == code).sum()) for code, name in enumerate(SCENARIOS, 1)
+                },
+                hidden=int(test["hidden"].sum()),
+                figures={key: float(np.mean([run[key] for run in runs])) for key in runs[0]},
+            )
+        )
+    return ceilings
