@@ -38,7 +38,8 @@ ONNX_OPSET = 18
 LOGISTIC_REGRESSION: Final = "logistic_regression"
 FEEDFORWARD: Final = "feedforward"
 SEQUENCE: Final = "sequence"
-ModelFamily = Literal["logistic_regression", "feedforward", "sequence"]
+ENSEMBLE: Final = "ensemble"
+ModelFamily = Literal["logistic_regression", "feedforward", "sequence", "ensemble"]
 AGE_SCALE = 10.0
 """A history step's age enters the GRU as `log1p(seconds) / AGE_SCALE` (30 days: about 1.5)."""
 
@@ -70,10 +71,10 @@ class ModelInputs:
 
     def columns(self, params: TrainingParams) -> list[str]:
         """What a model of `params` reads, in its input order."""
-        return [*self.features, *(self.history if params.family == SEQUENCE else ())]
+        return [*self.features, *(self.history if params.reads_history else ())]
 
     def require_history(self, params: TrainingParams) -> None:
-        if params.family == SEQUENCE and not self.history:
+        if params.reads_history and not self.history:
             raise ValueError(
                 "a sequence model reads the transaction history, and the feature repository "
                 "declares none (TransactionHistory in aggregations.py)"
@@ -152,12 +153,37 @@ class FraudNet(nn.Module):
         return torch.sigmoid(self.logits(raw))
 
 
+class EnsembleNet(nn.Module):
+    """The mean of its members' fraud probabilities, as one module (one ONNX graph).
+
+    Member k reads the first `widths[k]` input columns: a feed-forward member the current
+    features, a sequence member the history after them too. Each member carries its own
+    preprocessing.
+    """
+
+    def __init__(self, members: list[FraudNet], widths: list[int]) -> None:
+        super().__init__()
+        if len(members) != len(widths) or len(members) < 2:
+            raise ValueError("an ensemble needs two members or more, each with its input width")
+        self.members = nn.ModuleList(members)
+        self.widths = list(widths)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        """Fraud probability per row, shape `(batch,)`."""
+        probabilities = [
+            member(raw[:, :width]) for member, width in zip(self.members, self.widths, strict=True)
+        ]
+        return torch.stack(probabilities).mean(dim=0)
+
+
 @dataclass(frozen=True)
 class TrainingParams:
     """Architecture, optimiser, early stopping and class-imbalance settings of one run.
 
     `hidden_sizes=()` trains a logistic regression, `history_units > 0` a sequence model (a GRU
-    of that width over the transaction history, then `hidden_sizes`): `family`.
+    of that width over the transaction history, then `hidden_sizes`): `family`. With `members`
+    it is an ensemble: each member trains on its own and the model is the mean of their
+    probabilities (`EnsembleNet`); the ensemble's other settings are not read.
 
     `imbalance`: "none" (plain BCE), "pos_weight" (positives weighted by the negative/positive
     ratio in BCE) or "oversample" (positives repeated that many times per epoch); the ratio is
@@ -177,16 +203,27 @@ class TrainingParams:
     imbalance: Literal["none", "pos_weight", "oversample"] = "none"
     max_positive_weight: float = 10.0
     history_units: int = 0
+    members: tuple[TrainingParams, ...] = ()
 
     @property
     def family(self) -> ModelFamily:
-        """A sequence model with history units; else logistic regression without hidden
-        layers, a feed-forward network with them."""
+        """An ensemble with members; a sequence model with history units; else logistic
+        regression without hidden layers, a feed-forward network with them."""
+        if self.members:
+            return ENSEMBLE
         if self.history_units:
             return SEQUENCE
         return FEEDFORWARD if self.hidden_sizes else LOGISTIC_REGRESSION
 
+    @property
+    def reads_history(self) -> bool:
+        """Whether the model reads the transaction history (a sequence model, or an ensemble
+        with one)."""
+        return self.family == SEQUENCE or any(member.reads_history for member in self.members)
+
     def __post_init__(self) -> None:
+        if len(self.members) == 1 or any(member.members for member in self.members):
+            raise ValueError("an ensemble needs two members or more, none of them an ensemble")
         if self.history_units < 0:
             raise ValueError("history units cannot be negative")
         if min((*self.hidden_sizes, self.batch_size, self.max_epochs, self.patience)) < 1:
@@ -211,11 +248,12 @@ class EpochReport:
 class TrainedModel:
     """The module with the best validation AP, its preprocessing, params and history."""
 
-    module: FraudNet
+    module: FraudNet | EnsembleNet
     preprocessor: Preprocessor
     params: TrainingParams
     best_epoch: int
     history: tuple[EpochReport, ...]
+    """An ensemble's: its members' epochs one after the other, and the last member's best."""
 
 
 def train(
@@ -233,9 +271,16 @@ def train(
     A sequence model (`params.history_units`) reads the last `history_steps` steps of
     `step_width` columns as the transaction history (`ModelInputs.columns`, `.step_width`).
 
+    An ensemble (`params.members`) trains each member in turn on its own columns: all of them
+    for a sequence member, the current features (without the history) for the others.
+
     Deterministic on CPU for a given seed (one thread, deterministic kernels; both settings are
     restored on return). The validation loss uses the same class weighting as the training loss.
     """
+    if params.members:
+        return _train_ensemble(
+            features, labels, val_features, val_labels, params, on_epoch, history_steps, step_width
+        )
     preprocessor = Preprocessor.fit(features)
     x, y = _tensors(preprocessor, features, labels)
     val_x, val_y = _tensors(preprocessor, val_features, val_labels)
@@ -287,6 +332,36 @@ def train(
         module.load_state_dict(best_state)
         module.eval()
     return TrainedModel(module, preprocessor, params, best_epoch, tuple(history))
+
+
+def _train_ensemble(
+    features: pd.DataFrame,
+    labels: npt.ArrayLike,
+    val_features: pd.DataFrame,
+    val_labels: npt.ArrayLike,
+    params: TrainingParams,
+    on_epoch: Callable[[EpochReport], None] | None,
+    history_steps: int,
+    step_width: int,
+) -> TrainedModel:
+    members: list[FraudNet] = []
+    widths: list[int] = []
+    reports: list[EpochReport] = []
+    best_epoch = 0
+    for member in params.members:
+        width = features.shape[1] - (0 if member.reads_history else history_steps * step_width)
+        trained = train(
+            features.iloc[:, :width], labels, val_features.iloc[:, :width], val_labels,
+            member, on_epoch, history_steps, step_width,
+        )  # fmt: skip
+        if not isinstance(trained.module, FraudNet):
+            raise TypeError("an ensemble's member is not an ensemble")
+        members.append(trained.module)
+        widths.append(width)
+        reports += trained.history
+        best_epoch = trained.best_epoch
+    module = EnsembleNet(members, widths).eval()
+    return TrainedModel(module, Preprocessor.fit(features), params, best_epoch, tuple(reports))
 
 
 def predict(model: TrainedModel, features: pd.DataFrame) -> FloatArray:

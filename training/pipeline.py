@@ -412,6 +412,11 @@ def _select(
         options.search_workers,
         on_result=tracking.log_candidate,
     )
+    ensemble = search.ensemble_of_families(results, prepared)
+    if ensemble is not None:
+        logger.info("candidate %s: validation AP %.4f", ensemble.candidate.name, ensemble.score)
+        tracking.log_candidate(ensemble)
+        results.append(ensemble)
     chosen = search.choose(results)
     logger.info(
         "chosen on the validation folds: %s (%s %.4f)",

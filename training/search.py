@@ -28,7 +28,7 @@ import pandas as pd
 
 from skewless.registry import METRIC_NAMES, PROTOCOL_PREFIX
 from training.evaluate import evaluate
-from training.model import SEQUENCE, ModelInputs, TrainingParams, predict, train
+from training.model import FEEDFORWARD, SEQUENCE, ModelInputs, TrainingParams, predict, train
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,10 @@ class Candidate:
 
 
 def candidate_name(params: TrainingParams) -> str:
-    """e.g. `feedforward-64x32-dropout0.2-lr0.001-pos_weight`, `logistic_regression-lr0.01-none`."""
+    """e.g. `feedforward-64x32-dropout0.2-lr0.001-pos_weight`, `logistic_regression-lr0.01-none`;
+    an ensemble's lists its members' after `ensemble:`, joined by `+`."""
+    if params.members:
+        return "ensemble:" + "+".join(candidate_name(member) for member in params.members)
     parts: list[str] = [params.family]
     if params.history_units:
         parts.append(f"gru{params.history_units}")
@@ -96,15 +99,20 @@ def candidates(base: TrainingParams, with_history: bool = True) -> list[Candidat
     return result
 
 
+ENSEMBLE_MEMBERS = ("the best feedforward", "the best sequence")
+"""The ensemble candidate (`ensemble_of_families`): scored from its members' own scores."""
+
+
 def search_space() -> dict[str, dict[str, list[Any]]]:
-    """The grid as plain lists, for logging."""
-    return {
+    """The grid as plain lists, and the ensemble candidate's members, for logging."""
+    space: dict[str, dict[str, list[Any]]] = {
         family: {
             key: [list(value) if isinstance(value, tuple) else value for value in values]
             for key, values in grid.items()
         }
         for family, grid in SEARCH_SPACE.items()
     }
+    return space | {"ensemble": {"members": list(ENSEMBLE_MEMBERS)}}
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,8 @@ class FoldScore:
     best_epoch: int
     epochs: int
     seconds: float
+    scores: npt.NDArray[np.float32]
+    """The fold's test rows' scores (not logged: what an ensemble of candidates averages)."""
 
 
 @dataclass(frozen=True)
@@ -165,18 +175,49 @@ def score_on_fold(params: TrainingParams, fold: SelectionFold, inputs: ModelInpu
         history_steps=inputs.history_steps,
         step_width=inputs.step_width,
     )
-    scored = fold.test.assign(score=predict(model, fold.test[columns]))
-    metrics = evaluate(scored, fold.known_compromised)
-    validation = {
-        VALIDATION_PREFIX + name: metrics[PROTOCOL_PREFIX + name] for name in METRIC_NAMES
-    }
+    scores = predict(model, fold.test[columns])
     return FoldScore(
         fold.index,
-        validation,
+        _validation_metrics(fold, scores),
         model.best_epoch,
         len(model.history),
         round(time.perf_counter() - started, 2),
+        scores,
     )
+
+
+def _validation_metrics(fold: SelectionFold, scores: npt.NDArray[np.float32]) -> dict[str, float]:
+    metrics = evaluate(fold.test.assign(score=scores), fold.known_compromised)
+    return {VALIDATION_PREFIX + name: metrics[PROTOCOL_PREFIX + name] for name in METRIC_NAMES}
+
+
+def ensemble_of_families(
+    results: list[CandidateResult], folds: list[SelectionFold]
+) -> CandidateResult | None:
+    """The ensemble of the best feed-forward network and the best sequence model (`choose`'s
+    rule within each family): the mean of their probabilities, scored on each validation fold
+    from their own scores there, so nothing trains again. None without both families.
+
+    The exported ensemble computes the same mean in float32, as these scores are."""
+    members = [best_of_family(results, family) for family in (FEEDFORWARD, SEQUENCE)]
+    if None in members:
+        return None
+    first, second = (member for member in members if member is not None)
+    params = TrainingParams(members=(first.candidate.params, second.candidate.params))
+    scores = []
+    for fold, one, other in zip(folds, first.folds, second.folds, strict=True):
+        mean = (one.scores + other.scores) / np.float32(2)
+        scores.append(
+            FoldScore(
+                fold.index,
+                _validation_metrics(fold, mean),
+                other.best_epoch,
+                one.epochs + other.epochs,
+                round(one.seconds + other.seconds, 2),
+                mean,
+            )
+        )
+    return CandidateResult(Candidate(candidate_name(params), params), tuple(scores))
 
 
 _WORKER_FOLDS: dict[str, tuple[list[SelectionFold], ModelInputs]] = {}

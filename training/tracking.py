@@ -109,8 +109,17 @@ def git_commit(cwd: Path) -> str:
 
 
 def model_params(params: TrainingParams) -> dict[str, str]:
-    """A model's run parameters: its family and every training setting."""
-    return {"family": params.family} | {key: str(value) for key, value in vars(params).items()}
+    """A model's run parameters: its family and every training setting; an ensemble's are its
+    members', under `member<k>_`."""
+    if params.members:
+        return {"family": params.family} | {
+            f"member{k}_{key}": value
+            for k, member in enumerate(params.members)
+            for key, value in model_params(member).items()
+        }
+    return {"family": params.family} | {
+        key: str(value) for key, value in vars(params).items() if key != "members"
+    }
 
 
 def log_candidate(result: search.CandidateResult) -> None:

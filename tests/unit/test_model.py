@@ -15,6 +15,7 @@ import torch
 from skewless.fraud_metrics import auc_roc, average_precision
 from skewless.model_runtime import OnnxScorer, Preprocessor
 from training.model import (
+    EnsembleNet,
     EpochReport,
     FraudNet,
     ModelInputs,
@@ -217,6 +218,7 @@ def test_no_hidden_layer_is_a_logistic_regression_that_exports_the_same_way(
     params = replace(SMALL, hidden_sizes=(), max_epochs=4)
     assert params.family == "logistic_regression" and SMALL.family == "feedforward"
     model = train(*data["train"], *data["val"], params)
+    assert isinstance(model.module, FraudNet)
     linear = [m for m in model.module.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linear) == 1 and linear[0].in_features == len(data["train"][0].columns)
     # sigmoid(w . standardised(filled x) + b), by hand
@@ -285,3 +287,45 @@ def test_a_sequence_model_needs_a_declared_history() -> None:
         ModelInputs(("amount",)).require_history(replace(SMALL, history_units=8))
     with pytest.raises(ValueError, match="steps of one width"):
         ModelInputs(("amount",), ("a", "b", "c"), 2)
+
+
+def test_an_ensemble_is_the_mean_of_its_members_trained_alone(tmp_path: Path) -> None:
+    """A feed-forward member reads the current features only, a sequence member the history
+    too; each trains as it would alone, and the export scores their mean."""
+    feedforward, sequence = SMALL, replace(SMALL, history_units=8, max_epochs=6)
+    params = TrainingParams(members=(feedforward, sequence))
+    assert params.family == "ensemble" and params.reads_history
+    frame, labels = _sequences(3_000, 1)
+    val_frame, val_labels = _sequences(1_000, 2)
+    columns = SEQUENCE_HISTORY.columns(params)
+    assert columns == SEQUENCE_HISTORY.columns(sequence)
+    steps, width = 3, SEQUENCE_HISTORY.step_width
+    model = train(
+        frame[columns], labels, val_frame[columns], val_labels, params, None, steps, width
+    )
+    assert isinstance(model.module, EnsembleNet) and model.module.widths == [2, len(columns)]
+    current = ["amount", "noise"]
+    alone = [
+        train(frame[current], labels, val_frame[current], val_labels, feedforward),
+        train(frame[columns], labels, val_frame[columns], val_labels, sequence, None, steps, width),
+    ]
+    expected = (predict(alone[0], val_frame[current]) + predict(alone[1], val_frame[columns])) / 2
+    np.testing.assert_allclose(predict(model, val_frame[columns]), expected, atol=1e-7)
+    assert len(model.history) == len(alone[0].history) + len(alone[1].history)
+    scorer = OnnxScorer(export_onnx(model, tmp_path / "ensemble.onnx"))
+    assert list(scorer.feature_names) == columns
+    matrix = val_frame[columns].to_numpy(dtype=np.float32)
+    np.testing.assert_allclose(scorer.score(matrix), expected, atol=1e-6)
+
+
+def test_an_ensemble_needs_two_members_none_an_ensemble() -> None:
+    with pytest.raises(ValueError, match="two members or more"):
+        TrainingParams(members=(SMALL,))
+    pair = TrainingParams(members=(SMALL, SMALL))
+    with pytest.raises(ValueError, match="none of them an ensemble"):
+        TrainingParams(members=(SMALL, pair))
+    assert not pair.reads_history
+    with pytest.raises(ValueError, match="declares none"):
+        ModelInputs(("amount",)).require_history(
+            TrainingParams(members=(SMALL, replace(SMALL, history_units=8)))
+        )

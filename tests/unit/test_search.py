@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from training import search
+from training.evaluate import evaluate
 from training.model import ModelInputs, TrainingParams
 from training.search import Candidate, CandidateResult, FoldScore, SelectionFold
 
@@ -39,7 +40,7 @@ def _fold(index: int, seed: int) -> SelectionFold:
 def _result(name: str, aps: list[float], family_sizes: tuple[int, ...] = (8,)) -> CandidateResult:
     candidate = Candidate(name, replace(QUICK, hidden_sizes=family_sizes))
     scores = tuple(
-        FoldScore(k, {search.SELECTION_METRIC: ap}, best_epoch=1, epochs=2, seconds=0.1)
+        FoldScore(k, {search.SELECTION_METRIC: ap}, 1, 2, 0.1, np.zeros(0, np.float32))
         for k, ap in enumerate(aps)
     )
     return CandidateResult(candidate, scores)
@@ -109,3 +110,33 @@ def test_a_failing_candidate_stops_the_search_with_its_error() -> None:
     grid = search.candidates(QUICK)[:3]
     with pytest.raises(ValueError, match="both classes"):
         search.run_search(grid, [no_frauds, good], INPUTS, 2)
+
+
+def test_the_ensemble_candidate_averages_the_best_of_each_family_on_each_fold() -> None:
+    folds = [_fold(0, 1), _fold(1, 2)]
+    inputs = ModelInputs(("amount",), ("h_1_noise", "h_1_age_s"), 1)
+    folds = [
+        replace(fold, **{part: getattr(fold, part).assign(h_1_noise=0.0, h_1_age_s=60.0)
+                         for part in ("fit", "early_stopping", "test")})
+        for fold in folds
+    ]  # fmt: skip
+    feedforward = [c for c in search.candidates(QUICK, True) if c.params.family == "feedforward"]
+    sequence = [c for c in search.candidates(QUICK, True) if c.params.family == "sequence"]
+    results = search.run_search(feedforward[:2] + sequence[:1], folds, inputs)
+    assert search.ensemble_of_families(results[:2], folds) is None  # no sequence model
+    ensemble = search.ensemble_of_families(results, folds)
+    assert ensemble is not None
+    best = search.best_of_family(results, "feedforward")
+    assert best is not None
+    members = (best.candidate.params, sequence[0].params)
+    assert ensemble.candidate.params == TrainingParams(members=members)
+    assert ensemble.candidate.name == f"ensemble:{best.candidate.name}+{sequence[0].name}"
+    for k, fold in enumerate(folds):
+        mean = (best.folds[k].scores + results[2].folds[k].scores) / 2
+        np.testing.assert_allclose(ensemble.folds[k].scores, mean, atol=1e-7)
+        scored = fold.test.assign(score=mean)
+        expected = evaluate(scored, fold.known_compromised)
+        assert ensemble.folds[k].metrics[search.SELECTION_METRIC] == pytest.approx(
+            expected["test_protocol_average_precision"]
+        )
+    assert search.search_space()["ensemble"]["members"] == list(search.ENSEMBLE_MEMBERS)
