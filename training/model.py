@@ -348,8 +348,9 @@ def _train_ensemble(
     widths: list[int] = []
     reports: list[EpochReport] = []
     best_epoch = 0
+    history_width = history_steps * step_width if params.reads_history else 0
     for member in params.members:
-        width = features.shape[1] - (0 if member.reads_history else history_steps * step_width)
+        width = features.shape[1] - (0 if member.reads_history else history_width)
         trained = train(
             features.iloc[:, :width], labels, val_features.iloc[:, :width], val_labels,
             member, on_epoch, history_steps, step_width,

@@ -318,6 +318,17 @@ def test_an_ensemble_is_the_mean_of_its_members_trained_alone(tmp_path: Path) ->
     np.testing.assert_allclose(scorer.score(matrix), expected, atol=1e-6)
 
 
+def test_an_ensemble_without_a_sequence_member_reads_no_history() -> None:
+    """The pipeline passes the declared history's shape to every model; an ensemble without a
+    sequence member gets the current features only, and all its members read all of them."""
+    params = TrainingParams(members=(SMALL, replace(SMALL, hidden_sizes=())))
+    frame, labels = _sequences(1_000, 1)
+    columns = SEQUENCE_HISTORY.columns(params)
+    assert columns == ["amount", "noise"]
+    model = train(frame[columns], labels, frame[columns], labels, params, None, 3, 2)
+    assert isinstance(model.module, EnsembleNet) and model.module.widths == [2, 2]
+
+
 def test_an_ensemble_needs_two_members_none_an_ensemble() -> None:
     with pytest.raises(ValueError, match="two members or more"):
         TrainingParams(members=(SMALL,))
