@@ -25,7 +25,7 @@ import numpy as np
 
 from skewless import feature_store, registry
 from skewless.aggregation import label_delay_days
-from skewless.data import dataset_path, read_transactions
+from skewless.data import DataError, dataset_path, read_transactions
 from skewless.registry import METRIC_NAMES, PROTOCOL_PREFIX
 from skewless.settings import load_settings
 from skewless.simulator import SimulationParams, simulate
@@ -91,7 +91,14 @@ def main() -> int:
         n_days=args.days,
         seed=args.seed,
     )
-    data = read_transactions(dataset_path(settings, args.data))
+    try:
+        data = read_transactions(dataset_path(settings, args.data))
+    except DataError as exc:
+        print(
+            f"quality_ceiling: {exc} (--data names a data set under the data folder)",
+            file=sys.stderr,
+        )
+        return 2
     result = simulate(params)
     columns = list(result.transactions.columns)
     if not data[columns].reset_index(drop=True).equals(result.transactions):
