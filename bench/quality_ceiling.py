@@ -59,7 +59,7 @@ def _model_folds(settings: Any, version: str | None) -> tuple[str, list[dict[str
         version = registry.champion_version(client, settings.model_name)
         if version is None:
             return "", []
-    run = client.get_run(str(client.get_model_version(settings.model_name, version).run_id))
+    run = registry.version_run(client, settings.model_name, version)
     children = client.search_runs(
         [run.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",

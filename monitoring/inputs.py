@@ -7,7 +7,6 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 from kafka import KafkaConsumer, TopicPartition
@@ -18,22 +17,13 @@ from skewless.data import read_transactions, resolve_data
 from skewless.history import offline_history
 from skewless.settings import Settings
 
-if TYPE_CHECKING:
-    from mlflow.entities import Run
-
 logger = logging.getLogger(__name__)
 
 
 def logged_test_metrics(settings: Settings, version: str) -> dict[str, float]:
     """The test-window metrics logged with `version`."""
-    run = _version_run(settings, version)
+    run = registry.version_run(registry.client(settings), settings.model_name, version)
     return {name: run.data.metrics[name] for name in registry.METRICS if name in run.data.metrics}
-
-
-def _version_run(settings: Settings, version: str) -> Run:
-    """The MLflow run that registered `version` of the configured model."""
-    client = registry.client(settings)
-    return client.get_run(str(client.get_model_version(settings.model_name, version).run_id))
 
 
 def offline_features(settings: Settings, served: pd.DataFrame) -> pd.DataFrame:
@@ -59,7 +49,8 @@ def offline_features(settings: Settings, served: pd.DataFrame) -> pd.DataFrame:
 def transactions_path(settings: Settings, version: str) -> Path:
     """The transactions data set `version` was trained from (its run's `data_path` tag), which
     holds the served transactions when a stream replays it; the demo data without the tag."""
-    tagged = _version_run(settings, version).data.tags.get("data_path")
+    run = registry.version_run(registry.client(settings), settings.model_name, version)
+    tagged = run.data.tags.get("data_path")
     return resolve_data(settings, Path(tagged) if tagged else None)
 
 

@@ -39,6 +39,7 @@ from redis.crc import key_slot
 from skewless import redis_batch
 from skewless.aggregation import TransactionHistory
 from skewless.redis_batch import Client, Command
+from skewless.stream_state import to_micros
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def offline_history(
     order key, and `history.column_names` as columns.
     """
     entities = vectors[history.entity_key].to_numpy(dtype=np.int64)
-    micros = _micros(vectors[history.event_time])
+    micros = to_micros(vectors[history.event_time])
     orders = vectors[history.order_key].to_numpy(dtype=np.int64)
     values = vectors[list(history.features)].to_numpy(dtype=np.float64)
     by_time = np.lexsort((orders, micros, entities))  # per entity, in (time, order key) order
@@ -96,10 +97,6 @@ def offline_history(
     back = np.argsort(rows)  # the rows in the order of `vectors`
     index = pd.Index(orders[rows[back]], name=history.order_key)
     return pd.DataFrame(result[back], index=index, columns=list(history.column_names))
-
-
-def _micros(times: pd.Series) -> np.ndarray:
-    return pd.to_datetime(times, utc=True).to_numpy(dtype="datetime64[us]").astype(np.int64)
 
 
 class HistoryState:
@@ -159,12 +156,12 @@ class HistoryState:
         (rows of `vectors`, as for `offline_history`) are stored. Returns the members stored."""
         decl = self.history
         removed = redis_batch.remove_keys_under(self.client, self._head)
-        micros = _micros(vectors[decl.event_time])
-        before = vectors[micros < _micros(pd.Series([until.astimezone(UTC)]))[0]]
+        micros = to_micros(vectors[decl.event_time])
+        before = vectors[micros < to_micros(pd.Series([until.astimezone(UTC)]))[0]]
         before = before.sort_values([decl.event_time, decl.order_key], kind="stable")
         latest = before.groupby(decl.entity_key, sort=False).tail(decl.kept)
         records = self.pack(
-            _micros(latest[decl.event_time]),
+            to_micros(latest[decl.event_time]),
             latest[decl.order_key].to_numpy(),
             latest[list(decl.features)].to_numpy(dtype=np.float64),
         )

@@ -37,6 +37,7 @@ from skewless.settings import Settings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 logger = logging.getLogger(__name__)
 
@@ -267,6 +268,11 @@ def client(settings: Settings) -> MlflowClient:
 
     apply_offline_env()
     return MlflowClient(tracking_uri=settings.tracking_uri)
+
+
+def version_run(client: MlflowClient, name: str, version: str) -> Run:
+    """The MLflow run that registered `version` of the model `name`."""
+    return client.get_run(str(client.get_model_version(name, version).run_id))
 
 
 SERVER_PROBE_S = 1.0

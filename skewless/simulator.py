@@ -113,14 +113,19 @@ class SimulationResult:
     @property
     def fraud_by_scenario(self) -> dict[str, int]:
         """Frauds counted under each scenario."""
-        counts = np.bincount(self.scenario, minlength=len(SCENARIOS) + 1)[1:]
-        return {name: int(n) for name, n in zip(SCENARIOS, counts, strict=True)}
+        return count_by_scenario(self.scenario)
 
     @property
     def fraud_rate(self) -> float:
         """Share of transactions labelled fraudulent (0.0 for an empty run)."""
         n = len(self.transactions)
         return float(self.transactions["tx_fraud"].sum()) / n if n else 0.0
+
+
+def count_by_scenario(codes: npt.NDArray[np.int8]) -> dict[str, int]:
+    """How many of `codes` (`SimulationResult.scenario`'s) name each scenario."""
+    counts = np.bincount(codes, minlength=len(SCENARIOS) + 1)[1:]
+    return {name: int(n) for name, n in zip(SCENARIOS, counts, strict=True)}
 
 
 def _generators(seed: int) -> list[np.random.Generator]:

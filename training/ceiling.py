@@ -33,24 +33,20 @@ import pandas as pd
 
 from skewless.fraud_metrics import quality_metrics
 from skewless.known_frauds import first_fraud_days, known_compromised
-from skewless.simulator import SCENARIOS, SimulationResult
+from skewless.simulator import SCENARIOS, SimulationResult, count_by_scenario
+from skewless.stream_state import to_micros
 from training.protocol import TimeSplit
 
 COMPROMISED_TERMINAL = SCENARIOS.index("compromised_terminal") + 1
-_EPOCH = pd.Timestamp(0, tz="UTC")
 _DAY_US = 86_400_000_000
 _NONE = np.iinfo(np.int64).min
-
-
-def _microseconds(times: pd.Series) -> npt.NDArray[np.int64]:
-    return np.asarray((times - _EPOCH) // pd.Timedelta(microseconds=1), dtype=np.int64)
 
 
 def latest_labelled(frame: pd.DataFrame, delay: timedelta) -> npt.NDArray[np.int64]:
     """For each transaction, the time (microseconds since the epoch) of its terminal's latest
     transaction at or before its own time - `delay`, whose label is known; `_NONE` if none."""
     terminal = frame["terminal_id"].to_numpy(dtype=np.int64)
-    time = _microseconds(frame["tx_datetime"])
+    time = to_micros(frame["tx_datetime"])
     delay_us = delay // timedelta(microseconds=1)
     # One sorted key per (terminal, time): terminal * span + time since `origin`.
     origin = int(time.min()) - delay_us
@@ -66,17 +62,17 @@ def latest_labelled(frame: pd.DataFrame, delay: timedelta) -> npt.NDArray[np.int
     return np.where(same, time[found], _NONE)
 
 
-def hidden_frauds(result: SimulationResult, delay: timedelta) -> npt.NDArray[np.bool_]:
+def hidden_frauds(result: SimulationResult, latest: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
     """For each row of `result.transactions`: is it a compromised terminal's fraud whose
-    compromise has no labelled transaction yet (none at or before the row's time - `delay`)?"""
+    compromise has no labelled transaction yet (`latest`: `latest_labelled`'s times)?"""
     frame = result.transactions
     rows = np.flatnonzero(result.scenario == COMPROMISED_TERMINAL)
-    time = _microseconds(frame["tx_datetime"])
+    time = to_micros(frame["tx_datetime"])
     hits = pd.DataFrame(
         {"row": rows, "terminal_id": frame["terminal_id"].to_numpy()[rows], "time": time[rows]}
     )
     compromises = result.terminal_compromises.assign(
-        start=lambda c: _microseconds(c["start"]), end=lambda c: _microseconds(c["end"])
+        start=lambda c: to_micros(c["start"]), end=lambda c: to_micros(c["end"])
     )
     covering = hits.merge(compromises, on="terminal_id")
     covering = covering[
@@ -86,19 +82,17 @@ def hidden_frauds(result: SimulationResult, delay: timedelta) -> npt.NDArray[np.
     if start.isna().any():
         raise ValueError("a compromised terminal's fraud lies outside every compromise")
     hidden = np.zeros(len(frame), dtype=bool)
-    hidden[rows] = latest_labelled(frame, delay)[rows] < start.to_numpy(dtype=np.int64)
+    hidden[rows] = latest[rows] < start.to_numpy(dtype=np.int64)
     return hidden
 
 
 def unseen_start_days(
-    frame: pd.DataFrame, delay: timedelta, compromise_days: int
+    frame: pd.DataFrame, latest: npt.NDArray[np.int64], compromise_days: int
 ) -> npt.NDArray[np.int64]:
     """For each transaction, the days a compromise covering it could have started on and still
     have no labelled transaction: the `compromise_days` days up to the transaction's own, those
-    whose midnight falls after the terminal's latest labelled transaction."""
-    time = _microseconds(frame["tx_datetime"])
-    day = time // _DAY_US
-    latest = latest_labelled(frame, delay)
+    whose midnight falls after the terminal's latest labelled transaction (`latest`)."""
+    day = to_micros(frame["tx_datetime"]) // _DAY_US
     first_unseen = np.where(latest == _NONE, day - compromise_days + 1, latest // _DAY_US + 1)
     return day - np.maximum(first_unseen, day - compromise_days + 1) + 1
 
@@ -129,13 +123,12 @@ def protocol_ceiling(
     """The ceiling on each fold's protocol test set (`skewless.known_frauds`: the test window
     without the cards known compromised on the day, from the labels since the fold's training
     window), its figures averaged over `orders` random breaks of the oracle's ties."""
-    delay = timedelta(days=delay_days)
+    latest = latest_labelled(result.transactions, timedelta(days=delay_days))
+    compromise_days = result.params.compromised_terminal_days
     frame = result.transactions.assign(
         scenario=result.scenario,
-        hidden=hidden_frauds(result, delay),
-        unseen=unseen_start_days(
-            result.transactions, delay, result.params.compromised_terminal_days
-        ),
+        hidden=hidden_frauds(result, latest),
+        unseen=unseen_start_days(result.transactions, latest, compromise_days),
     )
     rng = np.random.default_rng(seed)
     ceilings = []
@@ -153,14 +146,11 @@ def protocol_ceiling(
             )
             for _ in range(orders)
         ]
-        frauds = test.loc[test["tx_fraud"] > 0, "scenario"].to_numpy()
         ceilings.append(
             FoldCeiling(
                 test_start=fold.test_start,
                 transactions=len(test),
-                frauds_by_scenario={
-                    name: int((frauds == code).sum()) for code, name in enumerate(SCENARIOS, 1)
-                },
+                frauds_by_scenario=count_by_scenario(test["scenario"].to_numpy()),
                 hidden=int(test["hidden"].sum()),
                 figures={key: float(np.mean([run[key] for run in runs])) for key in runs[0]},
             )

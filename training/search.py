@@ -199,10 +199,9 @@ def ensemble_of_families(
     from their own scores there, so nothing trains again. None without both families.
 
     The exported ensemble computes the same mean in float32, as these scores are."""
-    members = [best_of_family(results, family) for family in (FEEDFORWARD, SEQUENCE)]
-    if None in members:
+    first, second = (best_of_family(results, family) for family in (FEEDFORWARD, SEQUENCE))
+    if first is None or second is None:
         return None
-    first, second = (member for member in members if member is not None)
     params = TrainingParams(members=(first.candidate.params, second.candidate.params))
     scores = []
     for fold, one, other in zip(folds, first.folds, second.folds, strict=True):

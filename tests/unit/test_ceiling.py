@@ -10,7 +10,7 @@ import pytest
 
 from skewless.simulator import SimulationParams, SimulationResult, simulate
 from training import protocol
-from training.ceiling import hidden_frauds, protocol_ceiling, unseen_start_days
+from training.ceiling import hidden_frauds, latest_labelled, protocol_ceiling, unseen_start_days
 
 DELAY = timedelta(days=7)
 DAY0 = pd.Timestamp("2026-04-01", tz="UTC")
@@ -49,7 +49,8 @@ def _hand_made() -> SimulationResult:
 
 def test_a_compromise_is_hidden_until_one_of_its_transactions_is_labelled() -> None:
     result = _hand_made()
-    hidden = pd.Series(hidden_frauds(result, DELAY), index=result.transactions["tx_datetime"])
+    latest = latest_labelled(result.transactions, DELAY)
+    hidden = pd.Series(hidden_frauds(result, latest), index=result.transactions["tx_datetime"])
     assert hidden.to_dict() == {
         _at(5, 12): False,
         _at(10, 12): True,
@@ -63,7 +64,8 @@ def test_a_compromise_is_hidden_until_one_of_its_transactions_is_labelled() -> N
 
 def test_unseen_start_days_count_back_to_the_latest_labelled_transaction() -> None:
     result = _hand_made()
-    unseen = unseen_start_days(result.transactions, DELAY, compromise_days=28)
+    latest = latest_labelled(result.transactions, DELAY)
+    unseen = unseen_start_days(result.transactions, latest, compromise_days=28)
     by_time = dict(zip(result.transactions["tx_datetime"], unseen.tolist(), strict=True))
     assert by_time[_at(5, 12)] == 28  # nothing labelled at the terminal: every day
     assert by_time[_at(16, 12)] == 11  # latest labelled on day 5: days 6 to 16
@@ -74,9 +76,10 @@ def test_unseen_start_days_count_back_to_the_latest_labelled_transaction() -> No
 def test_a_fraud_outside_every_compromise_is_refused() -> None:
     result = _hand_made()
     empty = result.terminal_compromises.iloc[:0]
+    latest = latest_labelled(result.transactions, DELAY)
     with pytest.raises(ValueError, match="outside every compromise"):
         hidden_frauds(
-            SimulationResult(result.params, result.transactions, result.scenario, empty), DELAY
+            SimulationResult(result.params, result.transactions, result.scenario, empty), latest
         )
 
 
@@ -89,7 +92,7 @@ def test_hidden_frauds_match_a_transaction_by_transaction_reading(
     simulated: SimulationResult,
 ) -> None:
     frame = simulated.transactions
-    hidden = hidden_frauds(simulated, DELAY)
+    hidden = hidden_frauds(simulated, latest_labelled(simulated.transactions, DELAY))
     by_terminal = {t: rows for t, rows in frame.groupby("terminal_id")["tx_datetime"]}
     compromises = simulated.terminal_compromises
     expected = np.zeros(len(frame), dtype=bool)
