@@ -107,6 +107,8 @@ class OnnxScorer:
         array = np.ascontiguousarray(matrix, dtype=np.float32)
         if array.ndim != 2 or array.shape[1] != len(self.feature_names):
             raise ValueError(f"expected a (batch, {len(self.feature_names)}) matrix: {array.shape}")
+        if not len(array):  # ONNX Runtime aborts the process on a GRU over an empty batch
+            return np.empty(0, dtype=np.float32)
         scores: FloatArray = self._session.run([ONNX_OUTPUT], {ONNX_INPUT: array})[0]
         return scores
 
