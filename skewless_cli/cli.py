@@ -405,8 +405,13 @@ def retrain_command(
     drift_window: Annotated[
         str, typer.Option(help="served event time the drift check covers, up to the latest")
     ] = "7d",
-    epochs: Annotated[int, typer.Option(help="maximum epochs (early stopping ends sooner)")] = 100,
-    seed: Annotated[int, typer.Option(help="random seed")] = 42,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="maximum epochs (default: the champion's; early stopping ends sooner)"
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: the champion's)")] = None,
     materialize: Annotated[
         bool, typer.Option(help="also rewrite Redis (a running worker keeps it current)")
     ] = False,
@@ -414,13 +419,12 @@ def retrain_command(
         bool, typer.Option("--full-backfill", help="recompute every day, not only changed ones")
     ] = False,
 ) -> None:
-    """Retrain on the newest data: changed days of the backfill, newest window, gate, promotion."""
+    """Retrain on the newest data: changed days of the backfill, newest window, gate, promotion.
+    The model trained is the champion's family and settings (as its run logged them)."""
     import threading
-    from dataclasses import replace
     from functools import partial
 
     from skewless.data import DataError, resolve_data
-    from training.model import TrainingParams
     from training.retrain import (
         DriftCheck,
         RetrainOptions,
@@ -443,7 +447,8 @@ def retrain_command(
         raise typer.Exit(2) from None
     options = RetrainOptions(
         data=path,
-        params=replace(TrainingParams(), max_epochs=epochs, seed=seed),
+        max_epochs=epochs,
+        seed=seed,
         materialize=materialize,
         full_backfill=full_backfill,
     )

@@ -20,14 +20,16 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
+from skewless import registry
 from skewless.registry import GATE_METRIC
 from skewless.settings import Settings
+from training import tracking
 from training.model import TrainingParams
 from training.pipeline import TrainOptions, TrainSummary, run_training
 
@@ -54,7 +56,12 @@ class RetrainOptions:
     """The command line of `skewless retrain`."""
 
     data: Path
-    params: TrainingParams = field(default_factory=TrainingParams)
+    params: TrainingParams | None = None
+    """None: the champion's own settings, read from the run that registered it, so a retrain
+    refreshes the model that serves whatever its family (the default network without one)."""
+    max_epochs: int | None = None
+    """Overrides the settings' (each member's, in an ensemble); None keeps them."""
+    seed: int | None = None
     train_days: int = 7
     test_days: int = 7
     materialize: bool = False
@@ -88,7 +95,36 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def train_options(settings: Settings, options: RetrainOptions) -> TrainOptions:
+def retrain_params(settings: Settings, options: RetrainOptions) -> tuple[TrainingParams, str]:
+    """The settings a retrain trains with, and where they come from in words: the options'
+    own, else the champion's (as its run logged them), else the defaults."""
+    params, source = options.params, "the given settings"
+    if params is None:
+        client = registry.client(settings)
+        champion = registry.champion_version(client, settings.model_name)
+        if champion is None:
+            params, source = TrainingParams(), "the default settings (no champion)"
+        else:
+            run = registry.version_run(client, settings.model_name, champion)
+            params = tracking.logged_params(run.data.params)
+            source = f"champion v{champion}'s settings"
+    if params.members:
+        members = tuple(_overridden(member, options) for member in params.members)
+        return replace(params, members=members), source
+    return _overridden(params, options), source
+
+
+def _overridden(params: TrainingParams, options: RetrainOptions) -> TrainingParams:
+    return replace(
+        params,
+        max_epochs=params.max_epochs if options.max_epochs is None else options.max_epochs,
+        seed=params.seed if options.seed is None else options.seed,
+    )
+
+
+def train_options(
+    settings: Settings, options: RetrainOptions, params: TrainingParams
+) -> TrainOptions:
     """The training run of a retrain: newest window, label delay from the declarations."""
     return TrainOptions(
         data=options.data,
@@ -96,21 +132,22 @@ def train_options(settings: Settings, options: RetrainOptions) -> TrainOptions:
         train_days=options.train_days,
         delay_days=None,  # the declarations' label delay
         test_days=options.test_days,
-        params=options.params,
+        params=params,
         materialize=options.materialize,
         incremental_backfill=not options.full_backfill,
     )
 
 
-def describe_training(summary: TrainSummary) -> str:
-    """What a retrain produced, in words: version, gate decision, window, recomputed days."""
+def describe_training(summary: TrainSummary, params: TrainingParams, source: str) -> str:
+    """What a retrain produced, in words: version, gate decision, window, recomputed days, and
+    the model family trained with whose settings."""
     decision = "promoted champion" if summary.alias == "champion" else "kept as challenger"
     days = ", ".join(f"{name} {count}" for name, count in summary.recomputed_days.items())
     ap = summary.metrics.get(GATE_METRIC, float("nan"))
     return (
         f"retrained version {summary.version} ({decision}, protocol test AP {ap:.4f}) on "
         f"{summary.windows['train_start'][:10]}..{summary.windows['train_end'][:10]}, "
-        f"days recomputed: {days}"
+        f"days recomputed: {days}; {params.family} with {source}"
     )
 
 
@@ -126,8 +163,9 @@ def run_once(
             line = f"{verdict.describe()}: nothing to do"
             return RetrainOutcome(False, line, time.perf_counter() - started)
         reason = f"{verdict.describe()}: "
-    summary = run_training(settings, train_options(settings, options))
-    line = reason + describe_training(summary)
+    params, source = retrain_params(settings, options)
+    summary = run_training(settings, train_options(settings, options, params))
+    line = reason + describe_training(summary, params, source)
     return RetrainOutcome(True, line, time.perf_counter() - started, summary)
 
 

@@ -7,12 +7,14 @@ feature order, preprocessing numbers). `skewless.model_runtime` loads those, nev
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
 import os
 import subprocess
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +39,7 @@ from skewless.registry import (
 from skewless.services.mlflow_server import OFFLINE_ENV
 from skewless.settings import Settings
 from training import search
-from training.model import TrainedModel, TrainingParams, export_onnx
+from training.model import ENSEMBLE, TrainedModel, TrainingParams, export_onnx
 from training.protocol import TimeSplit
 
 if TYPE_CHECKING:
@@ -120,6 +122,39 @@ def model_params(params: TrainingParams) -> dict[str, str]:
     return {"family": params.family} | {
         key: str(value) for key, value in vars(params).items() if key != "members"
     }
+
+
+def logged_params(logged: Mapping[str, str]) -> TrainingParams:
+    """The training settings `model_params` logged, read back (a retrain trains the champion's
+    own model). A setting missing from the run keeps its default (runs logged before it
+    existed); a value that does not parse raises ValueError naming the parameter."""
+    if logged.get("family") == ENSEMBLE:
+        members: list[TrainingParams] = []
+        while any(key.startswith(f"member{len(members)}_") for key in logged):
+            prefix = f"member{len(members)}_"
+            members.append(
+                logged_params(
+                    {k.removeprefix(prefix): v for k, v in logged.items() if k.startswith(prefix)}
+                )
+            )
+        return TrainingParams(members=tuple(members))
+    values: dict[str, Any] = {}
+    for setting in fields(TrainingParams):
+        if setting.name == "members" or setting.name not in logged:
+            continue
+        text = logged[setting.name]
+        default: Any = setting.default
+        try:
+            if isinstance(default, tuple):
+                value = ast.literal_eval(text)
+                values[setting.name] = tuple(int(size) for size in value)
+            elif isinstance(default, str):
+                values[setting.name] = text
+            else:
+                values[setting.name] = type(default)(text)
+        except (ValueError, TypeError, SyntaxError) as exc:
+            raise ValueError(f"logged parameter {setting.name}={text!r} is not readable") from exc
+    return TrainingParams(**values)
 
 
 def log_candidate(result: search.CandidateResult) -> None:

@@ -143,7 +143,8 @@ def test_retrain_on_drift_does_nothing_unshifted_and_promotes_when_shifted(
     assert first is not None
     data = _with_new_days(trained_platform, settings.data_dir / "raw")
     env = feast_environment(settings)
-    args = ["retrain", "--on-drift", "--data", str(data), "--epochs", "6"]
+    # No model option: the retrain trains the champion's own settings (its 6 epochs among them).
+    args = ["retrain", "--on-drift", "--data", str(data)]
     watcher = ChampionWatcher(settings, load_version(settings), POLL_S).start()
     try:
         served = _serve_log(trained_platform, settings, watcher.current, amount_factor=1.0)
@@ -161,6 +162,7 @@ def test_retrain_on_drift_does_nothing_unshifted_and_promotes_when_shifted(
         assert f"drift alert over {served:,} events served by champion v{first}" in _said(alerted)
         assert "amount: PSI" in _said(alerted)
         assert f"retrained version {new} (promoted champion" in _said(alerted)
+        assert f"; feedforward with champion v{first}'s settings" in _said(alerted)
         # Only the appended days were computed; the platform's days came from the record.
         assert "customer_spending 21, terminal_risk 21" in _said(alerted)
         # The worker's watcher serves the new champion within one poll (and the load).
@@ -169,7 +171,10 @@ def test_retrain_on_drift_does_nothing_unshifted_and_promotes_when_shifted(
         watcher.stop()
     gate = registry.history(client, name)[-1]
     assert (gate.action, gate.from_version, gate.to_version) == ("gate", first, new)
-    run = client.get_run(str(client.get_model_version(name, new).run_id))
+    run = registry.version_run(client, name, new)
+    champion = registry.version_run(client, name, first)
+    assert tracking.logged_params(run.data.params) == tracking.logged_params(champion.data.params)
+    assert run.data.params["max_epochs"] == "6"
     # The newest window of the data: the appended days; the delay is the declarations'.
     assert run.data.params["window_train_start"].startswith("2026-05-31")
     assert run.data.params["delay_days"] == str(

@@ -1,4 +1,5 @@
-"""The retrain command's durations and its schedule loop."""
+"""The retrain command's durations, its schedule loop, and the champion's settings it trains
+with (read back from what its run logged)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,38 @@ from itertools import pairwise
 
 import pytest
 
+from training.model import TrainingParams
 from training.retrain import RetrainOutcome, parse_duration, run_every
+from training.tracking import logged_params, model_params
+
+FEEDFORWARD = TrainingParams(
+    hidden_sizes=(128, 64), dropout=0.2, learning_rate=3e-3, imbalance="pos_weight", seed=7
+)
+SEQUENCE = TrainingParams(hidden_sizes=(64,), history_units=32, max_epochs=30, batch_size=512)
+LOGISTIC = TrainingParams(hidden_sizes=(), learning_rate=1e-2, max_positive_weight=20.0)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [FEEDFORWARD, SEQUENCE, LOGISTIC, TrainingParams(members=(FEEDFORWARD, SEQUENCE, LOGISTIC))],
+    ids=["feedforward", "sequence", "logistic_regression", "ensemble"],
+)
+def test_the_logged_settings_read_back_to_the_same_params(params: TrainingParams) -> None:
+    # As MLflow keeps them: strings, next to the run's other parameters.
+    logged = model_params(params) | {"folds": "4", "window_train_start": "2026-05-31"}
+    assert logged_params(logged) == params
+
+
+def test_settings_a_run_did_not_log_keep_their_defaults() -> None:
+    assert logged_params({"family": "feedforward", "dropout": "0.1"}) == TrainingParams(dropout=0.1)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("hidden_sizes", "(64, 'x')"), ("dropout", "high"), ("seed", "1.5")]
+)
+def test_an_unreadable_logged_setting_is_named(key: str, value: str) -> None:
+    with pytest.raises(ValueError, match=f"logged parameter {key}="):
+        logged_params({"family": "feedforward", key: value})
 
 
 @pytest.mark.parametrize(
