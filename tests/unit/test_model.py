@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from skewless.aggregation import LogRatio
 from skewless.fraud_metrics import auc_roc, average_precision
 from skewless.model_runtime import OnnxScorer, Preprocessor
 from training.model import (
@@ -342,3 +343,78 @@ def test_an_ensemble_needs_two_members_none_an_ensemble() -> None:
         ModelInputs(("amount",)).require_history(
             TrainingParams(members=(SMALL, replace(SMALL, history_units=8)))
         )
+
+
+RATIO = LogRatio("amount_to_avg", "amount", "avg_amount")
+
+
+def _relative_amounts(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Fraud when the amount is 4 times the card's average or more: the averages spread over
+    two orders of magnitude, so no amount alone tells. Some averages are missing."""
+    rng = np.random.default_rng(seed)
+    average = rng.lognormal(3.0, 1.2, n)
+    factor = np.where(rng.uniform(size=n) < 0.1, rng.uniform(4.0, 6.0, n), rng.uniform(0.3, 2, n))
+    frame = pd.DataFrame({"amount": average * factor, "avg_amount": average})
+    frame["noise"] = rng.normal(0.0, 1.0, n)
+    labels = (factor >= 4.0).astype(np.int64)
+    frame.loc[rng.uniform(size=n) < 0.02, "avg_amount"] = np.nan
+    return frame, labels
+
+
+def test_a_log_ratio_is_computed_inside_the_graph_and_learned_from(tmp_path: Path) -> None:
+    frame, labels = _relative_amounts(4_000, 1)
+    val_frame, val_labels = _relative_amounts(2_000, 2)
+    params = replace(SMALL, max_epochs=20)
+    model = train(frame, labels, val_frame, val_labels, params, ratios=(RATIO,))
+    apart = train(frame, labels, val_frame, val_labels, params)
+    assert isinstance(model.module, FraudNet)
+    # By hand: log1p of the filled values clamped at 0, then the training rows' scaling.
+    fill = model.preprocessor.fill_values
+    logs = np.log1p(np.clip(frame[["amount", "avg_amount"]].fillna(dict(zip(
+        ["amount", "avg_amount"], fill[:2], strict=True))).to_numpy(), 0.0, None))  # fmt: skip
+    ratio = logs[:, 0] - logs[:, 1]
+    raw = torch.from_numpy(model.preprocessor.matrix(frame))
+    computed = model.module.log_ratios(raw).detach().numpy()[:, 0]
+    np.testing.assert_allclose(computed, (ratio - ratio.mean()) / ratio.std(), atol=1e-4)
+    with_ratio = auc_roc(val_labels, predict(model, val_frame))
+    assert with_ratio > 0.99 and with_ratio > auc_roc(val_labels, predict(apart, val_frame))
+    scorer = OnnxScorer(export_onnx(model, tmp_path / "ratio.onnx"))
+    assert scorer.feature_names == ("amount", "avg_amount", "noise")  # serving feeds the same
+    matrix = val_frame.to_numpy(dtype=np.float32)
+    matrix[0, :] = np.nan
+    matrix[1, :2] = (-5.0, 0.0)  # clamped at 0: log1p(0) - log1p(0)
+    np.testing.assert_allclose(scorer.score(matrix), predict(model, pd.DataFrame(
+        matrix, columns=val_frame.columns)), atol=1e-5)  # fmt: skip
+    assert not np.isnan(scorer.score(matrix)).any()
+
+
+def test_sequence_and_ensemble_models_read_the_log_ratios_too(tmp_path: Path) -> None:
+    inputs = replace(SEQUENCE_HISTORY, features=("amount", "noise", "avg_amount"), ratios=(RATIO,))
+    frame, labels = _sequences(2_000, 1)
+    frame["avg_amount"] = frame["amount"] / 2
+    sequence = replace(SMALL, history_units=8, max_epochs=4)
+    params = TrainingParams(members=(replace(SMALL, max_epochs=4), sequence))
+    columns = inputs.columns(params)
+    model = train(
+        frame[columns], labels, frame[columns], labels, params, None, 3, inputs.step_width,
+        inputs.ratios,
+    )  # fmt: skip
+    assert isinstance(model.module, EnsembleNet)
+    for member in model.module.members:
+        assert isinstance(member, FraudNet) and member.ratio_count == 1
+        first = next(m for m in member.mlp.modules() if isinstance(m, torch.nn.Linear))
+        assert first.in_features == 3 + 1 + (8 if member.gru is not None else 0)
+    scorer = OnnxScorer(export_onnx(model, tmp_path / "ensemble.onnx"))
+    matrix = frame[columns].to_numpy(dtype=np.float32)
+    np.testing.assert_allclose(scorer.score(matrix), predict(model, frame[columns]), atol=1e-6)
+
+
+def test_a_log_ratio_must_read_served_features() -> None:
+    with pytest.raises(ValueError, match="log ratio amount_to_avg reads avg_amount"):
+        ModelInputs(("amount", "noise"), ratios=(RATIO,))
+    frame, labels = _relative_amounts(200, 1)
+    with pytest.raises(ValueError, match="columns the model does not"):
+        train(frame[["amount", "noise"]], labels, frame[["amount", "noise"]], labels, SMALL,
+              ratios=(RATIO,))  # fmt: skip
+    with pytest.raises(ValueError, match="to itself"):
+        LogRatio("same", "amount", "amount")
