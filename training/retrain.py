@@ -105,9 +105,11 @@ def retrain_params(settings: Settings, options: RetrainOptions) -> tuple[Trainin
         if champion is None:
             params, source = TrainingParams(), "the default settings (no champion)"
         else:
-            run = registry.version_run(client, settings.model_name, champion)
-            params = tracking.logged_params(run.data.params)
+            logged = registry.version_run(client, settings.model_name, champion).data.params
+            params = tracking.logged_params(logged)
             source = f"champion v{champion}'s settings"
+            if "family" not in logged:  # registered from a run that logged no model settings
+                source = f"the default settings (champion v{champion}'s run logged none)"
     if params.members:
         members = tuple(_overridden(member, options) for member in params.members)
         return replace(params, members=members), source
