@@ -159,24 +159,23 @@ class FraudNet(nn.Module):
 
     def preprocess(self, raw: torch.Tensor) -> torch.Tensor:
         """Fill NaN with the training medians, then standardise."""
-        filled = torch.where(torch.isnan(raw), self.fill_values, raw)
-        return (filled - self.means) / self.stds
+        return (_filled(raw, self.fill_values) - self.means) / self.stds
 
     def log_ratios(self, raw: torch.Tensor) -> torch.Tensor:
-        """Each ratio's standardised `log1p(numerator) - log1p(denominator)`, of the filled
-        values clamped at 0; shape `(batch, ratios)`."""
-        current = raw[:, : self.current_width]
-        filled = torch.where(torch.isnan(current), self.fill_values[: self.current_width], current)
-        logs = torch.log1p(torch.clamp(filled, min=0.0))
-        ratios = logs[:, self.numerators] - logs[:, self.denominators]
+        """Each ratio's standardised `_log_ratio_values`; shape `(batch, ratios)`."""
+        return self._scaled_ratios(_filled(raw, self.fill_values))
+
+    def _scaled_ratios(self, filled: torch.Tensor) -> torch.Tensor:
+        ratios = _log_ratio_values(filled, self.numerators, self.denominators)
         return (ratios - self.ratio_means) / self.ratio_stds
 
     def logits(self, raw: torch.Tensor) -> torch.Tensor:
         """One logit per row, shape `(batch,)`."""
-        inputs = self.preprocess(raw)
+        filled = _filled(raw, self.fill_values)  # once, for the scaling and the ratios
+        inputs = (filled - self.means) / self.stds
         current = inputs[:, : self.current_width]
         if self.ratio_count:
-            current = torch.cat([current, self.log_ratios(raw)], dim=1)
+            current = torch.cat([current, self._scaled_ratios(filled)], dim=1)
         if self.gru is not None:
             shape = (-1, self.history_steps, self.step_width)
             steps = inputs[:, self.current_width :].reshape(shape)
@@ -191,6 +190,21 @@ class FraudNet(nn.Module):
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         """Fraud probability per row, shape `(batch,)`."""
         return torch.sigmoid(self.logits(raw))
+
+
+def _filled(raw: torch.Tensor, fill_values: torch.Tensor) -> torch.Tensor:
+    """NaN replaced by each column's fill value (the training median)."""
+    return torch.where(torch.isnan(raw), fill_values, raw)
+
+
+def _log_ratio_values(
+    filled: torch.Tensor, numerators: torch.Tensor, denominators: torch.Tensor
+) -> torch.Tensor:
+    """`LogRatio`'s value for each (numerator, denominator) column pair of the filled input:
+    `log1p(numerator) - log1p(denominator)`, each clamped at 0 first."""
+    return torch.log1p(torch.clamp(filled[:, numerators], min=0.0)) - torch.log1p(
+        torch.clamp(filled[:, denominators], min=0.0)
+    )
 
 
 class EnsembleNet(nn.Module):
@@ -431,14 +445,11 @@ def _ratio_scaling(
     them, before scaling); None without ratios."""
     if not ratios:
         return None
-    raw = preprocessor.matrix(features).astype(np.float64)
-    fill = np.asarray(preprocessor.fill_values, dtype=np.float64)
-    logs = np.log1p(np.clip(np.where(np.isnan(raw), fill, raw), 0.0, None))
-    values = {
-        ratio.name: logs[:, numerator] - logs[:, denominator]
-        for ratio, (numerator, denominator) in zip(ratios, pairs, strict=True)
-    }
-    return Preprocessor.fit(pd.DataFrame(values))
+    raw = torch.from_numpy(preprocessor.matrix(features).astype(np.float64))
+    filled = _filled(raw, torch.tensor(preprocessor.fill_values, dtype=torch.float64))
+    numerators, denominators = (torch.tensor(columns) for columns in zip(*pairs, strict=True))
+    values = _log_ratio_values(filled, numerators, denominators).numpy()
+    return Preprocessor.fit(pd.DataFrame(values, columns=[ratio.name for ratio in ratios]))
 
 
 def predict(model: TrainedModel, features: pd.DataFrame) -> FloatArray:

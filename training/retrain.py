@@ -124,9 +124,7 @@ def _overridden(params: TrainingParams, options: RetrainOptions) -> TrainingPara
     )
 
 
-def train_options(
-    settings: Settings, options: RetrainOptions, params: TrainingParams
-) -> TrainOptions:
+def train_options(options: RetrainOptions, params: TrainingParams) -> TrainOptions:
     """The training run of a retrain: newest window, label delay from the declarations."""
     return TrainOptions(
         data=options.data,
@@ -166,7 +164,7 @@ def run_once(
             return RetrainOutcome(False, line, time.perf_counter() - started)
         reason = f"{verdict.describe()}: "
     params, source = retrain_params(settings, options)
-    summary = run_training(settings, train_options(settings, options, params))
+    summary = run_training(settings, train_options(options, params))
     line = reason + describe_training(summary, params, source)
     return RetrainOutcome(True, line, time.perf_counter() - started, summary)
 
