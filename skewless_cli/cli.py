@@ -240,6 +240,9 @@ def _training_params(
     learning_rate: float,
     imbalance: str,
     history_units: int,
+    trees: int = 0,
+    tree_depth: int = 6,
+    tree_l2: float = 0.0,
 ) -> TrainingParams:
     """The command line's model settings; a bad one exits 2 naming its option."""
     from training.model import TrainingParams
@@ -261,9 +264,13 @@ def _training_params(
             max_epochs=epochs,
             seed=seed,
             history_units=history_units,
+            trees=trees,
+            tree_depth=tree_depth,
+            tree_l2=tree_l2,
         )
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--hidden-sizes") from exc
+        option = "--trees" if trees else "--hidden-sizes"
+        raise typer.BadParameter(str(exc), param_hint=option) from exc
 
 
 @app.command("train")
@@ -296,6 +303,18 @@ def train_command(
             min=0, help="GRU units over the declared transaction history (0: no sequence model)"
         ),
     ] = 0,
+    trees: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="boosting rounds: > 0 trains LightGBM's boosted trees (at --learning-rate) "
+            "instead of a network",
+        ),
+    ] = 0,
+    tree_depth: Annotated[int, typer.Option(min=1, help="the boosted trees' depth")] = 6,
+    tree_l2: Annotated[
+        float, typer.Option(min=0.0, help="L2 regularisation of the trees' leaf values")
+    ] = 0.0,
     materialize: Annotated[bool, typer.Option(help="write the latest features to Redis")] = True,
     folds: Annotated[
         int,
@@ -329,7 +348,16 @@ def train_command(
         delay_days=delay_days,
         test_days=test_days,
         params=_training_params(
-            epochs, seed, hidden_sizes, dropout, learning_rate, imbalance, history_units
+            epochs,
+            seed,
+            hidden_sizes,
+            dropout,
+            learning_rate,
+            imbalance,
+            history_units,
+            trees,
+            tree_depth,
+            tree_l2,
         ),
         materialize=materialize,
         folds=folds,

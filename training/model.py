@@ -1,10 +1,11 @@
-"""The fraud model: fitted preprocessing carried inside a torch MLP, training, ONNX export.
+"""The fraud model: fitted preprocessing carried inside a torch module, training, ONNX export.
 
 `FraudNet.forward` takes RAW features (NaN for missing) in the preprocessor's order and fills,
 standardises and scores them itself, so the exported ONNX graph carries the defaults and the
 scaling: serving feeds raw feature values and never re-implements the preprocessing. A
 sequence model reads the declared transaction history too (`ModelInputs`): the same single
-input, its last columns the history's steps, which a GRU reads inside the graph.
+input, its last columns the history's steps, which a GRU reads inside the graph. Boosted trees
+are trained by LightGBM and walked inside the graph too (`BoostedTrees`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
+import lightgbm
 import numpy as np
 import numpy.typing as npt
 import onnx
@@ -39,8 +42,9 @@ ONNX_OPSET = 18
 LOGISTIC_REGRESSION: Final = "logistic_regression"
 FEEDFORWARD: Final = "feedforward"
 SEQUENCE: Final = "sequence"
+BOOSTED_TREES: Final = "boosted_trees"
 ENSEMBLE: Final = "ensemble"
-ModelFamily = Literal["logistic_regression", "feedforward", "sequence", "ensemble"]
+ModelFamily = Literal["logistic_regression", "feedforward", "sequence", "boosted_trees", "ensemble"]
 AGE_SCALE = 10.0
 """A history step's age enters the GRU as `log1p(seconds) / AGE_SCALE` (30 days: about 1.5)."""
 
@@ -207,15 +211,134 @@ def _log_ratio_values(
     )
 
 
+class BoostedTrees(nn.Module):
+    """Raw features -> fill NaN -> [log ratios] -> LightGBM's boosted trees -> probability.
+
+    The trees read what they were trained on (`_tree_inputs`): the filled current features,
+    then each log ratio unscaled. Every tree is walked for every row at once, `depth` steps
+    of "left when the value is <= the node's threshold" (a leaf points to itself), and the
+    leaves' values are summed into the logit, as LightGBM's own prediction does.
+    """
+
+    fill_values: torch.Tensor
+    numerators: torch.Tensor
+    denominators: torch.Tensor
+    roots: torch.Tensor
+    split_columns: torch.Tensor
+    thresholds: torch.Tensor
+    lefts: torch.Tensor
+    rights: torch.Tensor
+    leaf_values: torch.Tensor
+
+    def __init__(
+        self,
+        preprocessor: Preprocessor,
+        model_dump: dict[str, Any],
+        ratios: tuple[tuple[int, int], ...] = (),
+    ) -> None:
+        super().__init__()
+        self.register_buffer("fill_values", torch.tensor(preprocessor.fill_values))
+        self.register_buffer("numerators", torch.tensor([i for i, _ in ratios], dtype=torch.long))
+        self.register_buffer("denominators", torch.tensor([j for _, j in ratios], dtype=torch.long))
+        nodes = _TreeNodes.of(model_dump)
+        if not nodes.roots:
+            raise ValueError("a boosted-trees model needs one tree or more")
+        width = len(preprocessor.feature_names) + len(ratios)
+        if max(nodes.split_columns) >= width:
+            raise ValueError(f"a tree splits on column {max(nodes.split_columns)} of {width}")
+        self.depth = nodes.depth
+        self.register_buffer("roots", torch.tensor(nodes.roots, dtype=torch.long))
+        self.register_buffer("split_columns", torch.tensor(nodes.split_columns, dtype=torch.long))
+        self.register_buffer("thresholds", torch.tensor(nodes.thresholds, dtype=torch.float32))
+        self.register_buffer("lefts", torch.tensor(nodes.lefts, dtype=torch.long))
+        self.register_buffer("rights", torch.tensor(nodes.rights, dtype=torch.long))
+        self.register_buffer("leaf_values", torch.tensor(nodes.leaf_values, dtype=torch.float32))
+
+    def logits(self, raw: torch.Tensor) -> torch.Tensor:
+        """One logit per row, shape `(batch,)`."""
+        inputs = _tree_inputs(raw, self.fill_values, self.numerators, self.denominators)
+        node = self.roots + torch.zeros_like(inputs[:, :1], dtype=torch.long)  # (batch, trees)
+        for _ in range(self.depth):
+            values = torch.gather(inputs, 1, self.split_columns[node])
+            node = torch.where(values <= self.thresholds[node], self.lefts[node], self.rights[node])
+        return self.leaf_values[node].sum(dim=1)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        """Fraud probability per row, shape `(batch,)`."""
+        return torch.sigmoid(self.logits(raw))
+
+
+def _tree_inputs(
+    raw: torch.Tensor,
+    fill_values: torch.Tensor,
+    numerators: torch.Tensor,
+    denominators: torch.Tensor,
+) -> torch.Tensor:
+    """What boosted trees read: the filled features, then each unscaled `_log_ratio_values`."""
+    filled = _filled(raw, fill_values)
+    if not len(numerators):
+        return filled
+    return torch.cat([filled, _log_ratio_values(filled, numerators, denominators)], dim=1)
+
+
+@dataclass
+class _TreeNodes:
+    """Every node of every tree of a LightGBM model dump, numbered in one sequence."""
+
+    roots: list[int]
+    split_columns: list[int]
+    thresholds: list[float]
+    """float32, rounded down: a float32 value is <= it exactly when it is <= LightGBM's."""
+    lefts: list[int]
+    rights: list[int]
+    leaf_values: list[float]
+    depth: int
+
+    @classmethod
+    def of(cls, model_dump: dict[str, Any]) -> _TreeNodes:
+        """Read `lightgbm.Booster.dump_model()`; numerical `<=` splits only."""
+        nodes = cls([], [], [], [], [], [], 0)
+        for tree in model_dump["tree_info"]:
+            nodes.roots.append(nodes._add(tree["tree_structure"], 0))
+        return nodes
+
+    def _add(self, node: dict[str, Any], level: int) -> int:
+        index = len(self.leaf_values)
+        self.split_columns.append(0)
+        self.thresholds.append(math.inf)
+        self.lefts.append(index)
+        self.rights.append(index)
+        self.leaf_values.append(0.0)
+        if "split_feature" not in node:  # a leaf
+            self.leaf_values[index] = float(node["leaf_value"])
+            self.depth = max(self.depth, level)
+            return index
+        if node["decision_type"] != "<=":
+            raise ValueError(f"a tree split of type {node['decision_type']} is not supported")
+        self.split_columns[index] = int(node["split_feature"])
+        self.thresholds[index] = _float32_at_most(float(node["threshold"]))
+        self.lefts[index] = self._add(node["left_child"], level + 1)
+        self.rights[index] = self._add(node["right_child"], level + 1)
+        return index
+
+
+def _float32_at_most(value: float) -> float:
+    """The largest float32 <= `value`."""
+    rounded = np.float32(value)
+    if float(rounded) > value:
+        rounded = np.nextafter(rounded, np.float32(-np.inf))
+    return float(rounded)
+
+
 class EnsembleNet(nn.Module):
     """The mean of its members' fraud probabilities, as one module (one ONNX graph).
 
-    Member k reads the first `widths[k]` input columns: a feed-forward member the current
-    features, a sequence member the history after them too. Each member carries its own
+    Member k reads the first `widths[k]` input columns: a feed-forward or boosted-trees member
+    the current features, a sequence member the history after them too. Each member carries its own
     preprocessing.
     """
 
-    def __init__(self, members: list[FraudNet], widths: list[int]) -> None:
+    def __init__(self, members: list[FraudNet | BoostedTrees], widths: list[int]) -> None:
         super().__init__()
         if len(members) != len(widths) or len(members) < 2:
             raise ValueError("an ensemble needs two members or more, each with its input width")
@@ -235,13 +358,16 @@ class TrainingParams:
     """Architecture, optimiser, early stopping and class-imbalance settings of one run.
 
     `hidden_sizes=()` trains a logistic regression, `history_units > 0` a sequence model (a GRU
-    of that width over the transaction history, then `hidden_sizes`): `family`. With `members`
-    it is an ensemble: each member trains on its own and the model is the mean of their
-    probabilities (`EnsembleNet`); the ensemble's other settings are not read.
+    of that width over the transaction history, then `hidden_sizes`), `trees > 0` boosted trees
+    (LightGBM: that many rounds of trees `tree_depth` deep at `learning_rate`, L2 `tree_l2` on
+    the leaves; the network settings are not read): `family`. With `members` it is an ensemble:
+    each member trains on its own and the model is the mean of their probabilities
+    (`EnsembleNet`); the ensemble's other settings are not read.
 
     `imbalance`: "none" (plain BCE), "pos_weight" (positives weighted by the negative/positive
     ratio in BCE) or "oversample" (positives repeated that many times per epoch); the ratio is
-    capped at `max_positive_weight`. "none" is the default: on simulated fraud_model_v1 data
+    capped at `max_positive_weight` (boosted trees: LightGBM's `scale_pos_weight`, and no
+    "oversample"). "none" is the default: on simulated fraud_model_v1 data
     (0.9% fraud) it matched capped pos_weight on validation and test average precision, beat
     uncapped pos_weight and oversampling, and keeps the scores calibrated probabilities.
     """
@@ -257,14 +383,20 @@ class TrainingParams:
     imbalance: Literal["none", "pos_weight", "oversample"] = "none"
     max_positive_weight: float = 10.0
     history_units: int = 0
+    trees: int = 0
+    tree_depth: int = 6
+    tree_l2: float = 0.0
     members: tuple[TrainingParams, ...] = ()
 
     @property
     def family(self) -> ModelFamily:
-        """An ensemble with members; a sequence model with history units; else logistic
-        regression without hidden layers, a feed-forward network with them."""
+        """An ensemble with members; boosted trees with trees; a sequence model with history
+        units; else logistic regression without hidden layers, a feed-forward network with
+        them."""
         if self.members:
             return ENSEMBLE
+        if self.trees:
+            return BOOSTED_TREES
         if self.history_units:
             return SEQUENCE
         return FEEDFORWARD if self.hidden_sizes else LOGISTIC_REGRESSION
@@ -278,8 +410,12 @@ class TrainingParams:
     def __post_init__(self) -> None:
         if len(self.members) == 1 or any(member.members for member in self.members):
             raise ValueError("an ensemble needs two members or more, none of them an ensemble")
-        if self.history_units < 0:
-            raise ValueError("history units cannot be negative")
+        if self.history_units < 0 or self.trees < 0:
+            raise ValueError("history units and trees cannot be negative")
+        if self.trees and (self.history_units or self.imbalance == "oversample"):
+            raise ValueError("boosted trees read no history and do not oversample")
+        if self.tree_depth < 1 or self.tree_l2 < 0:
+            raise ValueError("need tree_depth >= 1 and tree_l2 >= 0")
         if min((*self.hidden_sizes, self.batch_size, self.max_epochs, self.patience)) < 1:
             raise ValueError("hidden sizes, batch size, max epochs and patience must be >= 1")
         if not 0 <= self.dropout < 1 or self.learning_rate <= 0 or self.max_positive_weight < 1:
@@ -302,7 +438,7 @@ class EpochReport:
 class TrainedModel:
     """The module with the best validation AP, its preprocessing, params and history."""
 
-    module: FraudNet | EnsembleNet
+    module: FraudNet | BoostedTrees | EnsembleNet
     preprocessor: Preprocessor
     params: TrainingParams
     best_epoch: int
@@ -327,6 +463,9 @@ def train(
     `step_width` columns as the transaction history (`ModelInputs.columns`, `.step_width`).
     Every model reads `ratios` too, computed in its graph from two of its columns each.
 
+    Boosted trees (`params.trees`) train in LightGBM on the rows as their graph reads them
+    (`_tree_inputs`, float32), for a fixed number of rounds; their one report is the last.
+
     An ensemble (`params.members`) trains each member in turn on its own columns: all of them
     for a sequence member, the current features (without the history) for the others.
 
@@ -347,6 +486,16 @@ def train(
     n_positive = int(y.sum())
     logger.info("training on %d rows (%d frauds), validating on %d", len(y), n_positive, len(val_y))
     ratio = min((len(y) - n_positive) / max(n_positive, 1), params.max_positive_weight)
+    if params.trees:
+        started = time.perf_counter()
+        trees = _train_trees(preprocessor, pairs, x, y, params, ratio)
+        criterion = nn.BCEWithLogitsLoss()
+        with torch.inference_mode():
+            train_loss = float(criterion(trees.logits(x), y))
+        report = _validate(trees, criterion, val_x, val_y, 1, train_loss, started)
+        if on_epoch is not None:
+            on_epoch(report)
+        return TrainedModel(trees, preprocessor, params, 1, (report,))
     weight = torch.tensor(ratio if params.imbalance == "pos_weight" else 1.0)
     criterion = nn.BCEWithLogitsLoss(pos_weight=weight)
     rows = torch.arange(len(y))
@@ -392,6 +541,38 @@ def train(
     return TrainedModel(module, preprocessor, params, best_epoch, tuple(history))
 
 
+def _train_trees(
+    preprocessor: Preprocessor,
+    pairs: tuple[tuple[int, int], ...],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    params: TrainingParams,
+    positive_weight: float,
+) -> BoostedTrees:
+    """LightGBM on `_tree_inputs(x)`: deterministic for a seed, one thread."""
+    numerators, denominators = (
+        torch.tensor([pair[k] for pair in pairs], dtype=torch.long) for k in (0, 1)
+    )
+    with torch.inference_mode():
+        inputs = _tree_inputs(x, torch.tensor(preprocessor.fill_values), numerators, denominators)
+    settings = {
+        "objective": "binary",
+        "learning_rate": params.learning_rate,
+        "max_depth": params.tree_depth,
+        "num_leaves": min(2**params.tree_depth, 131_072),
+        "lambda_l2": params.tree_l2,
+        "scale_pos_weight": positive_weight if params.imbalance == "pos_weight" else 1.0,
+        "seed": params.seed,
+        "deterministic": True,
+        "num_threads": 1,
+        "verbosity": -1,
+    }
+    booster = lightgbm.train(
+        settings, lightgbm.Dataset(inputs.numpy(), label=y.numpy()), num_boost_round=params.trees
+    )
+    return BoostedTrees(preprocessor, booster.dump_model(), pairs).eval()
+
+
 def _train_ensemble(
     features: pd.DataFrame,
     labels: npt.ArrayLike,
@@ -403,7 +584,7 @@ def _train_ensemble(
     step_width: int,
     ratios: tuple[LogRatio, ...],
 ) -> TrainedModel:
-    members: list[FraudNet] = []
+    members: list[FraudNet | BoostedTrees] = []
     widths: list[int] = []
     reports: list[EpochReport] = []
     best_epoch = 0
@@ -414,7 +595,7 @@ def _train_ensemble(
             features.iloc[:, :width], labels, val_features.iloc[:, :width], val_labels,
             member, on_epoch, history_steps, step_width, ratios,
         )  # fmt: skip
-        if not isinstance(trained.module, FraudNet):
+        if isinstance(trained.module, EnsembleNet):
             raise TypeError("an ensemble's member is not an ensemble")
         members.append(trained.module)
         widths.append(width)
@@ -499,7 +680,7 @@ def export_onnx(model: TrainedModel, path: Path) -> Path:
 
 
 def _validate(
-    module: FraudNet,
+    module: FraudNet | BoostedTrees,
     criterion: nn.Module,
     val_x: torch.Tensor,
     val_y: torch.Tensor,

@@ -414,8 +414,7 @@ def _select(
         options.search_workers,
         on_result=tracking.log_candidate,
     )
-    ensemble = search.ensemble_of_families(results, prepared)
-    if ensemble is not None:
+    for ensemble in search.ensembles_of_families(results, prepared):
         logger.info("candidate %s: validation AP %.4f", ensemble.candidate.name, ensemble.score)
         tracking.log_candidate(ensemble)
         results.append(ensemble)

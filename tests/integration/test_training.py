@@ -332,18 +332,20 @@ def test_prequential_folds_are_nested_runs_and_the_gate_reads_them_all(
 def test_search_chooses_on_validation_folds_before_the_test_folds(
     redis_service: Settings, tmp_path: Path, private_tempdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`--search` on a two-candidate grid: each candidate a nested run scored on validation
-    folds whose windows all end before the test folds' test windows; the choice is the best
-    validation AP, trained on the test folds and registered; the logistic regression is the
-    baseline there."""
+    """`--search` on a three-candidate grid and the ensemble of two families: each candidate a
+    nested run scored on validation folds whose windows all end before the test folds' test
+    windows; the choice is the best validation AP, trained on the test folds and registered;
+    the logistic regression is the baseline there."""
     monkeypatch.setattr(
         search,
         "SEARCH_SPACE",
         {
             "feedforward": {"hidden_sizes": ((16,),), "imbalance": ("pos_weight",)},
             "logistic_regression": {"hidden_sizes": ((),)},
+            "boosted_trees": {"hidden_sizes": ((),), "trees": (20,), "tree_depth": (3,),
+                              "learning_rate": (0.1,)},
         },
-    )
+    )  # fmt: skip
     params = SimulationParams(n_customers=300, n_terminals=600, n_days=88, start_date=START)
     settings = _settings(redis_service, tmp_path)
     data = write_transactions(
@@ -369,6 +371,8 @@ def test_search_chooses_on_validation_folds_before_the_test_folds(
     assert set(candidates) == {
         "feedforward-16-dropout0-lr0.001-pos_weight",
         "logistic_regression-lr0.001-none",
+        "boosted_trees-20x3-l2_0-lr0.1-none",
+        "ensemble:feedforward-16-dropout0-lr0.001-pos_weight+boosted_trees-20x3-l2_0-lr0.1-none",
     }
     selection_ap = f"{search.SELECTION_METRIC}_mean"
     for candidate in candidates.values():
@@ -384,7 +388,8 @@ def test_search_chooses_on_validation_folds_before_the_test_folds(
         and summary.selection.chosen == params_logged["selection_chosen"]
     )
     # The registered model is the choice, trained on the test folds.
-    assert params_logged["hidden_sizes"] == best.data.params["hidden_sizes"]
+    chosen_params = {k: v for k, v in best.data.params.items() if k != "candidate"}
+    assert {k: params_logged.get(k) for k in chosen_params} == chosen_params
     assert params_logged["family"] == run.data.tags["model_family"] == best.data.params["family"]
     # Every validation window ends before any test window starts (its labels known by then).
     test_folds = [c for c in children if "fold" in c.data.params]

@@ -17,6 +17,13 @@ def test_the_model_options_build_the_params_of_each_family() -> None:
     )
     assert _training_params(5, 1, "128, 64", 0.0, 1e-3, "pos_weight", 0).family == "feedforward"
     assert _training_params(5, 1, "", 0.0, 1e-2, "oversample", 0).family == "logistic_regression"
+    trees = _training_params(5, 1, "64,32", 0.0, 0.05, "none", 0, 200, 4, 5.0)
+    assert (trees.family, trees.trees, trees.tree_depth, trees.tree_l2) == (
+        "boosted_trees",
+        200,
+        4,
+        5.0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -28,3 +35,10 @@ def test_a_bad_model_option_is_named(sizes: str, imbalance: str, option: str) ->
     with pytest.raises(typer.BadParameter) as raised:
         _training_params(5, 1, sizes, 0.0, 1e-3, imbalance, 0)
     assert raised.value.param_hint == option
+
+
+def test_boosted_trees_with_a_history_or_oversampling_name_the_trees_option() -> None:
+    for history_units, imbalance in ((32, "none"), (0, "oversample")):
+        with pytest.raises(typer.BadParameter) as raised:
+            _training_params(5, 1, "", 0.0, 0.05, imbalance, history_units, 200)
+        assert raised.value.param_hint == "--trees"

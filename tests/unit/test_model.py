@@ -7,6 +7,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import lightgbm
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,6 +17,7 @@ from skewless.aggregation import LogRatio
 from skewless.fraud_metrics import auc_roc, average_precision
 from skewless.model_runtime import OnnxScorer, Preprocessor
 from training.model import (
+    BoostedTrees,
     EnsembleNet,
     EpochReport,
     FraudNet,
@@ -418,3 +420,106 @@ def test_a_log_ratio_must_read_served_features() -> None:
               ratios=(RATIO,))  # fmt: skip
     with pytest.raises(ValueError, match="to itself"):
         LogRatio("same", "amount", "amount")
+
+
+TREES = TrainingParams(hidden_sizes=(), trees=60, tree_depth=4, learning_rate=0.1, seed=5)
+
+
+def _two_trees() -> dict[str, object]:
+    """A LightGBM model dump of two trees over 2 columns, as `Booster.dump_model()` writes it."""
+
+    def split(column: int, threshold: float, left: dict, right: dict) -> dict:
+        return {"split_index": 0, "split_feature": column, "threshold": threshold,
+                "decision_type": "<=", "default_left": True, "missing_type": "None",
+                "left_child": left, "right_child": right}  # fmt: skip
+
+    def leaf(value: float) -> dict:
+        return {"leaf_index": 0, "leaf_value": value}
+
+    first = split(0, 10.0, leaf(-1.0), split(1, 0.1, leaf(0.5), leaf(2.0)))
+    return {"tree_info": [{"tree_structure": first}, {"tree_structure": leaf(0.25)}]}
+
+
+def test_boosted_trees_walk_lightgbm_s_splits_by_hand() -> None:
+    """Left when the value is <= the threshold, a tree of one leaf adds its value; NaN takes
+    the fill value first. 0.1 is no float32: the float32 nearest it is above it and goes right,
+    the next one down goes left."""
+    preprocessor = Preprocessor(("amount", "risk"), (20.0, 0.0), (0.0, 0.0), (1.0, 1.0))
+    trees = BoostedTrees(preprocessor, _two_trees())
+    above = float(np.float32(0.1))
+    below = float(np.nextafter(np.float32(0.1), np.float32(0.0)))
+    assert below < 0.1 < above
+    rows = torch.tensor(
+        [[10.0, 5.0], [10.5, 0.0], [11.0, above], [11.0, below], [math.nan, 1.0]],
+        dtype=torch.float32,
+    )
+    expected = torch.tensor([-1.0, 0.5, 2.0, 0.5, 2.0]) + 0.25
+    torch.testing.assert_close(trees.logits(rows), expected)
+    torch.testing.assert_close(trees(rows), torch.sigmoid(expected))
+    assert trees.depth == 2
+    with pytest.raises(ValueError, match="splits on column 5"):
+        dump = _two_trees()
+        dump["tree_info"][0]["tree_structure"]["split_feature"] = 5  # type: ignore[index]
+        BoostedTrees(preprocessor, dump)
+    with pytest.raises(ValueError, match="type =="):
+        dump = _two_trees()
+        dump["tree_info"][0]["tree_structure"]["decision_type"] = "=="  # type: ignore[index]
+        BoostedTrees(preprocessor, dump)
+
+
+def test_boosted_trees_score_as_lightgbm_and_export_the_same_way(tmp_path: Path) -> None:
+    """The oracle is LightGBM itself, trained on the inputs computed by hand: the filled
+    features, then the log ratio (float32, as the graph reads them)."""
+    frame, labels = _relative_amounts(4_000, 1)
+    val_frame, val_labels = _relative_amounts(2_000, 2)
+    model = train(frame, labels, val_frame, val_labels, TREES, ratios=(RATIO,))
+    assert isinstance(model.module, BoostedTrees) and TREES.family == "boosted_trees"
+    assert model.best_epoch == 1 and len(model.history) == 1
+    filled = frame.fillna(dict(zip(frame.columns, model.preprocessor.fill_values, strict=True)))
+    logs = np.log1p(np.clip(filled[["amount", "avg_amount"]].to_numpy(np.float32), 0.0, None))
+    inputs = np.column_stack([filled.to_numpy(np.float32), logs[:, 0] - logs[:, 1]])
+    booster = lightgbm.train(
+        {"objective": "binary", "learning_rate": 0.1, "max_depth": 4, "num_leaves": 16,
+         "lambda_l2": 0.0, "seed": 5, "deterministic": True, "num_threads": 1, "verbosity": -1},
+        lightgbm.Dataset(inputs, label=labels), num_boost_round=60,
+    )  # fmt: skip
+    assert booster.num_trees() == 60
+    np.testing.assert_allclose(predict(model, frame), booster.predict(inputs), atol=1e-5)
+    assert auc_roc(val_labels, predict(model, val_frame)) > 0.99
+    scorer = OnnxScorer(export_onnx(model, tmp_path / "trees.onnx"))
+    assert scorer.feature_names == ("amount", "avg_amount", "noise")
+    matrix = val_frame.to_numpy(dtype=np.float32)
+    matrix[0, :] = np.nan
+    matrix[1, :2] = (-5.0, 0.0)
+    matrix[2, 0] = 3.4e38
+    onnx_scores = scorer.score(matrix)
+    eager = predict(model, pd.DataFrame(matrix, columns=val_frame.columns))
+    np.testing.assert_allclose(onnx_scores, eager, atol=1e-5)
+    assert np.isfinite(onnx_scores).all()
+
+
+def test_an_ensemble_with_boosted_trees_is_the_mean_and_exports(tmp_path: Path) -> None:
+    frame, labels = _relative_amounts(2_000, 1)
+    params = TrainingParams(members=(replace(SMALL, max_epochs=3), TREES))
+    model = train(frame, labels, frame, labels, params, ratios=(RATIO,))
+    assert isinstance(model.module, EnsembleNet) and not params.reads_history
+    alone = [train(frame, labels, frame, labels, m, ratios=(RATIO,)) for m in params.members]
+    expected = (predict(alone[0], frame) + predict(alone[1], frame)) / 2
+    np.testing.assert_allclose(predict(model, frame), expected, atol=1e-7)
+    scorer = OnnxScorer(export_onnx(model, tmp_path / "ensemble.onnx"))
+    np.testing.assert_allclose(scorer.score(frame.to_numpy(np.float32)), expected, atol=1e-5)
+
+
+def test_boosted_trees_refuse_a_history_and_oversampling() -> None:
+    with pytest.raises(ValueError, match="no history"):
+        replace(TREES, history_units=8)
+    with pytest.raises(ValueError, match="do not oversample"):
+        replace(TREES, imbalance="oversample")
+    with pytest.raises(ValueError, match="tree_depth"):
+        replace(TREES, tree_depth=0)
+    with pytest.raises(ValueError, match="cannot be negative"):
+        replace(TREES, trees=-1)
+    weighted = replace(TREES, imbalance="pos_weight")
+    frame, labels = _relative_amounts(1_000, 1)
+    plain = predict(train(frame, labels, frame, labels, TREES), frame)
+    assert not np.allclose(predict(train(frame, labels, frame, labels, weighted), frame), plain)

@@ -19,12 +19,19 @@ FEEDFORWARD = TrainingParams(
 )
 SEQUENCE = TrainingParams(hidden_sizes=(64,), history_units=32, max_epochs=30, batch_size=512)
 LOGISTIC = TrainingParams(hidden_sizes=(), learning_rate=1e-2, max_positive_weight=20.0)
+TREES = TrainingParams(hidden_sizes=(), trees=150, tree_depth=4, tree_l2=2.5, learning_rate=0.05)
 
 
 @pytest.mark.parametrize(
     "params",
-    [FEEDFORWARD, SEQUENCE, LOGISTIC, TrainingParams(members=(FEEDFORWARD, SEQUENCE, LOGISTIC))],
-    ids=["feedforward", "sequence", "logistic_regression", "ensemble"],
+    [
+        FEEDFORWARD,
+        SEQUENCE,
+        LOGISTIC,
+        TREES,
+        TrainingParams(members=(FEEDFORWARD, SEQUENCE, LOGISTIC, TREES)),
+    ],
+    ids=["feedforward", "sequence", "logistic_regression", "boosted_trees", "ensemble"],
 )
 def test_the_logged_settings_read_back_to_the_same_params(params: TrainingParams) -> None:
     # As MLflow keeps them: strings, next to the run's other parameters.

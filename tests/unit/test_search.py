@@ -50,7 +50,14 @@ def test_grid_covers_every_family_with_distinct_names() -> None:
     grid = search.candidates(QUICK, with_history=False)
     names = [c.name for c in grid]
     assert len(set(names)) == len(grid)
-    assert {c.params.family for c in grid} == {"feedforward", "logistic_regression"}
+    assert {c.params.family for c in grid} == {
+        "feedforward",
+        "logistic_regression",
+        "boosted_trees",
+    }
+    trees = [c for c in grid if c.params.family == "boosted_trees"]
+    assert "boosted_trees-200x6-l2_5-lr0.05-none" in [c.name for c in trees]
+    assert all(c.params.hidden_sizes == () and c.params.trees == 200 for c in trees)
     with_history = search.candidates(QUICK)
     sequences = [c for c in with_history if c.params.family == "sequence"]
     assert [c.name for c in with_history if c.params.family != "sequence"] == names
@@ -112,7 +119,7 @@ def test_a_failing_candidate_stops_the_search_with_its_error() -> None:
         search.run_search(grid, [no_frauds, good], INPUTS, 2)
 
 
-def test_the_ensemble_candidate_averages_the_best_of_each_family_on_each_fold() -> None:
+def test_ensemble_candidates_average_the_best_of_each_family_on_each_fold() -> None:
     folds = [_fold(0, 1), _fold(1, 2)]
     inputs = ModelInputs(("amount",), ("h_1_noise", "h_1_age_s"), 1)
     folds = [
@@ -120,23 +127,38 @@ def test_the_ensemble_candidate_averages_the_best_of_each_family_on_each_fold() 
                          for part in ("fit", "early_stopping", "test")})
         for fold in folds
     ]  # fmt: skip
-    feedforward = [c for c in search.candidates(QUICK, True) if c.params.family == "feedforward"]
-    sequence = [c for c in search.candidates(QUICK, True) if c.params.family == "sequence"]
-    results = search.run_search(feedforward[:2] + sequence[:1], folds, inputs)
-    assert search.ensemble_of_families(results[:2], folds) is None  # no sequence model
-    ensemble = search.ensemble_of_families(results, folds)
-    assert ensemble is not None
+    grid = search.candidates(QUICK, True)
+    feedforward = [c for c in grid if c.params.family == "feedforward"]
+    sequence = [c for c in grid if c.params.family == "sequence"]
+    trees = [c for c in grid if c.params.family == "boosted_trees"]
+    results = search.run_search(feedforward[:2] + sequence[:1] + trees[:1], folds, inputs)
+    assert search.ensembles_of_families(results[:2], folds) == []  # one family only
+    ensembles = search.ensembles_of_families(results, folds)
     best = search.best_of_family(results, "feedforward")
     assert best is not None
-    members = (best.candidate.params, sequence[0].params)
-    assert ensemble.candidate.params == TrainingParams(members=members)
-    assert ensemble.candidate.name == f"ensemble:{best.candidate.name}+{sequence[0].name}"
-    for k, fold in enumerate(folds):
-        mean = (best.folds[k].scores + results[2].folds[k].scores) / 2
-        np.testing.assert_allclose(ensemble.folds[k].scores, mean, atol=1e-7)
-        scored = fold.test.assign(score=mean)
-        expected = evaluate(scored, fold.known_compromised)
-        assert ensemble.folds[k].metrics[search.SELECTION_METRIC] == pytest.approx(
-            expected["test_protocol_average_precision"]
-        )
-    assert search.search_space()["ensemble"]["members"] == list(search.ENSEMBLE_MEMBERS)
+    by_family = {"feedforward": best, "sequence": results[2], "boosted_trees": results[3]}
+    expected_members = [
+        ("feedforward", "sequence"),
+        ("feedforward", "boosted_trees"),
+        ("sequence", "boosted_trees"),
+        ("feedforward", "sequence", "boosted_trees"),
+    ]
+    assert len(ensembles) == len(expected_members)
+    for ensemble, families in zip(ensembles, expected_members, strict=True):
+        members = [by_family[family] for family in families]
+        params = TrainingParams(members=tuple(m.candidate.params for m in members))
+        assert ensemble.candidate.params == params
+        assert ensemble.candidate.name == "ensemble:" + "+".join(m.candidate.name for m in members)
+        for k, fold in enumerate(folds):
+            mean = sum(m.folds[k].scores.astype(np.float64) for m in members) / len(members)
+            np.testing.assert_allclose(ensemble.folds[k].scores, mean, atol=1e-6)
+            scored = fold.test.assign(score=ensemble.folds[k].scores)
+            expected = evaluate(scored, fold.known_compromised)
+            assert ensemble.folds[k].metrics[search.SELECTION_METRIC] == pytest.approx(
+                expected["test_protocol_average_precision"]
+            )
+    assert search.search_space()["ensemble"]["members"] == [
+        "the best feedforward",
+        "the best sequence",
+        "the best boosted_trees",
+    ]
