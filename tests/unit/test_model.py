@@ -492,6 +492,8 @@ def test_boosted_trees_score_as_lightgbm_and_export_the_same_way(tmp_path: Path)
     matrix[0, :] = np.nan
     matrix[1, :2] = (-5.0, 0.0)
     matrix[2, 0] = 3.4e38
+    matrix[3, :2] = np.inf  # a ratio of NaN
+    matrix[4, :2] = (np.inf, 1.0)
     onnx_scores = scorer.score(matrix)
     eager = predict(model, pd.DataFrame(matrix, columns=val_frame.columns))
     np.testing.assert_allclose(onnx_scores, eager, atol=1e-5)
