@@ -30,13 +30,14 @@ class ServiceStatus:
 
 
 def install(settings: Settings) -> None:
-    """Install what the platform needs (Java check, Redis, Kafka jars, Prometheus, a headless
-    browser to check the monitoring report); idempotent."""
+    """Install what the platform needs (Java check, OpenMP's runtime for LightGBM, Redis, Kafka
+    jars, Prometheus, a headless browser to check the monitoring report); idempotent."""
     from skewless.services import kafka, prometheus_server, redis_server
-    from skewless.services.apt import ensure_package
+    from skewless.services.apt import ensure_library, ensure_package
     from skewless.services.java import check_java
 
     check_java()
+    ensure_library("gomp", "libgomp1")
     redis_server.ensure_installed()
     kafka.ensure_installed(settings)
     prometheus_server.ensure_installed()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import logging
 import os
 import shutil
@@ -19,19 +20,33 @@ def ensure_package(binary: str, package: str) -> str:
     found = shutil.which(binary)
     if found:
         return found
+    _install(package, binary)
+    found = shutil.which(binary)
+    if not found:
+        raise ServiceError(f"installed {package} but {binary} is still not on PATH")
+    return found
+
+
+def ensure_library(name: str, package: str) -> None:
+    """Installs Debian's `package` when the shared library `lib<name>` is missing (as
+    `ctypes.util.find_library` looks it up), as `ensure_package` does for a binary."""
+    if ctypes.util.find_library(name):
+        return
+    _install(package, f"lib{name}")
+    if not ctypes.util.find_library(name):
+        raise ServiceError(f"installed {package} but lib{name} is still not found")
+
+
+def _install(package: str, missing: str) -> None:
     if os.geteuid() != 0:
         raise ServiceError(
-            f"{binary} is not installed; install the Debian package '{package}' "
+            f"{missing} is not installed; install the Debian package '{package}' "
             f"(sudo apt-get install -y {package}) and run the command again"
         )
     logger.info("installing Debian package %s (apt-get; its output goes to the log file)", package)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     _apt(["apt-get", "update", "-q"], env)
     _apt(["apt-get", "install", "-y", "-q", "--no-install-recommends", package], env)
-    found = shutil.which(binary)
-    if not found:
-        raise ServiceError(f"installed {package} but {binary} is still not on PATH")
-    return found
 
 
 def _apt(argv: list[str], env: dict[str, str]) -> None:
