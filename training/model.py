@@ -143,8 +143,9 @@ class FraudNet(nn.Module):
                 raise ValueError("log ratios need their scaling, one mean and std per ratio")
             if max(max(pair) for pair in ratios) >= self.current_width:
                 raise ValueError("a log ratio reads the current features only")
-            self.register_buffer("numerators", torch.tensor([i for i, _ in ratios]))
-            self.register_buffer("denominators", torch.tensor([j for _, j in ratios]))
+            numerators, denominators = _ratio_indices(ratios)
+            self.register_buffer("numerators", numerators)
+            self.register_buffer("denominators", denominators)
             self.register_buffer("ratio_means", torch.tensor(ratio_scaling.means))
             self.register_buffer("ratio_stds", torch.tensor(ratio_scaling.stds))
         self.gru: nn.GRU | None = None
@@ -198,6 +199,15 @@ class FraudNet(nn.Module):
         return torch.sigmoid(self.logits(raw))
 
 
+def _ratio_indices(pairs: tuple[tuple[int, int], ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The numerators' and the denominators' column positions of (numerator, denominator)
+    pairs, as index tensors (empty without pairs)."""
+    return (
+        torch.tensor([numerator for numerator, _ in pairs], dtype=torch.long),
+        torch.tensor([denominator for _, denominator in pairs], dtype=torch.long),
+    )
+
+
 def _filled(raw: torch.Tensor, fill_values: torch.Tensor) -> torch.Tensor:
     """NaN replaced by each column's fill value (the training median)."""
     return torch.where(torch.isnan(raw), fill_values, raw)
@@ -243,8 +253,9 @@ class BoostedTrees(nn.Module):
     ) -> None:
         super().__init__()
         self.register_buffer("fill_values", torch.tensor(preprocessor.fill_values))
-        self.register_buffer("numerators", torch.tensor([i for i, _ in ratios], dtype=torch.long))
-        self.register_buffer("denominators", torch.tensor([j for _, j in ratios], dtype=torch.long))
+        numerators, denominators = _ratio_indices(ratios)
+        self.register_buffer("numerators", numerators)
+        self.register_buffer("denominators", denominators)
         nodes = _TreeNodes.of(model_dump)
         if not nodes.roots:
             raise ValueError("a boosted-trees model needs one tree or more")
@@ -279,10 +290,10 @@ class BoostedTrees(nn.Module):
         """The nodes as `ai.onnx.ml` `TreeEnsembleRegressor`'s attributes (one target, the
         leaves' sum, no transform): each tree's nodes numbered from 0, `BRANCH_LEQ` splits."""
         count = len(self.leaf_values)
-        starts = [*self.roots.tolist(), count]
-        tree_of = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
-        local = np.arange(count) - np.asarray(starts[:-1])[tree_of]
-        offset = np.asarray(starts[:-1])[tree_of]
+        roots = self.roots.numpy()
+        tree_of = np.repeat(np.arange(len(roots)), np.diff([*roots, count]))
+        offset = roots[tree_of]  # each node's tree's first node
+        local = np.arange(count) - offset
         leaves = self.lefts.numpy() == np.arange(count)
         return {
             "n_targets_i": 1,
@@ -609,11 +620,9 @@ def _train_trees(
     positive_weight: float,
 ) -> BoostedTrees:
     """LightGBM on `_tree_inputs(x)`: deterministic for a seed, one thread."""
-    numerators, denominators = (
-        torch.tensor([pair[k] for pair in pairs], dtype=torch.long) for k in (0, 1)
-    )
     with torch.inference_mode():
-        inputs = _tree_inputs(x, torch.tensor(preprocessor.fill_values), numerators, denominators)
+        fill_values = torch.tensor(preprocessor.fill_values)
+        inputs = _tree_inputs(x, fill_values, *_ratio_indices(pairs))
     settings = {
         "objective": "binary",
         "learning_rate": params.learning_rate,
@@ -687,8 +696,7 @@ def _ratio_scaling(
         return None
     raw = torch.from_numpy(preprocessor.matrix(features).astype(np.float64))
     filled = _filled(raw, torch.tensor(preprocessor.fill_values, dtype=torch.float64))
-    numerators, denominators = (torch.tensor(columns) for columns in zip(*pairs, strict=True))
-    values = _log_ratio_values(filled, numerators, denominators).numpy()
+    values = _log_ratio_values(filled, *_ratio_indices(pairs)).numpy()
     return Preprocessor.fit(pd.DataFrame(values, columns=[ratio.name for ratio in ratios]))
 
 

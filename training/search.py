@@ -3,9 +3,8 @@
 A small grid of candidates (`candidates`: feed-forward networks, logistic regressions, boosted
 trees and, when the feature repository declares a transaction history, sequence models over it,
 all torch modules with their preprocessing inside, so the winner exports and serves the same
-way) is trained on
-each validation fold (`protocol.validation_folds`, which end before the test folds) and scored
-on the fold's protocol test set; `choose` keeps the best mean validation
+way) is trained on each validation fold (`protocol.validation_folds`, which end before the test
+folds) and scored on the fold's protocol test set; `choose` keeps the best mean validation
 `validation_protocol_average_precision`, the gate's metric. The test folds are never seen here.
 
 Candidates x folds run in worker processes (one torch thread each), the folds shipped to each
@@ -221,34 +220,37 @@ def ensembles_of_families(
 ) -> list[CandidateResult]:
     """Every ensemble of the best candidates (`choose`'s rule within each family) of two or
     more `ENSEMBLE_FAMILIES`, pairs first: the mean of their probabilities, scored on each
-    validation fold from the members' own scores there, so nothing trains again. None for a
-    family the grid lacks.
+    validation fold from the members' own scores there, so nothing trains again. A family the
+    grid lacks takes no part.
 
     The exported ensemble computes the same mean in float32, as these scores are."""
     bests = [best_of_family(results, family) for family in ENSEMBLE_FAMILIES]
     available = [best for best in bests if best is not None]
-    ensembles = []
-    for size in range(2, len(available) + 1):
-        for members in itertools.combinations(available, size):
-            params = TrainingParams(members=tuple(member.candidate.params for member in members))
-            scores = []
-            for position, fold in enumerate(folds):
-                parts = [member.folds[position] for member in members]
-                mean = np.stack([part.scores for part in parts]).mean(axis=0)
-                scores.append(
-                    FoldScore(
-                        fold.index,
-                        _validation_metrics(fold, mean),
-                        parts[-1].best_epoch,
-                        sum(part.epochs for part in parts),
-                        round(sum(part.seconds for part in parts), 2),
-                        mean,
-                    )
-                )
-            ensembles.append(
-                CandidateResult(Candidate(candidate_name(params), params), tuple(scores))
+    return [
+        _ensemble(members, folds)
+        for size in range(2, len(available) + 1)
+        for members in itertools.combinations(available, size)
+    ]
+
+
+def _ensemble(members: tuple[CandidateResult, ...], folds: list[SelectionFold]) -> CandidateResult:
+    """The mean of `members`' probabilities on each fold, scored there."""
+    params = TrainingParams(members=tuple(member.candidate.params for member in members))
+    scores = []
+    for position, fold in enumerate(folds):
+        parts = [member.folds[position] for member in members]
+        mean = np.stack([part.scores for part in parts]).mean(axis=0)
+        scores.append(
+            FoldScore(
+                fold.index,
+                _validation_metrics(fold, mean),
+                parts[-1].best_epoch,
+                sum(part.epochs for part in parts),
+                round(sum(part.seconds for part in parts), 2),
+                mean,
             )
-    return ensembles
+        )
+    return CandidateResult(Candidate(candidate_name(params), params), tuple(scores))
 
 
 _WORKER_FOLDS: dict[str, tuple[list[SelectionFold], ModelInputs]] = {}
