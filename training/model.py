@@ -556,18 +556,17 @@ def train(
     n_positive = int(y.sum())
     logger.info("training on %d rows (%d frauds), validating on %d", len(y), n_positive, len(val_y))
     ratio = min((len(y) - n_positive) / max(n_positive, 1), params.max_positive_weight)
+    weight = torch.tensor(ratio if params.imbalance == "pos_weight" else 1.0)
+    criterion = nn.BCEWithLogitsLoss(pos_weight=weight)
     if params.trees:
         started = time.perf_counter()
         trees = _train_trees(preprocessor, pairs, x, y, params, ratio)
-        criterion = nn.BCEWithLogitsLoss()
         with torch.inference_mode():
             train_loss = float(criterion(trees.logits(x), y))
         report = _validate(trees, criterion, val_x, val_y, 1, train_loss, started)
         if on_epoch is not None:
             on_epoch(report)
         return TrainedModel(trees, preprocessor, params, 1, (report,))
-    weight = torch.tensor(ratio if params.imbalance == "pos_weight" else 1.0)
-    criterion = nn.BCEWithLogitsLoss(pos_weight=weight)
     rows = torch.arange(len(y))
     if params.imbalance == "oversample":
         extra = torch.nonzero(y > 0).squeeze(1).repeat(max(round(ratio) - 1, 0))

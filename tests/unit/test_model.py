@@ -524,4 +524,14 @@ def test_boosted_trees_refuse_a_history_and_oversampling() -> None:
     weighted = replace(TREES, imbalance="pos_weight")
     frame, labels = _relative_amounts(1_000, 1)
     plain = predict(train(frame, labels, frame, labels, TREES), frame)
-    assert not np.allclose(predict(train(frame, labels, frame, labels, weighted), frame), plain)
+    trained = train(frame, labels, frame, labels, weighted)
+    scores = predict(trained, frame)
+    assert not np.allclose(scores, plain)
+    # Both losses weight the frauds as the training did, as a network's do.
+    y = np.asarray(labels, dtype=float)
+    positive_weight = min((len(y) - y.sum()) / y.sum(), weighted.max_positive_weight)
+    p = np.clip(scores.astype(float), 1e-12, 1 - 1e-12)
+    loss = -np.mean(positive_weight * y * np.log(p) + (1 - y) * np.log(1 - p))
+    assert positive_weight > 1
+    np.testing.assert_allclose(trained.history[0].val_loss, loss, rtol=1e-4)
+    np.testing.assert_allclose(trained.history[0].train_loss, loss, rtol=1e-4)
