@@ -36,7 +36,7 @@ TERMINAL_RISK = WindowAggregation(
     name="terminal_risk",
     entity="terminal",
     entity_key="terminal_id",
-    windows_days=(1, 7, 30),
+    windows_days=(1, 2, 3, 7, 14, 21, 30),
     delay_days=LABEL_DELAY_DAYS,
     decimals=0,  # (labels are 0 or 1)
     outputs=(
@@ -45,6 +45,11 @@ TERMINAL_RISK = WindowAggregation(
     ),
     description="Share of fraud at the point of sale in windows ending when labels are known.",
 )
+"""Seven windows, not the handbook's three: the short ones tell a point of sale whose latest
+labelled transaction is days old (a compromise since then is unseen), the 14- and 21-day ones
+how long a known compromise has lasted (the simulator's last 28 days, so one seen over the
+whole 21 days before the delay is over). On the handbook protocol's validation folds they
+raised boosted trees' average precision on each of the 4 folds, 0.706 to 0.721 on average."""
 
 AGGREGATIONS = (CUSTOMER_SPENDING, TERMINAL_RISK)
 
@@ -57,7 +62,7 @@ CUSTOMER_HISTORY = TransactionHistory(
         "during_weekend",
         "during_night",
         *CUSTOMER_SPENDING.feature_names,
-        *TERMINAL_RISK.feature_names,
+        *TERMINAL_RISK.window_feature_names((1, 7, 30)),
     ),
     description="The card holder's last 5 transactions before this one, as they were scored.",
 )

@@ -8,7 +8,7 @@ fraud_model_v1 = FeatureService(
     name="fraud_model_v1",
     features=[transaction_features, customer_spending, terminal_risk],
     description=(
-        "Reference fraud feature set: 3 transaction, 6 customer and 6 terminal features; "
+        "Reference fraud feature set: 3 transaction, 6 customer and 14 terminal features; "
         "sequence models also read the customer's last 5 transactions (customer_history)."
     ),
     tags={

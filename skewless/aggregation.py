@@ -128,6 +128,18 @@ class WindowAggregation:
         """Every feature this declaration yields, window by window."""
         return tuple(name for name, _ in self.features)
 
+    def window_feature_names(self, windows_days: Iterable[int]) -> tuple[str, ...]:
+        """The features of the given windows only, in declaration order."""
+        wanted = set(windows_days)
+        if unknown := wanted - set(self.windows_days):
+            raise ValueError(f"{self.name}: no window of {sorted(unknown)} days is declared")
+        return tuple(
+            output.feature_name(days)
+            for days in self.windows_days
+            if days in wanted
+            for output in self.outputs
+        )
+
     @property
     def count_features(self) -> tuple[str, ...]:
         """The features that are counts (integers); the others are means."""

@@ -150,4 +150,4 @@ def test_report_renders_in_a_headless_browser(
     plots = _Plots()
     plots.feed(dom)
     assert sorted(plots.features) == sorted({*[f.name for f in result.drift]})
-    assert len(plots.features) == 16  # 15 features and the score
+    assert len(plots.features) == 24  # 23 features and the score

@@ -203,7 +203,7 @@ def test_train_registers_a_version_with_everything_logged(
     for name in ("roc_curve.png", "pr_curve.png", "input_validation.json"):
         assert (artifacts / name).stat().st_size > 0
     statistics = json.loads((artifacts / "reference_statistics.json").read_text())
-    assert len(statistics) == 16  # the 15 features and the score
+    assert len(statistics) == 24  # the 23 features and the score
     assert {"inner_edges", "histogram", "null_rate", "mean", "std"} <= set(statistics["amount"])
     assert "score" in statistics
 

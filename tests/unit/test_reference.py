@@ -163,3 +163,11 @@ def test_declaration_rejects_inconsistent_outputs() -> None:
         Output("avg_{days}d", Function.MEAN)
     with pytest.raises(ValueError, match="positive"):
         WindowAggregation("x", "c", "customer_id", (Output("n_{days}d", Function.COUNT),), (0,))
+
+
+def test_window_feature_names_keep_declaration_order() -> None:
+    outputs = (Output("n_{days}d", Function.COUNT), Output("avg_{days}d", Function.MEAN, "amt"))
+    declaration = WindowAggregation("x", "c", "customer_id", outputs, (1, 2, 7, 30))
+    assert declaration.window_feature_names((30, 1)) == ("n_1d", "avg_1d", "n_30d", "avg_30d")
+    with pytest.raises(ValueError, match=r"no window of \[3\] days"):
+        declaration.window_feature_names((1, 3))

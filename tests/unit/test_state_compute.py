@@ -79,8 +79,9 @@ def test_features_from_counts_and_sums_with_empty_and_incomplete_windows() -> No
 def test_function_arguments_carry_the_declaration() -> None:
     agg = StreamAggregation(TERMINAL_RISK, tiles=StateTiles(raw_scan_max=3))
     day = 86_400 * 10**6
-    widths, windows = [day, day // 24, day // 1440], [day, 7 * day, 30 * day]
-    numbers = [3, *widths, 3, *windows, 7 * day, 37 * day, 7 * day, 1, 3, -np.inf]
+    widths = [day, day // 24, day // 1440]
+    windows = [days * day for days in (1, 2, 3, 7, 14, 21, 30)]
+    numbers = [3, *widths, 7, *windows, 7 * day, 37 * day, 7 * day, 1, 3, -np.inf]
     assert np.frombuffer(agg.config, "<f8").tolist() == numbers
     loading = agg.call([(5, b"", b"", b"")], until=123)
     config = loading[3 + int(loading[2])]  # after the keys
