@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from kafka import KafkaConsumer
 
@@ -130,11 +131,21 @@ def sink(settings: Settings, idle_exit_s: float = 10.0, chunk_rows: int = 50_000
 def read_log(
     settings: Settings, since: datetime | None = None, until: datetime | None = None
 ) -> pd.DataFrame:
-    """The online log for event times in [since, until), one row per transaction (last kept)."""
+    """The online log for event times in [since, until), one row per transaction (last kept).
+
+    Every column of every file is read: files written before a feature was served lack its
+    column, and their rows read it as null (a dataset's schema is otherwise its first file's,
+    and a feature added since would go unread, by the skew and drift checks too).
+    """
     root = log_path(settings)
     if not root.exists() or not any(root.rglob("*.parquet")):
         return pd.DataFrame()
-    frame = pd.read_parquet(root)
+    files = ds.dataset(root, format="parquet", partitioning="hive")
+    schema = pa.unify_schemas(
+        [fragment.physical_schema for fragment in files.get_fragments()],
+        promote_options="permissive",
+    )
+    frame = ds.dataset(root, schema=schema, format="parquet").to_table().to_pandas()
     frame["tx_datetime"] = pd.to_datetime(frame["tx_datetime"], utc=True)
     if since is not None:
         frame = frame[frame["tx_datetime"] >= pd.Timestamp(since)]
