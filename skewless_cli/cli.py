@@ -454,6 +454,7 @@ def retrain_command(
 
     from skewless.data import DataError, resolve_data
     from training.retrain import (
+        ChampionSettingsError,
         DriftCheck,
         RetrainOptions,
         RetrainOutcome,
@@ -490,7 +491,12 @@ def retrain_command(
         typer.echo(f"retrain: {outcome.line} ({outcome.seconds:.0f} s)")
 
     if period is None:
-        report(run_once(settings, options, check))
+        try:
+            outcome = run_once(settings, options, check)
+        except ChampionSettingsError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        report(outcome)
         return
     stop = threading.Event()
     install_signal_handlers(stop)

@@ -95,9 +95,17 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+class ChampionSettingsError(ValueError):
+    """The champion's run logged a model setting that does not read back: nothing says what
+    to train, so a retrain stops and names it."""
+
+
 def retrain_params(settings: Settings, options: RetrainOptions) -> tuple[TrainingParams, str]:
     """The settings a retrain trains with, and where they come from in words: the options'
-    own, else the champion's (as its run logged them), else the defaults."""
+    own, else the champion's (as its run logged them), else the defaults.
+
+    Raises ChampionSettingsError when a setting the champion's run logged does not parse.
+    """
     params, source = options.params, "the given settings"
     if params is None:
         client = registry.client(settings)
@@ -106,7 +114,13 @@ def retrain_params(settings: Settings, options: RetrainOptions) -> tuple[Trainin
             params, source = TrainingParams(), "the default settings (no champion)"
         else:
             logged = registry.version_run(client, settings.model_name, champion).data.params
-            params = tracking.logged_params(logged)
+            try:
+                params = tracking.logged_params(logged)
+            except ValueError as exc:
+                raise ChampionSettingsError(
+                    f"champion v{champion} of {settings.model_name}: {exc}; promote another "
+                    "version (`skewless model promote VERSION`) or train one (`skewless train`)"
+                ) from exc
             source = f"champion v{champion}'s settings"
             if "family" not in logged:  # registered from a run that logged no model settings
                 source = f"the default settings (champion v{champion}'s run logged none)"

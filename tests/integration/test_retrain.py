@@ -224,3 +224,32 @@ def test_scheduled_retrain_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     said = output.read_text()
     assert "retrain: no champion to check (run `skewless train`): nothing to do" in said
     assert "retrain: stopped after 1 runs, 0 retrained" in said
+
+
+def test_a_champion_whose_logged_setting_is_unreadable_stops_with_its_name(
+    trained_platform: TrainedPlatform, retrain_settings: Settings, environment: None
+) -> None:
+    """A one-off retrain of a champion whose run logged `hidden_sizes` as text that does not
+    parse exits 2 naming the setting and the version, before any training: no traceback, no
+    new version. (A schedule logs the failed run and carries on: see `run_every`.)"""
+    settings = retrain_settings
+    client = registry.client(settings)
+    name = settings.model_name
+    tracking.configure(settings)
+    with mlflow.start_run(run_name="hand-edited") as run:
+        mlflow.log_params({"family": "feedforward", "hidden_sizes": "(64,"})
+    source = f"runs:/{trained_platform.summary.run_id}/{tracking.MODEL_ARTIFACT}"
+    version = client.create_model_version(name, source, run_id=run.info.run_id).version
+    registry.promote(client, name, str(version))
+    data = _with_new_days(trained_platform, settings.data_dir / "raw")
+
+    result = CliRunner().invoke(
+        app, ["retrain", "--data", str(data)], env=feast_environment(settings)
+    )
+
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert f"error: champion v{version} of {name}: logged parameter hidden_sizes='(64,'" in (
+        result.output
+    )
+    assert len(registry.list_versions(client, name)) == 2
