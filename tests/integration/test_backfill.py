@@ -248,17 +248,20 @@ def test_customer_bounds_and_same_instant_by_hand(
 def test_terminal_delayed_bounds_by_hand(
     spark: SparkSession, backfill_settings: Settings, raw_path: Path
 ) -> None:
-    """d days before is inside; d + 1, d + 7, d + 30 days before are outside their windows."""
+    """d days before is inside; d + 1, d + 7, d + 30 days before are outside their windows
+    (and d + 14 is inside the 14- and 21-day windows, d + 1 inside the 2- and 3-day ones)."""
     declaration = _declarations(backfill_settings)["terminal_risk"]
-    assert (declaration.windows_days, declaration.delay_days) == ((1, 7, 30), 7)
+    windows = (1, 2, 3, 7, 14, 21, 30)
+    assert (declaration.windows_days, declaration.delay_days) == (windows, 7)
     actual = _computed(spark, raw_path, declaration)
     for anchor in (TERMINAL_ANCHOR, TERMINAL_TWIN):
         row = actual.loc[anchor]
-        assert [row[f"terminal_tx_count_{days}d"] for days in (1, 7, 30)] == [1, 2, 4]
-        assert [row[f"terminal_risk_{days}d"] for days in (1, 7, 30)] == [1.0, 0.5, 0.75]
+        assert [row[f"terminal_tx_count_{days}d"] for days in windows] == [1, 2, 2, 2, 3, 3, 4]
+        risks = [row[f"terminal_risk_{days}d"] for days in windows]
+        assert risks == [1.0, 0.5, 0.5, 0.5, 2 / 3, 2 / 3, 0.75]
     first = actual.loc[TERMINAL_FIRST]
-    assert [first[f"terminal_tx_count_{days}d"] for days in (1, 7, 30)] == [0, 0, 0]
-    assert [first[f"terminal_risk_{days}d"] for days in (1, 7, 30)] == [0.0, 0.0, 0.0]
+    assert [first[f"terminal_tx_count_{days}d"] for days in windows] == [0] * 7
+    assert [first[f"terminal_risk_{days}d"] for days in windows] == [0.0] * 7
 
 
 def test_run_backfill_writes_partitioned_tables(

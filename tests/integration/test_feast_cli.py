@@ -249,7 +249,7 @@ def test_feast_ui_shows_the_feature_service(
         *(("transaction_features", name) for name in TRANSACTION_FEATURES),
         *((d.name, name) for d in load_declarations(settings) for name in d.feature_names),
     ]
-    assert len(served) == 15
+    assert len(served) == 23
     for view, feature in served:  # one table row each: view, feature, value type
         assert re.search(rf"\b{view}\W+{feature}\W+(DOUBLE|INT64)\b", text), feature
 

@@ -46,6 +46,6 @@ def test_apply_registers_fraud_model_v1_with_15_features(repo_settings: Settings
         for name in declaration.feature_names
     ]
     assert sorted(names) == sorted([*TRANSACTION_FEATURES, *declared])
-    assert len(names) == 15
+    assert len(names) == 23
     push_sources = {source.name for source in store.list_data_sources() if "push" in source.name}
     assert push_sources == {"customer_spending_push", "terminal_risk_push"}

@@ -69,7 +69,7 @@ def test_faithful_replay_has_no_skew_on_any_feature(
 ) -> None:
     _, result = faithful
     assert result.skew is not None
-    assert len(result.skew) == 15
+    assert len(result.skew) == 23
     for feature in result.skew:
         assert feature.total > 500, feature.name
         assert feature.mismatch_rate <= 0.001, (feature.name, feature.mismatch_rate)

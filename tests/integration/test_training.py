@@ -211,7 +211,7 @@ def test_train_registers_a_version_with_everything_logged(
     assert (model_dir / "extra_files" / "model.onnx").exists()
     spec = json.loads((model_dir / "extra_files" / "model_spec.json").read_text())
     assert spec["feature_service"] == "fraud_model_v1"
-    assert len(spec["feature_names"]) == 15
+    assert len(spec["feature_names"]) == 23
     info = mlflow.models.get_model_info(f"models:/{settings.model_name}/{summary.version}")
     assert info.signature is not None
     assert info.saved_input_example_info is not None

@@ -83,6 +83,7 @@ def _brute_force(frame: pd.DataFrame) -> pd.DataFrame:
             ]
             row[f"customer_tx_count_{days}d"] = len(mine)
             row[f"customer_avg_amount_{days}d"] = sum(mine) / len(mine) if mine else 0.0
+        for days in (1, 2, 3, 7, 14, 21, 30):
             end = tx.tx_datetime - timedelta(days=7)
             known = [
                 other.tx_fraud
@@ -99,7 +100,7 @@ def test_reference_matches_brute_force_on_every_feature(transactions: pd.DataFra
     declarations = load_declarations(load_settings())
     reference = feature_frame(transactions, declarations)
     expected = _brute_force(transactions)
-    assert len(expected.columns) == 15
+    assert len(expected.columns) == 23
     for name in expected.columns:
         got = reference[name].to_numpy()
         want = expected[name].to_numpy()
