@@ -140,12 +140,13 @@ def read_log(
     root = log_path(settings)
     if not root.exists() or not any(root.rglob("*.parquet")):
         return pd.DataFrame()
-    files = ds.dataset(root, format="parquet", partitioning="hive")
+    # Only finished files: a `.partial` left by a sink killed mid-write is not part of the log.
+    files = ds.dataset(sorted(map(str, root.rglob("*.parquet"))), format="parquet")
     schema = pa.unify_schemas(
         [fragment.physical_schema for fragment in files.get_fragments()],
         promote_options="permissive",
     )
-    frame = ds.dataset(root, schema=schema, format="parquet").to_table().to_pandas()
+    frame = ds.dataset(files.files, schema=schema, format="parquet").to_table().to_pandas()
     frame["tx_datetime"] = pd.to_datetime(frame["tx_datetime"], utc=True)
     if since is not None:
         frame = frame[frame["tx_datetime"] >= pd.Timestamp(since)]

@@ -68,14 +68,27 @@ class MonitorResult:
 
 
 def served_window(settings: Settings, window: Window) -> tuple[pd.DataFrame, str]:
-    """The online log in the window and the model version that served most of it."""
+    """The events of the window served by the model version that served most of it, and
+    that version.
+
+    Every check compares with that version's training reference, and another version may
+    have read other features (the log has nulls for a feature a version did not read), so
+    the events other versions served are left out, and counted in the log.
+    """
     served = read_log(settings, window.since, window.until)
     if served.empty:
         raise NothingServedError(
             "no served event in the window: run the worker, then `monitor sink`"
         )
-    version = str(served["model_version"].mode().iloc[0])
-    return served, version
+    versions = served["model_version"].astype(str)
+    version = str(versions.mode().iloc[0])
+    if others := int((versions != version).sum()):
+        logger.warning(
+            "%d events of the window were served by other versions than v%s: left out",
+            others,
+            version,
+        )
+    return served[versions == version].reset_index(drop=True), version
 
 
 def feature_columns(reference: dict[str, FeatureStatistics], served: pd.DataFrame) -> list[str]:
