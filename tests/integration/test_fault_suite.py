@@ -54,7 +54,8 @@ RATE = 1500.0
 """Transactions per second of the replay, so that each part lasts a few seconds."""
 SEGMENTS = 4
 """Parts of the replay, of about equal numbers of transactions: one per fault."""
-WINDOW_FEATURES = 12
+WINDOW_FEATURES = 20
+"""6 customer and 14 terminal window features."""
 
 
 @pytest.fixture(scope="module")

@@ -155,7 +155,7 @@ def _assert_backfill_features(
     offline = customers[[c for c in windows if c.startswith("customer")]].join(
         terminals[[c for c in windows if c.startswith("terminal")]]
     )
-    assert len(windows) == 12
+    assert len(windows) == 20  # 6 customer and 14 terminal windows
     for name in windows:
         want = offline.loc[served.index, name].to_numpy(dtype=float)
         got = served[name].to_numpy(dtype=float)
