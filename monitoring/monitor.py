@@ -73,7 +73,7 @@ def served_window(settings: Settings, window: Window) -> tuple[pd.DataFrame, str
 
     Every check compares with that version's training reference, and another version may
     have read other features (the log has nulls for a feature a version did not read), so
-    the events other versions served are left out, and counted in the log.
+    the events other versions served are left out, with a warning giving their number.
     """
     served = read_log(settings, window.since, window.until)
     if served.empty:
