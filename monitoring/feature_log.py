@@ -137,16 +137,16 @@ def read_log(
     column, and their rows read it as null (a dataset's schema is otherwise its first file's,
     and a feature added since would go unread, by the skew and drift checks too).
     """
-    root = log_path(settings)
-    if not root.exists() or not any(root.rglob("*.parquet")):
-        return pd.DataFrame()
     # Only finished files: a `.partial` left by a sink killed mid-write is not part of the log.
-    files = ds.dataset(sorted(map(str, root.rglob("*.parquet"))), format="parquet")
+    paths = sorted(map(str, log_path(settings).rglob("*.parquet")))
+    if not paths:
+        return pd.DataFrame()
+    files = ds.dataset(paths, format="parquet")
     schema = pa.unify_schemas(
         [fragment.physical_schema for fragment in files.get_fragments()],
         promote_options="permissive",
     )
-    frame = ds.dataset(files.files, schema=schema, format="parquet").to_table().to_pandas()
+    frame = ds.dataset(paths, schema=schema, format="parquet").to_table().to_pandas()
     frame["tx_datetime"] = pd.to_datetime(frame["tx_datetime"], utc=True)
     if since is not None:
         frame = frame[frame["tx_datetime"] >= pd.Timestamp(since)]
