@@ -37,16 +37,21 @@ next commit carries its offsets; `close` commits the last ones synchronously).
 
 Either way, a batch that could not be delivered or committed (a broker fault outlasting the
 producer's retries, a record the broker refused, a rebalance that took the batch's partitions,
-an aborted transaction) raises `DeliveryError`. The worker then calls `abort` and rewinds its
-consumer to the batch's first offsets, so the batch is read and scored again; the streaming
+an aborted transaction) raises `DeliveryError`. The worker then rewinds its consumer to the
+batch's first offsets and calls `abort`, so the batch is read and scored again; the streaming
 state is keyed by transaction id, so updating it twice changes nothing. `abort` aborts the
 transaction (exactly-once), then replaces the producer with a new one: after a record the
 broker refused, kafka-python 3.0.12's idempotent producer fails every later record with the
 same error, and its transactional producer is left in a state it cannot leave
 (`BUMPING_PRODUCER_EPOCH`). The new transactional producer's `init_transactions` aborts
-whatever the old one left open. Only a fenced producer (another live worker has its
-transactional id) or one that cannot initialise (not authorized) raises
-`DeliveryStoppedError`: the worker stops rather than fence its twin in turn.
+whatever the old one left open, or completes a commit the broker had begun: a commit can fail
+in the worker and succeed in the broker (its answer lost to a broker killed in between), so in
+exactly-once the worker reads on from the group's committed offsets, read once that
+`init_transactions` returned, not from the batch's own. While Kafka is down, making or
+initialising the new producer fails with `DeliveryError` and the worker tries again before it
+reads anything. Only a fenced producer (another live worker has its transactional id) or one
+that cannot initialise (not authorized) raises `DeliveryStoppedError`: the worker stops rather
+than fence its twin in turn.
 
 `producer.flush` of kafka-python 3.0.12 can raise `UnknownError('Future not done')` while a
 batch it split (too large for the broker) is still in flight, so `commit` flushes again until
@@ -69,7 +74,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFencedError
+from kafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    ProducerFencedError,
+)
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
@@ -129,7 +139,10 @@ class Delivery:
             "linger_ms": LINGER_MS,
             "batch_size": BATCH_BYTES,
         }
-        self.producer = KafkaProducer(**self._config)
+        self._producer: KafkaProducer | None = None
+        self._initialised = False
+        self._stop: DeliveryStoppedError | None = None
+        """Why the producer cannot go on (fenced, not authorized), once it is known."""
         self._in_transaction = False
         self._stage = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skewless-delivery")
         self._handed: Future[tuple[Offsets, float]] | None = None
@@ -137,14 +150,42 @@ class Delivery:
         """When Kafka had acknowledged the last settled batch's records (ms since the epoch)."""
         self._committed: Offsets = {}
         """Offsets of the batches settled (at-least-once): what `close` commits for sure."""
-        if self.transactional_id is not None:
-            # Before the consumer reads its committed offsets: a transaction this worker's
-            # previous life left open is aborted (or its commit completed) here.
-            self._fatal_unless(self.producer.init_transactions)
+        # Before the consumer reads its committed offsets: a transaction this worker's previous
+        # life left open is aborted (or its commit completed) here.
+        self.ready()
 
     @property
     def exactly_once(self) -> bool:
         return self.transactional_id is not None
+
+    def ready(self) -> KafkaProducer:
+        """The producer, made anew if `abort` dropped the last one, and in exactly-once
+        initialised: its `init_transactions` aborts the transaction the one before left open,
+        or completes the commit it had begun, so that the group's committed offsets are final
+        once it returns.
+
+        While Kafka is down this raises `DeliveryError` (a fault to wait out) after the
+        client's own timeouts (bootstrap 30 s, `init_transactions` 60 s); calling again goes on
+        where it stopped. Fenced or not authorized: `DeliveryStoppedError`, for good."""
+        if self._stop is not None:
+            raise self._stop
+        if self._producer is None:
+            try:
+                self._producer = KafkaProducer(**self._config)
+            except KafkaError as exc:
+                raise DeliveryError(f"no producer could be made: {exc!r}") from exc
+            self._initialised = not self.exactly_once
+        if not self._initialised:
+            try:
+                self._producer.init_transactions()
+            except KafkaTimeoutError as exc:  # (retried: it waits on for the same request)
+                raise DeliveryError(
+                    f"transactional producer {self.transactional_id!r} not initialised yet: {exc!r}"
+                ) from exc
+            except KafkaError as exc:
+                raise self._stopped(exc) from exc
+            self._initialised = True
+        return self._producer
 
     def deliver(self, outgoing: list[Outgoing], offsets: Offsets) -> None:
         """Produce `outgoing` and commit `offsets` with it, waiting for both."""
@@ -212,24 +253,28 @@ class Delivery:
                 raise DeliveryError(
                     f"the batch's writes before its records failed: {exc!r}"
                 ) from exc
+        producer = self.ready()
         if self.exactly_once and not self._in_transaction:
-            self._fatal_unless(self.producer.begin_transaction)
+            try:
+                producer.begin_transaction()
+            except KafkaError as exc:
+                raise self._stopped(exc) from exc
             self._in_transaction = True
         pending = []
         for topic, key, value in outgoing:
             try:
-                pending.append(self.producer.send(topic, value, key=key))
+                pending.append(producer.send(topic, value, key=key))
             except MessageSizeTooLargeError:
                 raise  # a bug: every record the worker makes fits the broker's limit
             except KafkaError as exc:
                 raise DeliveryError(f"{topic}: a record could not be queued: {exc!r}") from exc
-        self._await_acknowledgements(pending)
+        self._await_acknowledgements(producer, pending)
         acknowledged_ms = time.time() * 1000
         if not self.exactly_once:
             return offsets, acknowledged_ms
         try:
-            self.producer.send_offsets_to_transaction(offsets, metadata)
-            self.producer.commit_transaction()
+            producer.send_offsets_to_transaction(offsets, metadata)
+            producer.commit_transaction()
             self._in_transaction = False
         except KafkaError as exc:
             if _fenced(exc):
@@ -239,22 +284,27 @@ class Delivery:
 
     def abort(self) -> None:
         """Drop the current batch after `DeliveryError`: abort its transaction (exactly-once),
-        or go on with a new producer (at-least-once; see the module doc). A batch still in the
-        delivery stage is waited for and dropped too (the caller settles it first if it wants
-        to know whether it was committed)."""
+        and go on with a new producer (see the module doc), made by `ready`, whose errors this
+        raises. A batch still in the delivery stage is waited for and dropped too (the caller
+        settles it first if it wants to know whether it was committed).
+
+        A failed commit may have been committed all the same (the broker wrote it, its answer
+        was lost): in exactly-once only the group's committed offsets, read after `ready`, say
+        where to read on."""
         self._drop_handed()
-        if self._in_transaction:
-            try:
-                self.producer.abort_transaction()
-            except KafkaError as exc:
-                if _fenced(exc):
-                    raise self._fenced(exc) from exc
-                logger.warning("abort failed (%r); the new producer aborts the transaction", exc)
-            self._in_transaction = False
-        self._close(self.producer)
-        self.producer = KafkaProducer(**self._config)
-        if self.exactly_once:
-            self._fatal_unless(self.producer.init_transactions)
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            if self._in_transaction:
+                try:
+                    producer.abort_transaction()
+                except KafkaError as exc:
+                    if _fenced(exc):
+                        raise self._fenced(exc) from exc
+                    logger.warning("abort failed (%r); the new producer aborts the transaction",
+                                   exc)  # fmt: skip
+            self._close(producer)
+        self._in_transaction = False
+        self.ready()
 
     def close(self) -> None:
         """Abort an open transaction, deliver what is queued, close the producer.
@@ -279,7 +329,8 @@ class Delivery:
             logger.warning("the last offsets were not committed: %r", exc)
         finally:
             self._stage.shutdown(wait=True)
-            self._close(self.producer)
+            if self._producer is not None:
+                self._close(self._producer)
 
     def _drop_handed(self) -> None:
         handed, self._handed = self._handed, None
@@ -296,10 +347,12 @@ class Delivery:
         except KafkaError as exc:  # its records were given up on by the caller
             logger.warning("producer closed with records still in flight: %r", exc)
 
-    def _await_acknowledgements(self, pending: list[FutureRecordMetadata]) -> None:
+    def _await_acknowledgements(
+        self, producer: KafkaProducer, pending: list[FutureRecordMetadata]
+    ) -> None:
         for attempt in range(1, FLUSH_ATTEMPTS + 1):
             try:
-                self.producer.flush()
+                producer.flush()
                 break
             except KafkaError as exc:
                 logger.warning("flush %d/%d: %r", attempt, FLUSH_ATTEMPTS, exc)
@@ -310,24 +363,26 @@ class Delivery:
                 raise self._fenced(first)
             raise DeliveryError(f"{len(failed)} records not acknowledged, first: {first!r}")
 
-    def _fatal_unless(self, step: Callable[[], object]) -> None:
-        """Run a transactional step; any failure of it leaves the producer unusable."""
-        try:
-            step()
-        except ProducerFencedError as exc:
-            raise self._fenced(exc) from exc
-        except KafkaError as exc:
-            raise DeliveryStoppedError(
-                f"transactional producer {self.transactional_id!r} cannot go on (fenced by "
-                f"another worker of group {self.group_id!r} with the same SKEWLESS_WORKER_ID, "
-                f"or not authorized): {exc!r}"
-            ) from exc
+    def _stopped(self, exc: KafkaError) -> DeliveryStoppedError:
+        """A transactional step failed for a reason no wait cures: the producer is unusable,
+        and no other is made (`ready` raises this from now on)."""
+        if isinstance(exc, ProducerFencedError):
+            return self._fenced(exc)
+        self._stop = DeliveryStoppedError(
+            f"transactional producer {self.transactional_id!r} cannot go on (fenced by "
+            f"another worker of group {self.group_id!r} with the same SKEWLESS_WORKER_ID, "
+            f"or not authorized): {exc!r}"
+        )
+        return self._stop
 
     def _fenced(self, exc: Exception) -> DeliveryStoppedError:
-        return DeliveryStoppedError(
+        """Another worker has this transactional id: a new producer would fence it in turn,
+        so none is made (`ready` raises this from now on)."""
+        self._stop = DeliveryStoppedError(
             f"another worker took transactional id {self.transactional_id!r}: give each worker "
             f"of consumer group {self.group_id!r} its own SKEWLESS_WORKER_ID ({exc!r})"
         )
+        return self._stop
 
 
 def _log_failed_commit(offsets: Offsets, response: object) -> None:

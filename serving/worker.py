@@ -98,6 +98,9 @@ FAULT_MAX_BACKOFF_S = 10.0
 """A batch stopped by a fault of a server is read again after a wait that doubles from the
 first to the largest backoff while the fault lasts."""
 
+COMMITTED_TIMEOUT_MS = 30_000
+"""How long reading a partition's committed offset may take before it counts as a fault."""
+
 ISOLATION_LIMIT = 3
 """Events of one batch that may each fail alone and go to the dead-letter topic; beyond that
 the failure is taken for a fault of the scoring itself (every event would fail) and waited out,
@@ -335,6 +338,8 @@ class Worker:
         """The batch in the delivery stage, until settled."""
         self._failed: _Handed | None = None
         """A batch the delivery stage did not commit, until it is read again."""
+        self._resuming = False
+        """A rewind's `_resume` has not succeeded yet: nothing is read until it does."""
         self._labels_stored: dict[TopicPartition, int] = {}
         """Where the labels in the state were read to (the labels read for the next batch, while
         one is computed, are not in it yet)."""
@@ -412,6 +417,9 @@ class Worker:
         backoff = FAULT_FIRST_BACKOFF_S
         try:
             while not self._stopping:
+                if self._resuming and not self._resume_or_wait(backoff):
+                    backoff = min(backoff * 2, FAULT_MAX_BACKOFF_S)
+                    continue
                 if max_events is not None and self._consumed() >= max_events:
                     break
                 budget = self.settings.batch_max_events
@@ -494,15 +502,46 @@ class Worker:
                        dependency, len(records), backoff, exc)  # fmt: skip
         self.metrics.fault(dependency, exc)
         self.metrics.batches_rewound.inc()
-        try:
-            self._rewind(records, None)
-        except DeliveryStoppedError:
-            raise  # fenced: the one Kafka failure that stops the worker
-        except Exception as rewind_failure:  # Kafka may be the one down: seeking is local
-            logger.warning("rewind after a fault: %r", rewind_failure)
-        deadline = time.monotonic() + backoff
+        self._rewind(records, None)
+        self._pause(backoff)
+
+    def _pause(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
         while not self._stopping and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def _resume_or_wait(self, backoff: float) -> bool:
+        """`_resume` after a rewind; whether it succeeded (else the fault was shown and
+        waited for `backoff`)."""
+        try:
+            self._resume()
+        except DeliveryStoppedError:
+            raise  # fenced: the one Kafka failure that stops the worker
+        except Exception as exc:
+            dependency = fault_dependency(exc)
+            if dependency is None:
+                raise
+            logger.warning("%s fault, reading resumes in %.1f s at the earliest: %r",
+                           dependency, backoff, exc)  # fmt: skip
+            self.metrics.fault(dependency, exc)
+            self._pause(backoff)
+            return False
+        return True
+
+    def _resume(self) -> None:
+        """What a rewind needs from Kafka before the worker reads again: a new producer
+        (`Delivery.abort`), and in exactly-once the positions of the group's committed offsets.
+        A batch whose commit failed in the worker may have been committed by the broker (its
+        answer lost): reading on from its first offsets would score it twice. The committed
+        offsets are read after the new producer's `init_transactions`, which completes that
+        commit if the broker had begun it."""
+        self.delivery.abort()
+        if self.delivery.exactly_once:
+            for tp in self.consumer.assignment():
+                committed = self.consumer.committed(tp, timeout_ms=COMMITTED_TIMEOUT_MS)
+                if committed is not None:  # (none: the batch's first offsets, set by the rewind)
+                    self.consumer.seek(tp, committed)
+        self._resuming = False
 
     def _attempt(self, step: Callable[[], None]) -> Exception | None:
         """Run a step of a batch (`_start`, `_finish`, `_process`); a failure that is not a
@@ -726,16 +765,16 @@ class Worker:
             self._refused_dead_letters = failed.refused + self._refused_dead_letters
         self._label_dead_letters.clear()
         self.labels.rewind()
-        self.delivery.abort()
         first: dict[TopicPartition, int] = {}
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
             first[tp] = min(first.get(tp, record.offset), record.offset)
         assigned = self.consumer.assignment()
-        for tp, offset in first.items():
+        for tp, offset in first.items():  # (local: done even while Kafka is down)
             if tp in assigned:
                 self.consumer.seek(tp, offset)
         self.metrics.batches_rewound.inc()
+        self._resuming = True  # `run` calls `_resume` before it reads again
 
     def _compute(self, parsed: ParsedBatch, records: list[ConsumerRecord]) -> ScoredBatch:
         """Features and scores of the batch's valid events."""
