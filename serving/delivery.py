@@ -187,6 +187,13 @@ class Delivery:
             self._initialised = True
         return self._producer
 
+    def settled(self, tp: TopicPartition) -> int | None:
+        """At-least-once: the offset after the last batch of `tp` delivered and settled by this
+        worker (its commit may still be on its way); exactly-once: None (the group's committed
+        offset says it)."""
+        offset = self._committed.get(tp)
+        return None if offset is None else offset.offset
+
     def deliver(self, outgoing: list[Outgoing], offsets: Offsets) -> None:
         """Produce `outgoing` and commit `offsets` with it, waiting for both."""
         self.hand_over(outgoing, offsets)

@@ -340,6 +340,9 @@ class Worker:
         """A batch the delivery stage did not commit, until it is read again."""
         self._resuming = False
         """A rewind's `_resume` has not succeeded yet: nothing is read until it does."""
+        self._first_read: dict[TopicPartition, int] = {}
+        """The first offset this worker read of each partition (where `_resume` reads from a
+        partition without a committed or settled offset)."""
         self._labels_stored: dict[TopicPartition, int] = {}
         """Where the labels in the state were read to (the labels read for the next batch, while
         one is computed, are not in it yet)."""
@@ -426,6 +429,9 @@ class Worker:
                 if max_events is not None:
                     budget = min(budget, max_events - self._consumed())
                 polled = self._poll(budget)
+                for tp, batch in polled.items():
+                    if batch:
+                        self._first_read.setdefault(tp, batch[0].offset)
                 quiet = not any(polled.values())
                 records = [] if quiet else self._in_step(polled)
                 if not quiet:
@@ -530,17 +536,32 @@ class Worker:
 
     def _resume(self) -> None:
         """What a rewind needs from Kafka before the worker reads again: a new producer
-        (`Delivery.abort`), and in exactly-once the positions of the group's committed offsets.
-        A batch whose commit failed in the worker may have been committed by the broker (its
-        answer lost): reading on from its first offsets would score it twice. The committed
-        offsets are read after the new producer's `init_transactions`, which completes that
-        commit if the broker had begun it."""
+        (`Delivery.abort`), then every assigned partition read from where delivery is known to
+        have ended, whatever batches a fault dropped on the way (a batch being isolated, say):
+
+        - exactly-once: the group's committed offset. A batch whose commit failed in the worker
+          may have been committed by the broker (its answer lost): reading on from its first
+          offsets would score it twice. The offsets are read after the new producer's
+          `init_transactions`, which completes that commit if the broker had begun it;
+        - at-least-once: the offset after the last batch this worker delivered (`settled`), or
+          the group's committed one if that is further (another worker's, after a rebalance).
+
+        A partition with neither (a new group) is read again from the first offset this worker
+        read of it: nothing of it was delivered."""
         self.delivery.abort()
-        if self.delivery.exactly_once:
-            for tp in self.consumer.assignment():
-                committed = self.consumer.committed(tp, timeout_ms=COMMITTED_TIMEOUT_MS)
-                if committed is not None:  # (none: the batch's first offsets, set by the rewind)
-                    self.consumer.seek(tp, committed)
+        for tp in self.consumer.assignment():
+            known = [
+                offset
+                for offset in (
+                    self.consumer.committed(tp, timeout_ms=COMMITTED_TIMEOUT_MS),
+                    self.delivery.settled(tp),
+                )
+                if offset is not None
+            ]
+            if known:
+                self.consumer.seek(tp, max(known))
+            elif tp in self._first_read:
+                self.consumer.seek(tp, self._first_read[tp])
         self._resuming = False
 
     def _attempt(self, step: Callable[[], None]) -> Exception | None:

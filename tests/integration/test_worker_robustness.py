@@ -26,7 +26,7 @@ import pytest
 import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from serving.delivery import Delivery, DeliveryError
 from serving.events import Label, encode_label, format_timestamp
@@ -534,6 +534,42 @@ def test_an_event_that_fails_alone_is_isolated_and_the_rest_scored_once(
     ids = _scored_ids(settings, len(good) - 1)
     assert sorted(ids) == sorted(set(good["transaction_id"]) - {poison})  # each once
     assert _committed(settings) == len(good)
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_a_batch_being_isolated_while_kafka_is_away_is_read_again_not_skipped(
+    trained_platform: TrainedPlatform, delivery: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch fails for one of its events; the producer that isolating it needs cannot be
+    made twice running (Kafka away longer than the client's bootstrap timeout). The worker
+    waits that out and reads the batch again: every other event is scored, the poisoned one
+    dead-lettered, every offset committed. Before, the second failure skipped the rewind's
+    seek and the worker read on past the batch: none of the 40 events was scored or
+    dead-lettered."""
+    settings = _settings(trained_platform, delivery)
+    good = _good(trained_platform, 40)
+    poison = int(good.iloc[17]["transaction_id"])
+    _produce(settings, [json.dumps(event_body(r)).encode() for _, r in good.iterrows()])
+    worker = Worker(settings, _Poisoned(build_core(settings), {poison}), ScoringMetrics())
+    made: list[int] = []
+
+    def producer(**config: Any) -> KafkaProducer:
+        made.append(1)
+        if len(made) <= 2:  # (what kafka-python raises after 30 s without a broker)
+            raise KafkaTimeoutError("Unable to bootstrap from 127.0.0.1:9092")
+        return KafkaProducer(**config)
+
+    monkeypatch.setattr("serving.delivery.KafkaProducer", producer)
+    stats = worker.run(idle_exit_s=10)
+    assert (stats.scored, stats.dead_letters) == (len(good) - 1, 1)
+    [letter] = _dead_letters(settings, 1)
+    assert json.loads(base64.b64decode(letter["original_b64"]))["transaction_id"] == poison
+    scored = Counter(_scored_ids(settings, len(good) - 1))
+    assert sorted(scored) == sorted(set(good["transaction_id"]) - {poison})
+    if delivery == "exactly_once":
+        assert set(scored.values()) == {1}
+    assert _committed(settings) == len(good)
+    assert len(made) >= 3
 
 
 def test_a_scoring_that_fails_for_every_event_is_waited_out_not_dead_lettered(
