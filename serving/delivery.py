@@ -37,8 +37,8 @@ next commit carries its offsets; `close` commits the last ones synchronously).
 
 Either way, a batch that could not be delivered or committed (a broker fault outlasting the
 producer's retries, a record the broker refused, a rebalance that took the batch's partitions,
-an aborted transaction) raises `DeliveryError`. The worker then rewinds its consumer to the
-batch's first offsets and calls `abort`, so the batch is read and scored again; the streaming
+an aborted transaction) raises `DeliveryError`. The worker then rewinds its consumer and
+calls `abort`, so the batch is read and scored again (`Worker._resume`); the streaming
 state is keyed by transaction id, so updating it twice changes nothing. `abort` aborts the
 transaction (exactly-once), then replaces the producer with a new one: after a record the
 broker refused, kafka-python 3.0.12's idempotent producer fails every later record with the
@@ -75,6 +75,7 @@ from typing import Literal
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import (
+    AuthorizationError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
@@ -141,6 +142,8 @@ class Delivery:
         }
         self._producer: KafkaProducer | None = None
         self._initialised = False
+        self._used = False
+        """Whether the producer was given a batch (else `abort` keeps it)."""
         self._stop: DeliveryStoppedError | None = None
         """Why the producer cannot go on (fenced, not authorized), once it is known."""
         self._in_transaction = False
@@ -165,8 +168,9 @@ class Delivery:
         once it returns.
 
         While Kafka is down this raises `DeliveryError` (a fault to wait out) after the
-        client's own timeouts (bootstrap 30 s, `init_transactions` 60 s); calling again goes on
-        where it stopped. Fenced or not authorized: `DeliveryStoppedError`, for good."""
+        client's own timeouts (bootstrap 30 s, `init_transactions` 60 s); calling again (or
+        `abort`, which keeps a producer not used yet) goes on where it stopped. Fenced or not
+        authorized: `DeliveryStoppedError`, for good."""
         if self._stop is not None:
             raise self._stop
         if self._producer is None:
@@ -175,6 +179,7 @@ class Delivery:
             except KafkaError as exc:
                 raise DeliveryError(f"no producer could be made: {exc!r}") from exc
             self._initialised = not self.exactly_once
+            self._used = False
         if not self._initialised:
             try:
                 self._producer.init_transactions()
@@ -183,7 +188,10 @@ class Delivery:
                     f"transactional producer {self.transactional_id!r} not initialised yet: {exc!r}"
                 ) from exc
             except KafkaError as exc:
-                raise self._stopped(exc) from exc
+                failure = self._transactional_failure(exc)
+                if isinstance(failure, DeliveryError):  # (its client gave up: a new one tries)
+                    self._discard()
+                raise failure from exc
             self._initialised = True
         return self._producer
 
@@ -261,11 +269,12 @@ class Delivery:
                     f"the batch's writes before its records failed: {exc!r}"
                 ) from exc
         producer = self.ready()
+        self._used = True
         if self.exactly_once and not self._in_transaction:
             try:
                 producer.begin_transaction()
-            except KafkaError as exc:
-                raise self._stopped(exc) from exc
+            except KafkaError as exc:  # (its client in an error state since the last batch)
+                raise self._transactional_failure(exc) from exc
             self._in_transaction = True
         pending = []
         for topic, key, value in outgoing:
@@ -299,6 +308,14 @@ class Delivery:
         was lost): in exactly-once only the group's committed offsets, read after `ready`, say
         where to read on."""
         self._drop_handed()
+        if self._used or self._in_transaction:  # (else: `ready` was stopped by a fault)
+            self._discard()
+        self.ready()
+
+    def _discard(self) -> None:
+        """Abort the open transaction (if any) and close the producer; no new one is made.
+
+        kafka-python's `abort_transaction` has no timeout: while Kafka is down it waits."""
         producer, self._producer = self._producer, None
         if producer is not None:
             if self._in_transaction:
@@ -307,11 +324,10 @@ class Delivery:
                 except KafkaError as exc:
                     if _fenced(exc):
                         raise self._fenced(exc) from exc
-                    logger.warning("abort failed (%r); the new producer aborts the transaction",
+                    logger.warning("abort failed (%r); the next producer aborts the transaction",
                                    exc)  # fmt: skip
             self._close(producer)
         self._in_transaction = False
-        self.ready()
 
     def close(self) -> None:
         """Abort an open transaction, deliver what is queued, close the producer.
@@ -324,7 +340,7 @@ class Delivery:
             logger.warning("the last batch was not committed: %s", exc)
         try:
             if self._in_transaction:
-                self.abort()
+                self._discard()
             elif not self.exactly_once:  # (the last asynchronous commit may still be on its way)
                 owned = self.consumer.assignment()
                 last = {tp: offset for tp, offset in self._committed.items() if tp in owned}
@@ -370,17 +386,19 @@ class Delivery:
                 raise self._fenced(first)
             raise DeliveryError(f"{len(failed)} records not acknowledged, first: {first!r}")
 
-    def _stopped(self, exc: KafkaError) -> DeliveryStoppedError:
-        """A transactional step failed for a reason no wait cures: the producer is unusable,
-        and no other is made (`ready` raises this from now on)."""
-        if isinstance(exc, ProducerFencedError):
+    def _transactional_failure(self, exc: KafkaError) -> DeliveryError | DeliveryStoppedError:
+        """What a failed transactional step means. Fenced or not authorized, no wait cures it:
+        `DeliveryStoppedError`, and no other producer is made (`ready` raises it from now on).
+        Anything else (kafka-python makes a request that timed out a fatal error of its
+        client, too) is a fault: `DeliveryError`, and a new producer tries again."""
+        if _fenced(exc):
             return self._fenced(exc)
-        self._stop = DeliveryStoppedError(
-            f"transactional producer {self.transactional_id!r} cannot go on (fenced by "
-            f"another worker of group {self.group_id!r} with the same SKEWLESS_WORKER_ID, "
-            f"or not authorized): {exc!r}"
-        )
-        return self._stop
+        if isinstance(exc, AuthorizationError):
+            self._stop = DeliveryStoppedError(
+                f"transactional producer {self.transactional_id!r} is not authorized: {exc!r}"
+            )
+            return self._stop
+        return DeliveryError(f"transactional producer {self.transactional_id!r}: {exc!r}")
 
     def _fenced(self, exc: Exception) -> DeliveryStoppedError:
         """Another worker has this transactional id: a new producer would fence it in turn,

@@ -24,8 +24,8 @@ fetch buffer `max_poll_records` and the partition fetch size. Batches adapt to t
 themselves: a poll returns what has arrived, up to `batch_max_events`, so a quiet stream is
 scored in small batches at once, and while a batch is computed the next gathers what arrives
 until it is ready. Per partition, batches are produced and committed in order. When a batch
-is not committed, it and the batches read after it are read again from the first one's
-offsets (their state updates are idempotent).
+is not committed, it and the batches read after it are read again (their state updates are
+idempotent): each partition from where its delivery is known to have ended (`_resume`).
 
 A crash therefore re-scores at most the two batches scored but not committed, which in
 exactly-once were never visible to `read_committed` readers; scores are keyed by
@@ -507,7 +507,6 @@ class Worker:
         logger.warning("%s fault, batch of %d events read again in %.1f s: %r",
                        dependency, len(records), backoff, exc)  # fmt: skip
         self.metrics.fault(dependency, exc)
-        self.metrics.batches_rewound.inc()
         self._rewind(records, None)
         self._pause(backoff)
 
@@ -761,10 +760,11 @@ class Worker:
         self.labels.maybe_commit(handed.label_positions)
 
     def _rewind(self, records: list[ConsumerRecord], failure: DeliveryError | None) -> None:
-        """Drop a batch that was not committed and read it again from its first offsets (with
-        the batch before it if that one was not committed either, and the batch in the compute
+        """Drop a batch that was not committed and seek back to its first offsets (with the
+        batch before it if that one was not committed either, and the batch in the compute
         stage), with the labels from their committed positions (dead letters of malformed
-        labels were in the dropped batch).
+        labels were in the dropped batch). These seeks are local, done even while Kafka is
+        down; `_resume`, before the next read, then sets where each partition is read from.
 
         Partitions the group has meanwhile given to another worker are left to it.
         """

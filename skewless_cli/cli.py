@@ -538,7 +538,7 @@ def serve_command(
     ] = None,
 ) -> None:
     """Score transactions from Kafka with the champion model (Ctrl-C or SIGTERM stops cleanly)."""
-    from serving.delivery import DeliveryStoppedError
+    from serving.delivery import DeliveryError, DeliveryStoppedError
     from serving.preflight import ConfigurationError, check_serving
     from serving.scoring import ModelContractError
     from serving.worker import build_worker, freeze_start_up_objects
@@ -552,6 +552,9 @@ def serve_command(
         raise typer.Exit(2) from None
     except DeliveryStoppedError as exc:  # the transactional id is taken or not authorized
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except DeliveryError as exc:  # Kafka went away between the check and the start
+        typer.echo(f"error: Kafka at {settings.kafka_bootstrap} did not answer: {exc}", err=True)
         raise typer.Exit(1) from None
     freeze_start_up_objects()
     metrics_server = worker.metrics.serve(settings.metrics_port)

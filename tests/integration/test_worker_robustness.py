@@ -351,7 +351,7 @@ def test_a_commit_whose_answer_was_lost_is_not_scored_again(
 
     def commit_and_lose_the_answer(producer: KafkaProducer) -> None:
         commit(producer)
-        if len(lost) < 2:  # the second and the third commits (the first may be a lone event)
+        if len(lost) < 2:  # the second commit's answer (the first may be a lone event's)
             lost.append(1)
             if len(lost) > 1:
                 raise KafkaError("Could not execute transactional request: connection lost")
