@@ -507,7 +507,13 @@ class Worker:
         logger.warning("%s fault, batch of %d events read again in %.1f s: %r",
                        dependency, len(records), backoff, exc)  # fmt: skip
         self.metrics.fault(dependency, exc)
-        self._rewind(records, None)
+        self._resuming = True  # whatever comes of the rewind, `run` resumes before it reads
+        try:
+            self._rewind(records, None)
+        except DeliveryStoppedError:
+            raise  # fenced: the one Kafka failure that stops the worker
+        except Exception as rewind_failure:  # (its seeks are local: not expected)
+            logger.warning("rewind after a fault: %r", rewind_failure)
         self._pause(backoff)
 
     def _pause(self, seconds: float) -> None:
@@ -795,7 +801,6 @@ class Worker:
             if tp in assigned:
                 self.consumer.seek(tp, offset)
         self.metrics.batches_rewound.inc()
-        self._resuming = True  # `run` calls `_resume` before it reads again
 
     def _compute(self, parsed: ParsedBatch, records: list[ConsumerRecord]) -> ScoredBatch:
         """Features and scores of the batch's valid events."""
