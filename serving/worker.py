@@ -509,10 +509,10 @@ class Worker:
         self.metrics.fault(dependency, exc)
         self._resuming = True  # whatever comes of the rewind, `run` resumes before it reads
         try:
-            self._rewind(records, None)
+            self._rewind()
         except DeliveryStoppedError:
             raise  # fenced: the one Kafka failure that stops the worker
-        except Exception as rewind_failure:  # (its seeks are local: not expected)
+        except Exception as rewind_failure:  # (local work: not expected)
             logger.warning("rewind after a fault: %r", rewind_failure)
         self._pause(backoff)
 
@@ -765,41 +765,24 @@ class Worker:
         self._label_positions = handed.label_positions
         self.labels.maybe_commit(handed.label_positions)
 
-    def _rewind(self, records: list[ConsumerRecord], failure: DeliveryError | None) -> None:
-        """Drop a batch that was not committed and seek back to its first offsets (with the
-        batch before it if that one was not committed either, and the batch in the compute
-        stage), with the labels from their committed positions (dead letters of malformed
-        labels were in the dropped batch). These seeks are local, done even while Kafka is
-        down; `_resume`, before the next read, then sets where each partition is read from.
-
-        Partitions the group has meanwhile given to another worker are left to it.
+    def _rewind(self) -> None:
+        """Drop the batches not committed (the one in the delivery stage if it failed too, the
+        one in the compute stage), with the labels read for them: they are read again from
+        their committed positions (dead letters of malformed labels were in the dropped batch).
+        Where the transactions are read again from is `_resume`'s to set, before the next read.
         """
-        if failure is not None:
-            logger.warning("batch of %d events not committed, reading it again: %s",
-                           len(records), failure)  # fmt: skip
         try:
             self._settle()
         except DeliveryStoppedError:
             raise
-        except Exception as exc:  # kept in `_failed`: read again below
+        except Exception as exc:  # kept in `_failed`: dropped below
             logger.warning("the batch before was not committed either: %r", exc)
-        computing = self._drop_computing()
-        if computing is not None:
-            records = computing.records + records
+        self._drop_computing()
         failed, self._failed = self._failed, None
         if failed is not None:
-            records = failed.records + records
             self._refused_dead_letters = failed.refused + self._refused_dead_letters
         self._label_dead_letters.clear()
         self.labels.rewind()
-        first: dict[TopicPartition, int] = {}
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            first[tp] = min(first.get(tp, record.offset), record.offset)
-        assigned = self.consumer.assignment()
-        for tp, offset in first.items():  # (local: done even while Kafka is down)
-            if tp in assigned:
-                self.consumer.seek(tp, offset)
         self.metrics.batches_rewound.inc()
 
     def _compute(self, parsed: ParsedBatch, records: list[ConsumerRecord]) -> ScoredBatch:
