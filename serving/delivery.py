@@ -14,8 +14,9 @@ most a few hundred rows), so `send` never refuses one for its size.
   re-reads the uncommitted batch, so a transaction can be scored twice; scores are keyed by
   `transaction_id` and consumers deduplicate by key.
 - `exactly_once`: each batch is one Kafka transaction. The stage opens it, sends, flushes,
-  adds the batch's next offsets to it with the consumer's group metadata
-  (`send_offsets_to_transaction`, so a consumer fenced by a rebalance cannot commit, KIP-447)
+  adds the batch's next offsets to it with the consumer's group metadata of when the batch
+  was read (`send_offsets_to_transaction`: a rebalance since then makes the broker refuse
+  them, KIP-447, and the batch is read again)
   and commits it. A `read_committed` consumer of the output topics then sees each batch's
   records once, and only if its input offsets were committed with them. The transactional id
   is `<consumer_group>-<worker_id>` (`transactional_id`): one producer per worker process,
@@ -82,7 +83,7 @@ from kafka.errors import (
     ProducerFencedError,
 )
 from kafka.producer.future import FutureRecordMetadata
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import ConsumerGroupMetadata, OffsetAndMetadata
 
 from skewless.settings import Settings
 
@@ -202,9 +203,11 @@ class Delivery:
         offset = self._committed.get(tp)
         return None if offset is None else offset.offset
 
-    def deliver(self, outgoing: list[Outgoing], offsets: Offsets) -> None:
-        """Produce `outgoing` and commit `offsets` with it, waiting for both."""
-        self.hand_over(outgoing, offsets)
+    def deliver(
+        self, outgoing: list[Outgoing], offsets: Offsets, membership: ConsumerGroupMetadata
+    ) -> None:
+        """Produce `outgoing` and commit `offsets` with it, waiting for both (`hand_over`)."""
+        self.hand_over(outgoing, offsets, membership)
         self.settle(asynchronous=False)
 
     @property
@@ -216,16 +219,23 @@ class Delivery:
         self,
         outgoing: list[Outgoing],
         offsets: Offsets,
+        membership: ConsumerGroupMetadata,
         before: Callable[[], None] | None = None,
     ) -> None:
         """Give a batch to the delivery stage and return at once: the stage runs `before`
         (the batch's writes outside Kafka that readers of its records may count on: the
         Feast online rows), produces its `outgoing` records (in a transaction in
         exactly-once) and commits `offsets`, its next ones. `settle` it before handing over
-        the next batch."""
+        the next batch.
+
+        `membership` is the consumer's group metadata when the batch's records were read.
+        Exactly-once commits the offsets with it: after a rebalance since then, the batch's
+        partitions may be read again from their committed offsets (by this worker or by
+        another), so the broker refuses the offsets (KIP-447) and the batch is read again
+        instead of being scored twice. The metadata of the moment of the commit would pass."""
         if self._handed is not None:
             raise RuntimeError("a batch is already in the delivery stage: settle it first")
-        metadata = self.consumer.group_metadata() if self.exactly_once else None
+        metadata = membership if self.exactly_once else None
         self._handed = self._stage.submit(self._deliver, outgoing, offsets, metadata, before)
 
     def settle(self, asynchronous: bool = True) -> None:

@@ -57,7 +57,7 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import ConsumerGroupMetadata, OffsetAndMetadata
 
 from serving.alignment import held_back
 from serving.delivery import Delivery, DeliveryError, DeliveryStoppedError, Outgoing
@@ -214,6 +214,8 @@ class _Computing:
     """A batch whose features and scores are being computed in the compute stage."""
 
     records: list[ConsumerRecord]
+    membership: ConsumerGroupMetadata
+    """The consumer's group metadata when they were read (`Delivery.hand_over`)."""
     parsed: ParsedBatch
     scored: Future[ScoredBatch] | None
     """The compute stage's work (None when the batch has no valid event)."""
@@ -428,7 +430,7 @@ class Worker:
                 budget = self.settings.batch_max_events
                 if max_events is not None:
                     budget = min(budget, max_events - self._consumed())
-                polled = self._poll(budget)
+                polled, membership = self._poll(budget)
                 for tp, batch in polled.items():
                     if batch:
                         self._first_read.setdefault(tp, batch[0].offset)
@@ -450,7 +452,7 @@ class Worker:
                             break
                         continue
                     labels = self._store_labels(fetched or Labels())
-                    self._start_isolating(records)
+                    self._start_isolating(records, membership)
                 except Exception as exc:
                     dependency = fault_dependency(exc)
                     if dependency is None:
@@ -481,24 +483,33 @@ class Worker:
         scored = self._computing.scored if self._computing else None
         return scored is not None and not scored.done()
 
-    def _poll(self, budget: int) -> dict[TopicPartition, list[ConsumerRecord]]:
+    def _poll(
+        self, budget: int
+    ) -> tuple[dict[TopicPartition, list[ConsumerRecord]], ConsumerGroupMetadata]:
         """The next batch's records: what arrives within `batch_max_wait_ms`, or, while a
-        batch is being computed, what arrives until it is ready (at most `budget`)."""
+        batch is being computed, what arrives until it is ready (at most `budget`); and the
+        group membership they were read in (`Delivery.hand_over`): the consumer's after the
+        first poll that returned records, so that a rebalance during a later one (a poll can
+        run one) makes the broker refuse the batch's offsets."""
         computing = self._computing.scored if self._computing else None
         if computing is None:
-            return self.consumer.poll(
+            polled = self.consumer.poll(
                 timeout_ms=max(1, self.settings.batch_max_wait_ms), max_records=budget
             )
-        polled: dict[TopicPartition, list[ConsumerRecord]] = {}
+            return polled, self.consumer.group_metadata()
+        polled = {}
+        membership = None
         gathered = 0
         while gathered < budget and not computing.done():
             more = self.consumer.poll(
                 timeout_ms=POLL_WHILE_COMPUTING_MS, max_records=budget - gathered
             )
+            if membership is None and any(more.values()):
+                membership = self.consumer.group_metadata()
             for tp, records in more.items():
                 polled.setdefault(tp, []).extend(records)
                 gathered += len(records)
-        return polled
+        return polled, membership or self.consumer.group_metadata()
 
     def _wait_out(
         self, records: list[ConsumerRecord], dependency: str, exc: Exception, backoff: float
@@ -585,12 +596,14 @@ class Worker:
             return exc
         return None
 
-    def _start_isolating(self, records: list[ConsumerRecord]) -> None:
+    def _start_isolating(
+        self, records: list[ConsumerRecord], membership: ConsumerGroupMetadata
+    ) -> None:
         """`_start`; if it fails for a reason that is not a fault of a server, the batch is
         isolated (`_isolate`) at once."""
-        error = self._attempt(partial(self._start, records))
+        error = self._attempt(partial(self._start, records, membership))
         if error is not None:
-            self._isolate(records, error)
+            self._isolate(records, membership, error)
 
     def _finish_isolating(self) -> None:
         """`_finish` the batch in the compute stage, if any; if it fails for a reason that is
@@ -600,31 +613,41 @@ class Worker:
             return
         error = self._attempt(self._finish)
         if error is not None:
-            self._isolate(computing.records, error)
+            self._isolate(computing.records, computing.membership, error)
 
-    def _isolate(self, records: list[ConsumerRecord], error: Exception) -> None:
+    def _isolate(
+        self, records: list[ConsumerRecord], membership: ConsumerGroupMetadata, error: Exception
+    ) -> None:
         """A batch that failed for a reason that is not a fault of a server is bisected until
         the events that fail alone are found; each goes to the dead-letter topic with the error
         as its reason, the others are scored (`ISOLATION_LIMIT`)."""
         logger.warning("batch of %d events failed (%r): isolating the cause",
                        len(records), error)  # fmt: skip
-        self._bisect(records, [], error)
+        self._bisect(records, membership, [], error)
 
     def _bisect(
-        self, records: list[ConsumerRecord], failed: list[ConsumerRecord], error: Exception
+        self,
+        records: list[ConsumerRecord],
+        membership: ConsumerGroupMetadata,
+        failed: list[ConsumerRecord],
+        error: Exception,
     ) -> None:
         """Records that failed together with `error`: each half is tried alone."""
         if len(records) == 1:
-            self._dead_letter_alone(records[0], failed, error)
+            self._dead_letter_alone(records[0], membership, failed, error)
             return
         middle = len(records) // 2
         for half in (records[:middle], records[middle:]):
-            half_error = self._attempt(partial(self._process, half))
+            half_error = self._attempt(partial(self._process, half, membership))
             if half_error is not None:
-                self._bisect(half, failed, half_error)
+                self._bisect(half, membership, failed, half_error)
 
     def _dead_letter_alone(
-        self, record: ConsumerRecord, failed: list[ConsumerRecord], exc: Exception
+        self,
+        record: ConsumerRecord,
+        membership: ConsumerGroupMetadata,
+        failed: list[ConsumerRecord],
+        exc: Exception,
     ) -> None:
         """One event that failed on its own: to the dead-letter topic, its offset committed.
 
@@ -642,19 +665,20 @@ class Worker:
         self.delivery.deliver(
             [(self.settings.topic_dead_letter, dead_letter_key(record.key), letter)],
             _next_offsets([record]),
+            membership,
         )
         self.stats.add(WorkerStats(consumed=1, dead_letters=1, batches=1))
         self.metrics.dead_letters.labels(reason=REASON_PROCESSING_FAILED).inc()
         self.metrics.events_in.inc()
         logger.warning("%s@%d to the dead-letter topic: %s", record.topic, record.offset, reason)
 
-    def _process(self, records: list[ConsumerRecord]) -> None:
+    def _process(self, records: list[ConsumerRecord], membership: ConsumerGroupMetadata) -> None:
         """Compute one batch and its records, settle the batch before, hand this one to the
         delivery stage, waiting for each step."""
-        self._start(records)
+        self._start(records, membership)
         self._finish()
 
-    def _start(self, records: list[ConsumerRecord]) -> None:
+    def _start(self, records: list[ConsumerRecord], membership: ConsumerGroupMetadata) -> None:
         """Parse and range-check a batch, and give its valid events to the compute stage,
         which adds them to the state and scores them while the worker reads the next batch."""
         if self._computing is not None:
@@ -669,7 +693,7 @@ class Worker:
         self.metrics.consumer_lag.set(self._lag())
         valid = [records[index] for index in parsed.rows]
         scored = self._compute_stage.submit(self._compute, parsed, valid) if valid else None
-        self._computing = _Computing(records, parsed, scored, self._labels_stored)
+        self._computing = _Computing(records, membership, parsed, scored, self._labels_stored)
         self.metrics.queue_depth.labels(stage="compute").set(1)
 
     def _drop_computing(self) -> _Computing | None:
@@ -721,6 +745,7 @@ class Worker:
         self.delivery.hand_over(
             outgoing,
             _next_offsets(records),
+            computing.membership,
             before=None if batch is None else partial(self.core.write_online, batch),
         )
         self._handed = _Handed(

@@ -32,7 +32,7 @@ from skewless import registry
 from skewless.feature_store import feast_environment, offline_table_path
 from skewless.services import kafka, redis_server
 from skewless.services.process import wait_for
-from skewless.settings import Settings
+from skewless.settings import Settings, load_settings
 from skewless.spark import spark_session
 from tests.conftest import (
     TrainedPlatform,
@@ -486,6 +486,70 @@ def test_a_second_worker_with_the_same_worker_id_stops_the_first(
     ids = Counter(b["transaction_id"] for _, b in _read_all(settings, settings.topic_scores, 60))
     assert set(ids) == set(events["transaction_id"])
     assert set(ids.values()) == {1}
+
+
+def test_a_batch_read_before_a_rebalance_is_not_scored_twice(
+    trained_platform: TrainedPlatform,
+) -> None:
+    """exactly_once: a second worker joins while the first computes a batch of both
+    partitions. The second reads its partition from the committed offsets and scores it; the
+    first batch's offsets go with the group generation it was read in, so the broker refuses
+    them (KIP-447) and the first worker reads its partition again from the committed offsets.
+    Every event is scored once over the two workers."""
+    settings = private_settings(trained_platform, delivery="exactly_once", worker_id="a")
+    second_settings = load_settings(**(settings.model_dump() | {"worker_id": "b"}))
+    events = _window(trained_platform, 1).head(40)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    partitions = Counter(
+        producer.send(
+            settings.topic_transactions,
+            json.dumps(event_body(row)).encode(),
+            key=b"%d" % row["customer_id"],
+        )
+        .get(timeout=30)
+        .partition
+        for _, row in events.iterrows()
+    )
+    producer.close()
+    assert len(partitions) == 2, partitions  # the batch below holds both partitions
+
+    first = build_worker(settings)
+    computing, go_on = threading.Event(), threading.Event()
+    score = first.core.score
+
+    def held_score(*args: Any, **kwargs: Any) -> Any:
+        computing.set()
+        assert go_on.wait(120)
+        return score(*args, **kwargs)
+
+    first.core.score = held_score  # type: ignore[method-assign]
+    second = build_worker(second_settings)
+    threads = [
+        threading.Thread(target=first.run, kwargs={"idle_exit_s": 15}),
+        threading.Thread(target=second.run, kwargs={"idle_exit_s": 15}),
+    ]
+    threads[0].start()
+    try:
+        assert computing.wait(60)  # the first batch is read and held in the compute stage
+        assert len(first.consumer.assignment()) == 2
+        threads[1].start()
+        assert wait_for(
+            lambda: len(first.consumer.assignment()) == len(second.consumer.assignment()) == 1, 60
+        )
+        [moved] = second.consumer.assignment()
+        assert wait_for(lambda: second.stats.scored == partitions[moved.partition], 60)
+    finally:
+        go_on.set()
+        for thread in threads:
+            if thread.is_alive() or thread is threads[0]:
+                thread.join(timeout=120)
+        first.stop()
+        second.stop()
+    ids = Counter(b["transaction_id"] for _, b in _read_all(settings, settings.topic_scores, 40))
+    assert set(ids) == set(events["transaction_id"])
+    assert set(ids.values()) == {1}, ids.most_common(3)
+    assert first.stats.rewound >= 1  # the held batch's offsets were refused: read again
+    assert first.stats.scored + second.stats.scored == len(events)
 
 
 def test_events_older_than_max_lag_are_scored_cheaply_and_flagged(

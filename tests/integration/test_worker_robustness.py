@@ -607,12 +607,13 @@ def test_a_failure_inside_the_delivery_stage_reads_the_batch_again(
     delivery = Delivery(settings, consumer, client_id="stage-test")
     try:
         # (a value the producer cannot serialize: a failure that is neither Kafka's nor ours)
-        delivery.hand_over([(settings.topic_scores, None, cast(bytes, 12345))], {})
+        membership = consumer.group_metadata()
+        delivery.hand_over([(settings.topic_scores, None, cast(bytes, 12345))], {}, membership)
         with pytest.raises(DeliveryError, match="delivery stage failed") as failure:
             delivery.settle()
         assert fault_dependency(failure.value) == "kafka"
         assert not delivery.handed
-        delivery.deliver([(settings.topic_scores, b"1", b"{}")], {})  # and it goes on
+        delivery.deliver([(settings.topic_scores, b"1", b"{}")], {}, membership)  # and it goes on
     finally:
         delivery.close()
         consumer.close()
@@ -644,15 +645,21 @@ def test_the_online_rows_are_written_before_the_batch_s_records_or_it_is_read_ag
     delivery = Delivery(settings, consumer, client_id="stage-test")
     try:
         start = records()
+        membership = consumer.group_metadata()
         seen: list[int] = []
         delivery.hand_over(
-            [(settings.topic_scores, b"1", b"{}")], {}, before=lambda: seen.append(records())
+            [(settings.topic_scores, b"1", b"{}")],
+            {},
+            membership,
+            before=lambda: seen.append(records()),
         )
         delivery.settle(asynchronous=False)
         assert seen == [start]
         assert records() == start + 1
 
-        delivery.hand_over([(settings.topic_scores, b"2", b"{}")], {}, before=unreachable)
+        delivery.hand_over(
+            [(settings.topic_scores, b"2", b"{}")], {}, membership, before=unreachable
+        )
         with pytest.raises(DeliveryError, match="before its records") as failure:
             delivery.settle()
         assert fault_dependency(failure.value) == "redis"
@@ -686,7 +693,7 @@ def test_labels_read_while_a_batch_is_computed_are_not_committed_with_it(
         assert len(records) == len(good)
         worker._store_labels(worker.labels.catch_up())
         stored = worker.labels.positions()
-        worker._start_isolating(records)
+        worker._start_isolating(records, worker.consumer.group_metadata())
         ahead = [_label_of(row, after=timedelta(0)) for _, row in good.iterrows()]
         _produce(settings, ahead, topic=settings.topic_labels)
         assert len(worker.labels.catch_up().values) == len(ahead)  # read ahead, not stored
