@@ -342,6 +342,8 @@ class Worker:
         """A batch the delivery stage did not commit, until it is read again."""
         self._resuming = False
         """A rewind's `_resume` has not succeeded yet: nothing is read until it does."""
+        self._generation: int | None = None
+        """The consumer group generation of the last poll (each change is logged)."""
         self._first_read: dict[TopicPartition, int] = {}
         """The first offset this worker read of each partition (where `_resume` reads from a
         partition without a committed or settled offset)."""
@@ -431,6 +433,7 @@ class Worker:
                 if max_events is not None:
                     budget = min(budget, max_events - self._consumed())
                 polled, membership = self._poll(budget)
+                self._log_membership(membership)
                 for tp, batch in polled.items():
                     if batch:
                         self._first_read.setdefault(tp, batch[0].offset)
@@ -510,6 +513,22 @@ class Worker:
                 polled.setdefault(tp, []).extend(records)
                 gathered += len(records)
         return polled, membership or self.consumer.group_metadata()
+
+    def _log_membership(self, membership: ConsumerGroupMetadata) -> None:
+        """Log each change of the worker's consumer group generation: a rebalance, or the
+        membership lost (a broker fault can take it) and the partitions read again from their
+        committed offsets."""
+        if membership.generation_id == self._generation:
+            return
+        self._generation = membership.generation_id
+        if membership.generation_id < 0:
+            logger.info("consumer group %s: not a member now (joining, or membership lost)",
+                        membership.group_id)  # fmt: skip
+            return
+        partitions = sorted(tp.partition for tp in self.consumer.assignment())
+        logger.info("consumer group %s: generation %d, partitions %s of %s",
+                    membership.group_id, membership.generation_id, partitions,
+                    self.settings.topic_transactions)  # fmt: skip
 
     def _wait_out(
         self, records: list[ConsumerRecord], dependency: str, exc: Exception, backoff: float

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -489,7 +490,7 @@ def test_a_second_worker_with_the_same_worker_id_stops_the_first(
 
 
 def test_a_batch_read_before_a_rebalance_is_not_scored_twice(
-    trained_platform: TrainedPlatform,
+    trained_platform: TrainedPlatform, caplog: pytest.LogCaptureFixture
 ) -> None:
     """exactly_once: a second worker joins while the first computes a batch of both
     partitions. The second reads its partition from the committed offsets and scores it; the
@@ -498,6 +499,8 @@ def test_a_batch_read_before_a_rebalance_is_not_scored_twice(
     Every event is scored once over the two workers."""
     settings = private_settings(trained_platform, delivery="exactly_once", worker_id="a")
     second_settings = load_settings(**(settings.model_dump() | {"worker_id": "b"}))
+    group = settings.consumer_group
+    caplog.set_level(logging.INFO, logger="serving.worker")
     events = _window(trained_platform, 1).head(40)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     partitions = Counter(
@@ -549,6 +552,8 @@ def test_a_batch_read_before_a_rebalance_is_not_scored_twice(
     assert set(ids) == set(events["transaction_id"])
     assert set(ids.values()) == {1}, ids.most_common(3)
     assert first.stats.rewound >= 1  # the held batch's offsets were refused: read again
+    generations = [m for m in caplog.messages if m.startswith(f"consumer group {group}:")]
+    assert len(generations) >= 3, generations  # the first worker's two, the second's one
     assert first.stats.scored + second.stats.scored == len(events)
 
 
