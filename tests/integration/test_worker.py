@@ -544,7 +544,7 @@ def test_a_batch_read_before_a_rebalance_is_not_scored_twice(
     finally:
         go_on.set()
         for thread in threads:
-            if thread.is_alive() or thread is threads[0]:
+            if thread.ident is not None:  # (started)
                 thread.join(timeout=120)
         first.stop()
         second.stop()
