@@ -25,6 +25,14 @@ most a few hundred rows), so `send` never refuses one for its size.
   leaving `read_committed` readers blocked until the transaction times out. Two live
   workers with the same id fence each other: the fenced one stops with a message naming
   `SKEWLESS_WORKER_ID` (a configuration error, the one thing that stops a worker).
+  The broker fences a producer in one more case: it aborts a transaction left open longer
+  than `TRANSACTION_TIMEOUT_MS` (a Kafka outage that outlasted it, with the batch's
+  records or commit waiting) and bumps the producer's epoch, and kafka-python 3.0.12 then
+  reports `ProducerFencedError` too. The worker tells the two apart by the age of its
+  open transaction: a transaction younger than the timeout cannot have timed out, so its
+  fencing is a twin's; an older one's is waited out as a fault (`DeliveryError`), and the
+  next producer's `init_transactions` takes the transactional id back. Should a twin fence
+  it just then, the twin's own transaction is young, so the twin is the one that stops.
 
 The delivery stage owns the producer: `hand_over` gives it a batch's records and offsets and
 returns at once, and a thread of its own produces the records, waits for their
@@ -131,13 +139,14 @@ class Delivery:
         self.consumer = consumer
         self.group_id = settings.consumer_group
         self.transactional_id = transactional_id(settings) if self.mode == "exactly_once" else None
+        self.transaction_timeout_ms = TRANSACTION_TIMEOUT_MS
         self._config = {
             "bootstrap_servers": settings.kafka_bootstrap,
             "client_id": client_id,
             "acks": "all",
             "enable_idempotence": True,
             "transactional_id": self.transactional_id,
-            "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS,
+            "transaction_timeout_ms": self.transaction_timeout_ms,
             "linger_ms": LINGER_MS,
             "batch_size": BATCH_BYTES,
         }
@@ -148,6 +157,8 @@ class Delivery:
         self._stop: DeliveryStoppedError | None = None
         """Why the producer cannot go on (fenced, not authorized), once it is known."""
         self._in_transaction = False
+        self._began = 0.0
+        """When the open transaction began (`time.monotonic`)."""
         self._stage = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skewless-delivery")
         self._handed: Future[tuple[Offsets, float]] | None = None
         self.acknowledged_ms = 0.0
@@ -286,6 +297,7 @@ class Delivery:
             except KafkaError as exc:  # (its client in an error state since the last batch)
                 raise self._transactional_failure(exc) from exc
             self._in_transaction = True
+            self._began = time.monotonic()
         pending = []
         for topic, key, value in outgoing:
             try:
@@ -304,7 +316,7 @@ class Delivery:
             self._in_transaction = False
         except KafkaError as exc:
             if _fenced(exc):
-                raise self._fenced(exc) from exc
+                raise self._fence_failure(exc) from exc
             raise DeliveryError(f"the batch's offsets were not committed: {exc!r}") from exc
         return offsets, acknowledged_ms
 
@@ -325,15 +337,18 @@ class Delivery:
     def _discard(self) -> None:
         """Abort the open transaction (if any) and close the producer; no new one is made.
 
-        kafka-python's `abort_transaction` has no timeout: while Kafka is down it waits."""
+        kafka-python's `abort_transaction` has no timeout: while Kafka is down it waits. A
+        producer fenced because its transaction timed out (the broker aborted it) is closed."""
         producer, self._producer = self._producer, None
         if producer is not None:
             if self._in_transaction:
                 try:
                     producer.abort_transaction()
                 except KafkaError as exc:
-                    if _fenced(exc):
-                        raise self._fenced(exc) from exc
+                    failure = self._fence_failure(exc) if _fenced(exc) else None
+                    if isinstance(failure, DeliveryStoppedError):
+                        self._in_transaction = False
+                        raise failure from exc
                     logger.warning("abort failed (%r); the next producer aborts the transaction",
                                    exc)  # fmt: skip
             self._close(producer)
@@ -393,7 +408,7 @@ class Delivery:
         if failed:
             first = failed[0].exception
             if first is not None and _fenced(first):
-                raise self._fenced(first)
+                raise self._fence_failure(first)
             raise DeliveryError(f"{len(failed)} records not acknowledged, first: {first!r}")
 
     def _transactional_failure(self, exc: KafkaError) -> DeliveryError | DeliveryStoppedError:
@@ -409,6 +424,22 @@ class Delivery:
             )
             return self._stop
         return DeliveryError(f"transactional producer {self.transactional_id!r}: {exc!r}")
+
+    def _fence_failure(self, exc: Exception) -> DeliveryError | DeliveryStoppedError:
+        """What a fencing in the middle of a transaction means (see the module doc). Open
+        longer than its timeout, the broker may have aborted it and bumped the epoch: a fault,
+        and the next producer takes the transactional id back. Younger, only another
+        producer's `init_transactions` can have fenced it: a twin, and the worker stops."""
+        open_s = time.monotonic() - self._began
+        timeout_ms = self.transaction_timeout_ms
+        if self._in_transaction and open_s * 1000 >= timeout_ms:
+            logger.warning(
+                "transaction of %r open %.0f s, longer than its timeout (%d ms): the broker "
+                "aborted it; a new producer takes the transactional id back",
+                self.transactional_id, open_s, timeout_ms,
+            )  # fmt: skip
+            return DeliveryError(f"the transaction timed out after {open_s:.0f} s: {exc!r}")
+        return self._fenced(exc)
 
     def _fenced(self, exc: Exception) -> DeliveryStoppedError:
         """Another worker has this transactional id: a new producer would fence it in turn,

@@ -105,6 +105,8 @@ def server_properties(settings: Settings, log_dir: Path) -> str:
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
+        # A transaction open past its timeout is aborted within a second, not ten.
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
         "log.cleaner.dedupe.buffer.size": str(2 * 1024 * 1024),  # must exceed 1 MiB
         "log.retention.hours": "168",
         "auto.create.topics.enable": "false",

@@ -26,6 +26,7 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer
 
 from monitoring.feature_log import feature_log_rows
+from serving import delivery
 from serving.delivery import DeliveryStoppedError
 from serving.replay import replay
 from serving.worker import build_worker
@@ -487,6 +488,48 @@ def test_a_second_worker_with_the_same_worker_id_stops_the_first(
     ids = Counter(b["transaction_id"] for _, b in _read_all(settings, settings.topic_scores, 60))
     assert set(ids) == set(events["transaction_id"])
     assert set(ids.values()) == {1}
+
+
+def test_a_transaction_that_timed_out_is_waited_out_not_taken_for_a_twin(
+    trained_platform: TrainedPlatform,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """exactly_once: the first batch's transaction stays open longer than its timeout (as
+    through a Kafka outage that outlasted it, the records sent and the commit waiting). The
+    broker aborts it and fences the producer, which kafka-python reports as a twin's fencing.
+    The worker does not stop: it makes a new producer, reads the batch again and scores
+    every event once."""
+    monkeypatch.setattr(delivery, "TRANSACTION_TIMEOUT_MS", 2_000)
+    settings = private_settings(trained_platform, delivery="exactly_once", worker_id="slow")
+    caplog.set_level(logging.WARNING, logger="serving.delivery")
+    events = _window(trained_platform, 1).head(40)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    for _, row in events.iterrows():
+        body = json.dumps(event_body(row)).encode()
+        producer.send(settings.topic_transactions, body, key=b"%d" % row["customer_id"])
+    producer.flush()
+    producer.close()
+
+    worker = build_worker(settings)
+    assert worker.delivery.transaction_timeout_ms == 2_000
+    acknowledge = worker.delivery._await_acknowledgements
+    held: list[bool] = []
+
+    def held_open(*args: Any) -> None:
+        acknowledge(*args)
+        if not held:  # the first batch: its records are in, its commit waits
+            held.append(True)
+            time.sleep(2.0 + 1.0 + 2.0)  # the timeout, the broker's check interval, a margin
+
+    worker.delivery._await_acknowledgements = held_open  # type: ignore[method-assign,assignment]
+    stats = worker.run(idle_exit_s=10)  # (a twin's fencing would raise DeliveryStoppedError)
+    assert held
+    assert any("longer than its timeout" in m for m in caplog.messages), caplog.messages
+    assert stats.rewound >= 1
+    ids = Counter(b["transaction_id"] for _, b in _read_all(settings, settings.topic_scores, 40))
+    assert set(ids) == set(events["transaction_id"])
+    assert set(ids.values()) == {1}, ids.most_common(3)
 
 
 def test_a_batch_read_before_a_rebalance_is_not_scored_twice(
