@@ -48,11 +48,12 @@ Either way, a batch that could not be delivered or committed (a broker fault out
 producer's retries, a record the broker refused, a rebalance that took the batch's partitions,
 an aborted transaction) raises `DeliveryError`. The worker then rewinds its consumer and
 calls `abort`, so the batch is read and scored again (`Worker._resume`); the streaming
-state is keyed by transaction id, so updating it twice changes nothing. `abort` aborts the
-transaction (exactly-once), then replaces the producer with a new one: after a record the
-broker refused, kafka-python 3.0.12's idempotent producer fails every later record with the
-same error, and its transactional producer is left in a state it cannot leave
-(`BUMPING_PRODUCER_EPOCH`). The new transactional producer's `init_transactions` aborts
+state is keyed by transaction id, so updating it twice changes nothing. `abort` replaces
+the producer with a new one: after a record the broker refused, kafka-python 3.0.12's
+idempotent producer fails every later record with the same error, and its transactional
+producer is left in a state it cannot leave (`BUMPING_PRODUCER_EPOCH`). The old producer's
+transaction is not aborted by it (kafka-python's `abort_transaction` can wait forever, see
+`_discard`): the new transactional producer's `init_transactions` aborts
 whatever the old one left open, or completes a commit the broker had begun: a commit can fail
 in the worker and succeed in the broker (its answer lost to a broker killed in between), so in
 exactly-once the worker reads on from the group's committed offsets, read once that
@@ -106,6 +107,18 @@ BATCH_BYTES = 512 * 1024
 TRANSACTION_TIMEOUT_MS = 60_000
 """A transaction left open this long (its worker gone for good) is aborted by the broker."""
 
+REQUEST_TIMEOUT_MS = 20_000
+"""How long the producer waits for the broker's answer to one request (kafka-python: 30 s)."""
+
+DELIVERY_TIMEOUT_MS = 30_000
+"""How long a record may wait for its acknowledgement before it counts as not delivered
+(kafka-python: 120 s; at least `REQUEST_TIMEOUT_MS` + `LINGER_MS`). Kept short because
+kafka-python 3.0.12 loses a transaction's AddPartitionsToTxn request when the transaction
+coordinator cannot be reached as it is sent (its sender drops the request after the failed
+connection): the batch's records then wait, never sent, until this timeout, also once the
+broker is back. The batch then fails like any other (`DeliveryError`) and is read again and
+delivered by a new producer."""
+
 FLUSH_ATTEMPTS = 5
 """`flush` calls before records still without an outcome count as not delivered."""
 
@@ -147,6 +160,8 @@ class Delivery:
             "enable_idempotence": True,
             "transactional_id": self.transactional_id,
             "transaction_timeout_ms": self.transaction_timeout_ms,
+            "request_timeout_ms": REQUEST_TIMEOUT_MS,
+            "delivery_timeout_ms": DELIVERY_TIMEOUT_MS,
             "linger_ms": LINGER_MS,
             "batch_size": BATCH_BYTES,
         }
@@ -181,8 +196,10 @@ class Delivery:
 
         While Kafka is down this raises `DeliveryError` (a fault to wait out) after the
         client's own timeouts (bootstrap 30 s, `init_transactions` 60 s); calling again (or
-        `abort`, which keeps a producer not used yet) goes on where it stopped. Fenced or not
-        authorized: `DeliveryStoppedError`, for good."""
+        `abort`) makes a new producer. A producer whose `init_transactions` timed out is not
+        waited on again: its request may have been dropped (see `DELIVERY_TIMEOUT_MS`), and
+        its `init_transactions` would then wait on it forever. Fenced or not authorized:
+        `DeliveryStoppedError`, for good."""
         if self._stop is not None:
             raise self._stop
         if self._producer is None:
@@ -195,7 +212,8 @@ class Delivery:
         if not self._initialised:
             try:
                 self._producer.init_transactions()
-            except KafkaTimeoutError as exc:  # (retried: it waits on for the same request)
+            except KafkaTimeoutError as exc:
+                self._discard()
                 raise DeliveryError(
                     f"transactional producer {self.transactional_id!r} not initialised yet: {exc!r}"
                 ) from exc
@@ -321,10 +339,11 @@ class Delivery:
         return offsets, acknowledged_ms
 
     def abort(self) -> None:
-        """Drop the current batch after `DeliveryError`: abort its transaction (exactly-once),
-        and go on with a new producer (see the module doc), made by `ready`, whose errors this
-        raises. A batch still in the delivery stage is waited for and dropped too (the caller
-        settles it first if it wants to know whether it was committed).
+        """Drop the current batch after `DeliveryError`: close the producer and go on with a
+        new one (see the module doc), made by `ready`, whose errors this raises; in
+        exactly-once the new one's `init_transactions` aborts the batch's transaction. A batch
+        still in the delivery stage is waited for and dropped too (the caller settles it first
+        if it wants to know whether it was committed).
 
         A failed commit may have been committed all the same (the broker wrote it, its answer
         was lost): in exactly-once only the group's committed offsets, read after `ready`, say
@@ -335,27 +354,20 @@ class Delivery:
         self.ready()
 
     def _discard(self) -> None:
-        """Abort the open transaction (if any) and close the producer; no new one is made.
-
-        kafka-python's `abort_transaction` has no timeout: while Kafka is down it waits. A
-        producer fenced because its transaction timed out (the broker aborted it) is closed."""
+        """Close the producer, leaving its open transaction (if any) to the broker; no new one
+        is made. The next producer's `init_transactions` aborts that transaction, or the
+        broker does after `TRANSACTION_TIMEOUT_MS` if no producer of this transactional id
+        comes back. It is not aborted here: kafka-python 3.0.12's `abort_transaction` has no
+        timeout, and waits forever when its request was dropped (sent while the broker was
+        down, see `DELIVERY_TIMEOUT_MS`), also once the broker is back."""
         producer, self._producer = self._producer, None
         if producer is not None:
-            if self._in_transaction:
-                try:
-                    producer.abort_transaction()
-                except KafkaError as exc:
-                    failure = self._fence_failure(exc) if _fenced(exc) else None
-                    if isinstance(failure, DeliveryStoppedError):
-                        self._in_transaction = False
-                        raise failure from exc
-                    logger.warning("abort failed (%r); the next producer aborts the transaction",
-                                   exc)  # fmt: skip
             self._close(producer)
         self._in_transaction = False
 
     def close(self) -> None:
-        """Abort an open transaction, deliver what is queued, close the producer.
+        """Deliver what is settled, close the producer (an open transaction is left to the
+        next producer of this transactional id, or to the broker's timeout).
 
         A producer that already failed for good is closed without a second error.
         """
@@ -371,8 +383,6 @@ class Delivery:
                 last = {tp: offset for tp, offset in self._committed.items() if tp in owned}
                 if last:
                     self.consumer.commit(last)
-        except DeliveryStoppedError as exc:
-            logger.warning("closing the producer after: %s", exc)
         except KafkaError as exc:  # read again by whoever reads the partitions next
             logger.warning("the last offsets were not committed: %r", exc)
         finally:
