@@ -48,12 +48,12 @@ Either way, a batch that could not be delivered or committed (a broker fault out
 producer's retries, a record the broker refused, a rebalance that took the batch's partitions,
 an aborted transaction) raises `DeliveryError`. The worker then rewinds its consumer and
 calls `abort`, so the batch is read and scored again (`Worker._resume`); the streaming
-state is keyed by transaction id, so updating it twice changes nothing. `abort` replaces
+state is keyed by transaction id, so updating it twice changes nothing. `abort` aborts the
+transaction (exactly-once; waiting at most `CLOSE_TIMEOUT_S`, see `_discard`), then replaces
 the producer with a new one: after a record the broker refused, kafka-python 3.0.12's
 idempotent producer fails every later record with the same error, and its transactional
-producer is left in a state it cannot leave (`BUMPING_PRODUCER_EPOCH`). The old producer's
-transaction is not aborted by it (kafka-python's `abort_transaction` can wait forever, see
-`_discard`): the new transactional producer's `init_transactions` aborts
+producer is left in a state it cannot leave (`BUMPING_PRODUCER_EPOCH`). The new transactional
+producer's `init_transactions` aborts
 whatever the old one left open, or completes a commit the broker had begun: a commit can fail
 in the worker and succeed in the broker (its answer lost to a broker killed in between), so in
 exactly-once the worker reads on from the group's committed offsets, read once that
@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -113,17 +114,24 @@ REQUEST_TIMEOUT_MS = 20_000
 DELIVERY_TIMEOUT_MS = 30_000
 """How long a record may wait for its acknowledgement before it counts as not delivered
 (kafka-python: 120 s; at least `REQUEST_TIMEOUT_MS` + `LINGER_MS`). Kept short because
-kafka-python 3.0.12 loses a transaction's AddPartitionsToTxn request when the transaction
-coordinator cannot be reached as it is sent (its sender drops the request after the failed
-connection): the batch's records then wait, never sent, until this timeout, also once the
-broker is back. The batch then fails like any other (`DeliveryError`) and is read again and
-delivered by a new producer."""
+kafka-python 3.0.12 can drop a request to a coordinator: when the connection to a coordinator
+it knows fails as the request is picked (its sender looks the coordinator up again and leaves
+without queueing the request again). A transaction's AddPartitionsToTxn request dropped so
+leaves the batch's records unsent until this timeout, also once the broker is back; the batch
+then fails like any other (`DeliveryError`) and is read again and delivered by a new
+producer. (While the broker is down, the records wait with it.)"""
+
+COMMIT_TIMEOUT_S = 30.0
+"""How long the worker waits for a batch's offsets and commit (`send_offsets_to_transaction`,
+`commit_transaction`) before the batch counts as not committed. kafka-python's calls have no
+timeout, and a request of theirs dropped as above would leave them waiting forever."""
 
 FLUSH_ATTEMPTS = 5
 """`flush` calls before records still without an outcome count as not delivered."""
 
 CLOSE_TIMEOUT_S = 5.0
-"""How long a producer being replaced or closed may take to finish what is in flight."""
+"""How long a producer being replaced or closed may take to abort its transaction and to
+finish what is in flight."""
 
 DeliveryMode = Literal["at_least_once", "exactly_once"]
 Offsets = dict[TopicPartition, OffsetAndMetadata]
@@ -173,7 +181,7 @@ class Delivery:
         """Why the producer cannot go on (fenced, not authorized), once it is known."""
         self._in_transaction = False
         self._began = 0.0
-        """When the open transaction began (`time.monotonic`)."""
+        """When the open transaction began (`_clock`)."""
         self._stage = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skewless-delivery")
         self._handed: Future[tuple[Offsets, float]] | None = None
         self.acknowledged_ms = 0.0
@@ -315,7 +323,7 @@ class Delivery:
             except KafkaError as exc:  # (its client in an error state since the last batch)
                 raise self._transactional_failure(exc) from exc
             self._in_transaction = True
-            self._began = time.monotonic()
+            self._began = _clock()
         pending = []
         for topic, key, value in outgoing:
             try:
@@ -323,14 +331,19 @@ class Delivery:
             except MessageSizeTooLargeError:
                 raise  # a bug: every record the worker makes fits the broker's limit
             except KafkaError as exc:
+                if _fenced(exc):
+                    raise self._fence_failure(exc) from exc
                 raise DeliveryError(f"{topic}: a record could not be queued: {exc!r}") from exc
         self._await_acknowledgements(producer, pending)
         acknowledged_ms = time.time() * 1000
         if not self.exactly_once:
             return offsets, acknowledged_ms
         try:
-            producer.send_offsets_to_transaction(offsets, metadata)
-            producer.commit_transaction()
+            _bounded(
+                lambda: _commit(producer, offsets, metadata),
+                COMMIT_TIMEOUT_S,
+                "the batch's offsets and commit",
+            )
             self._in_transaction = False
         except KafkaError as exc:
             if _fenced(exc):
@@ -339,9 +352,9 @@ class Delivery:
         return offsets, acknowledged_ms
 
     def abort(self) -> None:
-        """Drop the current batch after `DeliveryError`: close the producer and go on with a
-        new one (see the module doc), made by `ready`, whose errors this raises; in
-        exactly-once the new one's `init_transactions` aborts the batch's transaction. A batch
+        """Drop the current batch after `DeliveryError`: abort its transaction (exactly-once,
+        `_discard`), and go on with a new producer (see the module doc), made by `ready`, whose
+        errors this raises; its `init_transactions` aborts what the old one could not. A batch
         still in the delivery stage is waited for and dropped too (the caller settles it first
         if it wants to know whether it was committed).
 
@@ -354,20 +367,26 @@ class Delivery:
         self.ready()
 
     def _discard(self) -> None:
-        """Close the producer, leaving its open transaction (if any) to the broker; no new one
-        is made. The next producer's `init_transactions` aborts that transaction, or the
-        broker does after `TRANSACTION_TIMEOUT_MS` if no producer of this transactional id
-        comes back. It is not aborted here: kafka-python 3.0.12's `abort_transaction` has no
-        timeout, and waits forever when its request was dropped (sent while the broker was
-        down, see `DELIVERY_TIMEOUT_MS`), also once the broker is back."""
+        """Abort the open transaction (if any), waiting at most `CLOSE_TIMEOUT_S`, and close
+        the producer; no new one is made. kafka-python's `abort_transaction` has no timeout,
+        and waits forever when its request was dropped (see `DELIVERY_TIMEOUT_MS`), also once
+        the broker is back: the worker goes on without it, and the transaction is aborted by
+        the next producer's `init_transactions`, or by the broker after
+        `TRANSACTION_TIMEOUT_MS` if no producer of this transactional id comes back. A failed
+        abort is not judged here (a fencing was judged where it was first seen)."""
         producer, self._producer = self._producer, None
         if producer is not None:
+            if self._in_transaction:
+                try:
+                    _bounded(producer.abort_transaction, CLOSE_TIMEOUT_S, "the abort")
+                except (DeliveryError, KafkaError) as exc:
+                    logger.warning("transaction of %r not aborted (%r); the next producer of "
+                                   "this id aborts it", self.transactional_id, exc)  # fmt: skip
             self._close(producer)
         self._in_transaction = False
 
     def close(self) -> None:
-        """Deliver what is settled, close the producer (an open transaction is left to the
-        next producer of this transactional id, or to the broker's timeout).
+        """Abort an open transaction (`_discard`), deliver what is queued, close the producer.
 
         A producer that already failed for good is closed without a second error.
         """
@@ -403,7 +422,9 @@ class Delivery:
         try:
             producer.close(timeout=CLOSE_TIMEOUT_S)
         except KafkaError as exc:  # its records were given up on by the caller
-            logger.warning("producer closed with records still in flight: %r", exc)
+            # (kafka-python's `close` flushes first: records still waiting make it stop there,
+            # and the producer's thread runs on until they expire)
+            logger.warning("producer not closed, records still waiting: %r", exc)
 
     def _await_acknowledgements(
         self, producer: KafkaProducer, pending: list[FutureRecordMetadata]
@@ -440,12 +461,12 @@ class Delivery:
         longer than its timeout, the broker may have aborted it and bumped the epoch: a fault,
         and the next producer takes the transactional id back. Younger, only another
         producer's `init_transactions` can have fenced it: a twin, and the worker stops."""
-        open_s = time.monotonic() - self._began
+        open_s = _clock() - self._began
         timeout_ms = self.transaction_timeout_ms
         if self._in_transaction and open_s * 1000 >= timeout_ms:
             logger.warning(
-                "transaction of %r open %.0f s, longer than its timeout (%d ms): the broker "
-                "aborted it; a new producer takes the transactional id back",
+                "transaction of %r open %.0f s, longer than its timeout (%d ms): fenced by the "
+                "broker's abort, most likely; a new producer takes the transactional id back",
                 self.transactional_id, open_s, timeout_ms,
             )  # fmt: skip
             return DeliveryError(f"the transaction timed out after {open_s:.0f} s: {exc!r}")
@@ -472,3 +493,39 @@ def _fenced(exc: BaseException) -> bool:
     fencing as `ProducerFencedError`, or, once its producer is in that error state, as a plain
     `KafkaError` naming it."""
     return isinstance(exc, ProducerFencedError) or "ProducerFencedError" in str(exc)
+
+
+def _clock() -> float:
+    """Seconds on a clock that goes on while the host is suspended (Linux `CLOCK_BOOTTIME`),
+    as the broker's does: a transaction that timed out on the broker is never taken for a
+    young one because the host slept."""
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.monotonic()
+
+
+def _commit(producer: KafkaProducer, offsets: Offsets, metadata: object) -> None:
+    producer.send_offsets_to_transaction(offsets, metadata)
+    producer.commit_transaction()
+
+
+def _bounded(call: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Run `call` (a kafka-python call without a timeout of its own) and wait for it at most
+    `timeout_s`: its exception is raised here, and `DeliveryError` if it has not returned by
+    then. It runs on a daemon thread, left waiting if it never returns (kafka-python dropped
+    its request), so that it cannot hold the worker or its exit."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # (raised in the caller's thread)
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="skewless-kafka-call", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise DeliveryError(f"{what}: no answer from Kafka in {timeout_s:.0f} s")
+    if failure:
+        raise failure[0]

@@ -942,7 +942,7 @@ class Worker:
 
     def close(self) -> None:
         """Finish the batch in the compute stage, settle the one in the delivery stage, close
-        the clients (an open transaction is aborted)."""
+        the clients (an open transaction is aborted, if Kafka answers within 5 s)."""
         self.core.watcher.stop()
         try:
             try:

@@ -14,6 +14,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from serving import delivery as delivery_module
 from serving.delivery import Delivery, DeliveryError, Outgoing
 from skewless.services import kafka
 from skewless.services.process import ManagedProcess, wait_for
@@ -173,6 +174,45 @@ def test_a_batch_that_failed_while_the_broker_is_down_is_dropped_without_waiting
         assert wait_for(lambda: _abort(delivery) is None, 90)
         delivery.deliver(second, second_offsets, consumer.group_metadata())
     finally:
+        delivery.close()
+        consumer.close()
+    assert sorted(_committed_values(settings)) == [b"first", b"second"]
+
+
+def test_a_commit_that_gets_no_answer_is_given_up_and_delivered_again(
+    own_kafka: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """exactly_once: a batch's commit never returns, as when kafka-python drops its request
+    (its calls have no timeout; the broker here stays up, the first `commit_transaction`
+    is held). After `COMMIT_TIMEOUT_S` the batch counts as not committed; the next producer
+    aborts its transaction, and the batch delivered again is committed once."""
+    monkeypatch.setattr(delivery_module, "COMMIT_TIMEOUT_S", 2.0)
+    settings = own_kafka
+    delivery, consumer, read = _delivery(settings)
+    commit = KafkaProducer.commit_transaction
+    release = threading.Event()
+    held: list[bool] = []
+
+    def never_answered(producer: KafkaProducer) -> None:
+        if held:
+            return commit(producer)
+        held.append(True)
+        release.wait()
+
+    try:
+        first: list[Outgoing] = [(settings.topic_scores, b"k", b"first")]
+        delivery.deliver(first, {read: OffsetAndMetadata(10, "", -1)}, consumer.group_metadata())
+        monkeypatch.setattr(KafkaProducer, "commit_transaction", never_answered)
+        second: list[Outgoing] = [(settings.topic_scores, b"k", b"second")]
+        second_offsets = {read: OffsetAndMetadata(20, "", -1)}
+        delivery.hand_over(second, second_offsets, consumer.group_metadata())
+        with pytest.raises(DeliveryError, match="no answer from Kafka"):
+            delivery.settle(asynchronous=False)
+        assert held
+        assert _abort(delivery) is None
+        delivery.deliver(second, second_offsets, consumer.group_metadata())
+    finally:
+        release.set()
         delivery.close()
         consumer.close()
     assert sorted(_committed_values(settings)) == [b"first", b"second"]
