@@ -139,9 +139,12 @@ def test_a_batch_that_failed_while_the_broker_is_down_is_dropped_without_waiting
     forever, also once the broker was back. Now `abort` closes the producer and returns
     (`DeliveryError` while no new producer can be made); once the broker is back, the next
     producer's `init_transactions` aborts the open transaction, and the batch delivered again
-    is committed once (the aborted one's records are never read)."""
+    is committed once (the aborted one's records are never read). (The test waits 1 s for the
+    abort and 5 s for a broker to bootstrap from, so that it is short.)"""
+    monkeypatch.setattr(delivery_module, "CLOSE_TIMEOUT_S", 1.0)
     settings = own_kafka
     delivery, consumer, read = _delivery(settings)
+    delivery._config["bootstrap_timeout_ms"] = 5_000
     commit = KafkaProducer.commit_transaction
     killed: list[bool] = []
 

@@ -523,7 +523,7 @@ def test_a_transaction_that_timed_out_is_waited_out_not_taken_for_a_twin(
             time.sleep(2.0 + 1.0 + 2.0)  # the timeout, the broker's check interval, a margin
 
     worker.delivery._await_acknowledgements = held_open  # type: ignore[method-assign,assignment]
-    stats = worker.run(idle_exit_s=10)  # (a twin's fencing would raise DeliveryStoppedError)
+    stats = worker.run(idle_exit_s=4)  # (a twin's fencing would raise DeliveryStoppedError)
     assert held
     assert any("longer than its timeout" in m for m in caplog.messages), caplog.messages
     assert stats.rewound >= 1
