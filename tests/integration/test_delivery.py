@@ -136,8 +136,9 @@ def test_a_batch_that_failed_while_the_broker_is_down_is_dropped_without_waiting
     commit fails (as when its answer is lost). `abort` is called while the broker is down.
     Before, it called kafka-python's `abort_transaction`, whose request kafka-python 3.0.12
     drops when the coordinator cannot be reached, and which has no timeout: it waited
-    forever, also once the broker was back. Now `abort` closes the producer and returns
-    (`DeliveryError` while no new producer can be made); once the broker is back, the next
+    forever, also once the broker was back. Now `abort` waits for it at most
+    `CLOSE_TIMEOUT_S`, closes the producer and returns (`DeliveryError` while no new
+    producer can be made); once the broker is back, the next
     producer's `init_transactions` aborts the open transaction, and the batch delivered again
     is committed once (the aborted one's records are never read). (The test waits 1 s for the
     abort and 5 s for a broker to bootstrap from, so that it is short.)"""
