@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from serving import delivery as delivery_module
-from serving.delivery import Delivery, DeliveryError, Outgoing
+from serving.delivery import Delivery, DeliveryError, Offsets, Outgoing
 from skewless.services import kafka
 from skewless.services.process import ManagedProcess, wait_for
 from skewless.settings import Settings, load_settings
@@ -157,12 +157,13 @@ def test_a_batch_that_failed_while_the_broker_is_down_is_dropped_without_waiting
         raise KafkaError("Could not execute transactional request: connection lost")
 
     try:
-        first: list[Outgoing] = [(settings.topic_scores, b"k", b"first")]
-        delivery.deliver(first, {read: OffsetAndMetadata(10, "", -1)}, consumer.group_metadata())
-        monkeypatch.setattr(KafkaProducer, "commit_transaction", kill_and_fail)
-        second: list[Outgoing] = [(settings.topic_scores, b"k", b"second")]
-        second_offsets = {read: OffsetAndMetadata(20, "", -1)}
-        delivery.hand_over(second, second_offsets, consumer.group_metadata())
+        second, second_offsets = _first_delivered_then_second_handed_over(
+            settings,
+            delivery,
+            consumer,
+            read,
+            lambda: monkeypatch.setattr(KafkaProducer, "commit_transaction", kill_and_fail),
+        )
         with pytest.raises(DeliveryError):
             delivery.settle(asynchronous=False)
         assert killed
@@ -204,12 +205,13 @@ def test_a_commit_that_gets_no_answer_is_given_up_and_delivered_again(
         release.wait()
 
     try:
-        first: list[Outgoing] = [(settings.topic_scores, b"k", b"first")]
-        delivery.deliver(first, {read: OffsetAndMetadata(10, "", -1)}, consumer.group_metadata())
-        monkeypatch.setattr(KafkaProducer, "commit_transaction", never_answered)
-        second: list[Outgoing] = [(settings.topic_scores, b"k", b"second")]
-        second_offsets = {read: OffsetAndMetadata(20, "", -1)}
-        delivery.hand_over(second, second_offsets, consumer.group_metadata())
+        second, second_offsets = _first_delivered_then_second_handed_over(
+            settings,
+            delivery,
+            consumer,
+            read,
+            lambda: monkeypatch.setattr(KafkaProducer, "commit_transaction", never_answered),
+        )
         with pytest.raises(DeliveryError, match="no answer from Kafka"):
             delivery.settle(asynchronous=False)
         assert held
@@ -220,6 +222,24 @@ def test_a_commit_that_gets_no_answer_is_given_up_and_delivered_again(
         delivery.close()
         consumer.close()
     assert sorted(_committed_values(settings)) == [b"first", b"second"]
+
+
+def _first_delivered_then_second_handed_over(
+    settings: Settings,
+    delivery: Delivery,
+    consumer: KafkaConsumer,
+    read: TopicPartition,
+    between: Callable[[], None],
+) -> tuple[list[Outgoing], Offsets]:
+    """Deliver the batch `first` (offset 10), run `between`, hand the batch `second`
+    (offset 20) over; its records and offsets, to deliver again."""
+    first: list[Outgoing] = [(settings.topic_scores, b"k", b"first")]
+    delivery.deliver(first, {read: OffsetAndMetadata(10, "", -1)}, consumer.group_metadata())
+    between()
+    second: list[Outgoing] = [(settings.topic_scores, b"k", b"second")]
+    second_offsets = {read: OffsetAndMetadata(20, "", -1)}
+    delivery.hand_over(second, second_offsets, consumer.group_metadata())
+    return second, second_offsets
 
 
 def _abort(delivery: Delivery) -> DeliveryError | None:

@@ -118,6 +118,16 @@ def _serve_replay(
     return logged
 
 
+def _publish(settings: Settings, events: pd.DataFrame) -> None:
+    """Publish `events` to the transactions topic, keyed by customer, and wait for them."""
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    for _, row in events.iterrows():
+        body = json.dumps(event_body(row)).encode()
+        producer.send(settings.topic_transactions, body, key=b"%d" % row["customer_id"])
+    producer.flush()
+    producer.close()
+
+
 def _window(platform: TrainedPlatform, days: int) -> pd.DataFrame:
     tx = platform.transactions
     end = REPLAY_START + timedelta(days=days)
@@ -371,12 +381,7 @@ def test_a_worker_serving_its_metrics_exits_0_at_the_end_of_its_run(
     """
     settings = private_settings(trained_platform)
     events = _window(trained_platform, 1).head(20)
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    for _, row in events.iterrows():
-        body = json.dumps(event_body(row)).encode()
-        producer.send(settings.topic_transactions, body, key=b"%d" % row["customer_id"])
-    producer.flush()
-    producer.close()
+    _publish(settings, events)
     env = {
         **os.environ,
         **feast_environment(settings),
@@ -452,14 +457,6 @@ def test_a_second_worker_with_the_same_worker_id_stops_the_first(
     settings = private_settings(trained_platform, delivery="exactly_once", worker_id="twin")
     events = _window(trained_platform, 1).head(60)
     first, rest = events.head(20), events.tail(40)
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-
-    def publish(frame: pd.DataFrame) -> None:
-        for _, row in frame.iterrows():
-            body = json.dumps(event_body(row)).encode()
-            producer.send(settings.topic_transactions, body, key=b"%d" % row["customer_id"])
-        producer.flush()
-
     older = build_worker(settings)
     stopped: list[BaseException] = []
 
@@ -472,17 +469,16 @@ def test_a_second_worker_with_the_same_worker_id_stops_the_first(
     thread = threading.Thread(target=run_older)
     thread.start()
     try:
-        publish(first)
+        _publish(settings, first)
         assert len(_read_all(settings, settings.topic_scores, len(first))) == len(first)
         newer = build_worker(settings)
-        publish(rest)
+        _publish(settings, rest)
         thread.join(timeout=90)
         assert not thread.is_alive()
         [error] = stopped
         assert "SKEWLESS_WORKER_ID" in str(error)
         newer.run(idle_exit_s=10)
     finally:
-        producer.close()
         older.stop()
         thread.join(timeout=30)
     ids = Counter(b["transaction_id"] for _, b in _read_all(settings, settings.topic_scores, 60))
@@ -504,12 +500,7 @@ def test_a_transaction_that_timed_out_is_waited_out_not_taken_for_a_twin(
     settings = private_settings(trained_platform, delivery="exactly_once", worker_id="slow")
     caplog.set_level(logging.WARNING, logger="serving.delivery")
     events = _window(trained_platform, 1).head(40)
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    for _, row in events.iterrows():
-        body = json.dumps(event_body(row)).encode()
-        producer.send(settings.topic_transactions, body, key=b"%d" % row["customer_id"])
-    producer.flush()
-    producer.close()
+    _publish(settings, events)
 
     worker = build_worker(settings)
     assert worker.delivery.transaction_timeout_ms == 2_000
