@@ -293,12 +293,15 @@ def test_malformed_events_go_to_the_dead_letter_topic(
 
 
 def test_hot_swap_follows_the_alias_and_rollback(trained_platform: TrainedPlatform) -> None:
-    settings = private_settings(trained_platform, champion_poll_s=0.3)
+    """Two versions of a model of this test alone (the platform's champion registered twice,
+    so the platform's own registry is left as it was), followed through a promote and a
+    rollback by a running worker."""
+    name = f"fraud-hot-swap-{uuid.uuid4().hex[:8]}"
+    settings = private_settings(trained_platform, champion_poll_s=0.3, model_name=name)
     client = tracking.configure(settings)
-    name = settings.model_name
-    original = registry.champion_version(client, name)
-    assert original is not None
-    copy = str(mlflow.register_model(f"models:/{name}/{original}", name).version)
+    source = f"runs:/{trained_platform.summary.run_id}/{tracking.MODEL_ARTIFACT}"
+    original, copy = (str(mlflow.register_model(source, name).version) for _ in range(2))
+    registry.promote(client, name, original)
     events = _window(trained_platform, 2)
     parts = [events.iloc[index] for index in np.array_split(np.arange(len(events)), 3)]
     worker = build_worker(settings)
