@@ -10,6 +10,9 @@ SKEWLESS := $(RUN) skewless
 export UV_PYTHON_DOWNLOADS := never
 export MLFLOW_DISABLE_TELEMETRY := true
 export SPARK_LOCAL_IP := 127.0.0.1
+PYTEST := $(RUN) pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=20
+# Two test processes, each with servers of its own; a file's tests stay in one process, in
+# the order they are written, and each process takes the files in the order they are listed.
 
 .PHONY: help setup config services-up services-status services-down mlflow-ui data apply plan feast-ui train retrain materialize replay serve serve-http monitor bench bench-state demo lint unit integration test
 
@@ -89,10 +92,10 @@ lint: ## ruff check, ruff format --check and mypy
 	$(RUN) mypy
 
 unit: ## unit tests only (no servers)
-	$(RUN) pytest tests/unit
+	$(PYTEST) tests/unit
 
 integration: ## integration tests against real Kafka, Redis, Spark, MLflow and Prometheus
-	$(RUN) pytest tests/integration
+	$(PYTEST) tests/integration
 
 test: setup lint ## install, lint, then run unit and integration tests
-	$(RUN) pytest tests/unit tests/integration
+	$(PYTEST) tests/unit tests/integration

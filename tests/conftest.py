@@ -1,7 +1,10 @@
 """Shared fixtures: private Kafka, Redis and MLflow servers on free loopback ports.
 
 The servers are started by the same code as `skewless services up`, in a temporary runtime
-folder, once per test session, and stopped (whole process groups) at the end.
+folder, once per test process, and stopped (whole process groups) at the end. `make test` runs
+two processes (pytest-xdist), so each has servers, a trained platform and a registry of its
+own; tests of one process share them, so a test that changes them works on its own model
+name, topics, consumer group or state prefix.
 """
 
 from __future__ import annotations
