@@ -18,6 +18,7 @@ from datetime import timedelta
 
 import numpy as np
 import pandas as pd
+import redis
 
 from serving.champion import ChampionWatcher
 from skewless import redis_batch
@@ -214,6 +215,20 @@ class ScoringCore:
         redis_batch.execute(self.state.client, commands)
 
 
+def _warn_of_empty_state(state: StreamState, history: HistoryState | None) -> None:
+    """Log each declaration whose state has no key in this layout (its values start empty),
+    naming an older layout's keys when there are some. Redis failing here is only logged:
+    scoring waits it out."""
+    try:
+        empty = [*state.empty(), *([history.empty()] if history is not None else [])]
+    except redis.RedisError as exc:
+        logger.warning("could not look for the state's keys: %r", exc)
+        return
+    for declaration in empty:
+        if declaration is not None:
+            logger.warning("%s", declaration.message())
+
+
 def build_core(settings: Settings) -> ScoringCore:
     """State, champion model (loaded with retries, watched for alias moves) and core."""
     from serving.champion import load_with_retry
@@ -228,6 +243,7 @@ def build_core(settings: Settings) -> ScoringCore:
         timedelta(seconds=settings.state_allowed_lateness_s),
     )
     history = history_state(state, load_history(settings), settings.stream_state_prefix)
+    _warn_of_empty_state(state, history)
     model = load_with_retry(settings, deadline_s=settings.service_start_timeout_s)
     check_contract(model, state, history)  # before the watcher starts: a refused model stops
     watcher = ChampionWatcher(settings, model, settings.champion_poll_s).start()

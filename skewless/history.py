@@ -39,7 +39,7 @@ from redis.crc import key_slot
 from skewless import redis_batch
 from skewless.aggregation import TransactionHistory
 from skewless.redis_batch import Client, Command
-from skewless.stream_state import to_micros
+from skewless.stream_state import EmptyState, empty_state, to_micros
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +116,13 @@ class HistoryState:
         """A transaction's reply: how many earlier members, then `length` members (padded)."""
         digest = hashlib.blake2s(repr(history).encode(), digest_size=3).hexdigest()
         self._head = f"{prefix}:h1.{digest}:{{{history.name}:".encode()
+        self._prefix = prefix
         self._library = redis_batch.FunctionLibrary(LIBRARY)
         self._by_slot = isinstance(client, redis.RedisCluster)
+
+    def empty(self) -> EmptyState | None:
+        """`EmptyState` when no history has a key in this layout (a look at start-up)."""
+        return empty_state(self.client, self._prefix, self.history.name, self._head)
 
     def keys(self, entity_id: int) -> tuple[bytes, bytes]:
         """The entity's members and index keys: every key of the entity."""

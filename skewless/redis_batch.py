@@ -83,13 +83,45 @@ def execute(client: Client, commands: Sequence[Command]) -> list[Any]:
     return replies
 
 
+def glob_escaped(text: bytes) -> bytes:
+    """`text` as a literal in a `SCAN MATCH` pattern."""
+    return re.sub(rb"([*?\[\]\\])", rb"\\\1", text)
+
+
 def remove_keys_under(client: Client, head: bytes) -> int:
     """Unlink every key that starts with `head` (on every primary of a cluster); returns how
     many. `SCAN` finds them, so Redis keeps serving meanwhile."""
-    pattern = re.sub(rb"([*?\[\]\\])", rb"\\\1", head) + b"*"
-    keys = list(client.scan_iter(match=pattern, count=1_000))
+    keys = list(client.scan_iter(match=glob_escaped(head) + b"*", count=1_000))
     execute(client, [(b"UNLINK", key) for key in keys])
     return len(keys)
+
+
+def first_key(
+    client: Client, pattern: bytes, budget_s: float, unless_under: bytes | None = None
+) -> tuple[bytes | None, bool]:
+    """A key matching the `SCAN MATCH` `pattern` (on any primary of a cluster) that does not
+    start with `unless_under`, or None; and whether that answer is sure. To tell there is
+    none, `SCAN` walks every key: it stops after `budget_s`, and then the answer is None and
+    not sure."""
+    deadline = time.monotonic() + budget_s
+    nodes: list[redis.Redis] = (
+        [client.get_redis_connection(node) for node in client.get_primaries()]
+        if isinstance(client, RedisCluster)
+        else [client]
+    )
+    for node in nodes:
+        cursor = 0
+        while True:
+            reply = node.scan(cursor, match=pattern, count=1_000)
+            cursor, keys = cast(tuple[int, list[bytes]], reply)
+            for key in keys:
+                if unless_under is None or not key.startswith(unless_under):
+                    return key, True
+            if cursor == 0:
+                break
+            if time.monotonic() > deadline:
+                return None, False
+    return None, True
 
 
 class FunctionLibrary:

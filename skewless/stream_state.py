@@ -280,6 +280,50 @@ class RefusedEvent:
     values: dict[str, float]
 
 
+START_CHECK_BUDGET_S = 2.0
+"""Time one look for a state's keys may take at start-up (a `SCAN`)."""
+
+
+@dataclass(frozen=True)
+class EmptyState:
+    """A declaration whose state has no key in this layout: a state never loaded, or loaded
+    in another layout (an older version's, other tiles or decimals), whose keys are not read."""
+
+    name: str
+    head: bytes
+    """What every key of the declaration in this layout starts with."""
+    other_layout_key: bytes | None
+    """A key of the declaration in another layout, when one was found."""
+
+    def message(self) -> str:
+        said = (
+            f"the state of {self.name} has no key under {self.head.decode()!r}: its values "
+            "start empty, from the events this process sees, until `skewless materialize` "
+            "loads it"
+        )
+        if self.other_layout_key is not None:
+            said += (
+                f"; keys of another layout are there ({self.other_layout_key.decode()!r}), "
+                "which this version does not read: the state's layout changed with the version "
+                "of skewless or the declaration's tiles or decimals"
+            )
+        return said
+
+
+def empty_state(
+    client: Client, prefix: str, name: str, head: bytes, budget_s: float = START_CHECK_BUDGET_S
+) -> EmptyState | None:
+    """`EmptyState` when no key starts with `head` (the keys of declaration `name` under
+    `prefix`, in this layout); None when one does, or when the look ran out of time."""
+    escaped = redis_batch.glob_escaped
+    key, sure = redis_batch.first_key(client, escaped(head) + b"*", budget_s)
+    if key is not None or not sure:
+        return None
+    other_layouts = escaped(f"{prefix}:".encode()) + b"*[:{]" + escaped(f"{name}:".encode()) + b"*"
+    other, _ = redis_batch.first_key(client, other_layouts, budget_s, unless_under=head)
+    return EmptyState(name, head, other)
+
+
 class StreamState:
     """All declarations' streaming state in one Redis or one Redis Cluster, one pipelined
     write per batch."""
@@ -301,6 +345,14 @@ class StreamState:
         self._library = redis_batch.FunctionLibrary(LIBRARY)
         self._by_slot = isinstance(client, redis.RedisCluster)
         """Calls hold one slot's entities only: a cluster refuses keys of several slots."""
+
+    def empty(self) -> list[EmptyState]:
+        """The declarations whose state has no key in this layout (a look at start-up)."""
+        found = (
+            empty_state(self.client, agg.prefix, agg.declaration.name, agg.key_head)
+            for agg in self.aggregations
+        )
+        return [state for state in found if state is not None]
 
     def load_function(self) -> None:
         """Load (or replace) the state's Redis Function library."""

@@ -105,10 +105,15 @@ def test_initialize_loads_the_state_a_stream_from_until_needs(state_redis: Setti
     frame = _transactions(2_000, 30)
     until = pd.Timestamp("2026-06-02 13:00", tz="UTC")
     state = _state(state_redis)
+    empty = state.empty()
+    assert empty is not None and empty.name == HISTORY.name and empty.other_layout_key is None
     _push(state, frame.sort_values("tx_datetime"))  # a state that went further, replayed
+    assert state.empty() is None
     assert state.initialize(frame, frame["tx_datetime"].min().to_pydatetime()) == 0  # nothing
+    assert state.empty() is not None
     assert _push(state, frame.iloc[:0]).empty
     loaded = state.initialize(frame, until.to_pydatetime())
+    assert state.empty() is None
     before = frame[frame["tx_datetime"] < until]
     assert loaded == sum(min(len(g), HISTORY.kept) for _, g in before.groupby("customer_id"))
     after = frame[frame["tx_datetime"] >= until].sort_values("tx_datetime")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import replace
 
 import pytest
 
 from serving.champion import ChampionWatcher, load_version
-from serving.scoring import ModelContractError, ScoringCore, computable_features
+from serving.scoring import ModelContractError, ScoringCore, build_core, computable_features
 from skewless.feature_store import load_declarations
 from skewless.services import redis_server
 from skewless.stream_state import StreamState
@@ -41,3 +42,23 @@ def test_a_model_needing_an_undeclared_feature_is_refused_at_start_and_never_swa
     assert core.model.version == champion.version  # the champion in use stays
     assert core.watcher.refused == "99"  # and the refused version is not loaded again
     assert core.watcher.check_once() is False
+
+
+def test_a_core_started_on_a_state_never_loaded_says_which_values_start_empty(
+    trained_platform: TrainedPlatform, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Windows of a state not loaded in this layout start empty: the start-up log names each
+    declaration, and nothing for the platform's state, loaded by its training."""
+    names = {decl.name for decl in load_declarations(trained_platform.settings)}
+    for prefix, expected in ((f"test:{uuid.uuid4().hex}", names), (None, set())):
+        settings = private_settings(
+            trained_platform, **({"stream_state_prefix": prefix} if prefix else {})
+        )
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="serving.scoring"):
+            core = build_core(settings)
+        core.watcher.stop()
+        said = [r.getMessage() for r in caplog.records if r.name == "serving.scoring"]
+        told = {name for name in names for line in said if f"the state of {name} " in line}
+        assert told == expected, said
+        assert all("skewless materialize" in line for line in said), said

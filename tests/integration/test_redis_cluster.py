@@ -89,6 +89,20 @@ def test_a_batch_over_every_node_is_one_write_per_node_with_replies_in_order(
         assert calls.get("set", 0) == calls.get("get", 0) == expected[port]
 
 
+def test_first_key_looks_on_every_node_and_stops_at_its_budget(cluster: RedisCluster) -> None:
+    run = uuid.uuid4().hex.encode()
+    keys = [b"%s:filler:%d" % (run, i) for i in range(6_000)]
+    redis_batch.execute(cluster, [(b"SET", key, b"1") for key in keys])
+    ports = {int(node.port) for node in cluster.get_primaries()}
+    assert {cluster.get_node_from_key(key).port for key in keys} == ports  # all nodes hold some
+    last = max(keys, key=lambda key: (cluster.get_node_from_key(key).port, key))
+    found, sure = redis_batch.first_key(cluster, last, 30)
+    assert (found, sure) == (last, True)  # wherever it is
+    assert redis_batch.first_key(cluster, run + b":filler:*", 30, unless_under=run) == (None, True)
+    assert redis_batch.first_key(cluster, run + b":none:*", 0) == (None, False)  # not walked
+    redis_batch.execute(cluster, [(b"UNLINK", key) for key in keys])
+
+
 def test_an_error_reply_raises_after_every_reply_was_read(cluster: RedisCluster) -> None:
     key = f"test:{uuid.uuid4().hex}".encode()
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):

@@ -476,3 +476,33 @@ def test_a_re_score_gives_the_same_bits_whatever_the_state_took_in_since(
     np.testing.assert_array_equal(again.to_numpy(), first.to_numpy())
     expected = _expected(raw).loc[again.index, again.columns].to_numpy(dtype=float)
     np.testing.assert_array_equal(again.to_numpy(), expected)  # (the reference's bits too)
+
+
+def test_a_state_never_loaded_or_loaded_in_another_layout_is_told_apart(
+    state_redis: Settings, raw: pd.DataFrame
+) -> None:
+    """What the worker logs at start-up: a declaration without a key in this layout, and
+    whether another layout's keys (other tiles here; an older version's alike) are there."""
+    client = redis_server.client(state_redis)
+    prefix = f"test:{uuid.uuid4().hex}"
+    state = StreamState(client, DECLARATIONS, prefix)
+    never = state.empty()
+    assert [empty.name for empty in never] == [decl.name for decl in DECLARATIONS]
+    assert all(empty.other_layout_key is None for empty in never)
+    assert "`skewless materialize`" in never[0].message()
+    assert "another layout" not in never[0].message()
+
+    state.initialize(raw, datetime(2026, 5, 15, tzinfo=UTC), label_delay_days=7)
+    assert state.empty() == []
+    assert StreamState(client, DECLARATIONS, f"{prefix}x").empty() != []  # prefixes apart
+
+    relaid = StreamState(client, DECLARATIONS, prefix, FINE)
+    moved = relaid.empty()
+    assert [empty.name for empty in moved] == [decl.name for decl in DECLARATIONS]
+    for empty, old, new in zip(moved, state.aggregations, relaid.aggregations, strict=True):
+        assert empty.head == new.key_head != old.key_head
+        assert empty.other_layout_key is not None
+        assert empty.other_layout_key.startswith(old.key_head), empty.other_layout_key
+        assert "another layout" in empty.message()
+    relaid.initialize(raw, datetime(2026, 5, 15, tzinfo=UTC), label_delay_days=7)
+    assert relaid.empty() == []
