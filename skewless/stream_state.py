@@ -303,7 +303,7 @@ class EmptyState:
         )
         if self.other_layout_key is not None:
             said += (
-                f"; keys of another layout are there ({self.other_layout_key.decode()!r}), "
+                f"; keys of another layout are there ({self.other_layout_key!r}), "
                 "which this version does not read: the state's layout changed with the version "
                 "of skewless or the declaration's tiles or decimals"
             )

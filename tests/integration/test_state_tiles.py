@@ -506,3 +506,11 @@ def test_a_state_never_loaded_or_loaded_in_another_layout_is_told_apart(
         assert "another layout" in empty.message()
     relaid.initialize(raw, datetime(2026, 5, 15, tzinfo=UTC), label_delay_days=7)
     assert relaid.empty() == []
+
+    foreign = f"test:{uuid.uuid4().hex}"  # a key of some older layout, not even UTF-8
+    old_key = f"{foreign}:m1:{DECLARATIONS[0].name}:7:".encode() + b"\xff"
+    client.set(old_key, b"1")
+    [first, *_] = StreamState(client, DECLARATIONS, foreign).empty()
+    assert first.other_layout_key == old_key
+    assert repr(old_key) in first.message()
+    client.delete(old_key)
