@@ -220,13 +220,12 @@ def _warn_of_empty_state(state: StreamState, history: HistoryState | None) -> No
     naming an older layout's keys when there are some. Redis failing here is only logged:
     scoring waits it out."""
     try:
-        empty = [*state.empty(), *([history.empty()] if history is not None else [])]
+        empty = [*state.empty(), history.empty() if history is not None else None]
     except redis.RedisError as exc:
         logger.warning("could not look for the state's keys: %r", exc)
         return
-    for declaration in empty:
-        if declaration is not None:
-            logger.warning("%s", declaration.message())
+    for found in filter(None, empty):
+        logger.warning("%s", found.message())
 
 
 def build_core(settings: Settings) -> ScoringCore:

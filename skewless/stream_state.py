@@ -305,7 +305,7 @@ class EmptyState:
             said += (
                 f"; keys of another layout are there ({self.other_layout_key!r}), "
                 "which this version does not read: the state's layout changed with the version "
-                "of skewless or the declaration's tiles or decimals"
+                "of skewless or with the declaration"
             )
         return said
 

@@ -146,27 +146,18 @@ def test_a_batch_that_failed_while_the_broker_is_down_is_dropped_without_waiting
     settings = own_kafka
     delivery, consumer, read = _delivery(settings)
     delivery._config["bootstrap_timeout_ms"] = 5_000
-    commit = KafkaProducer.commit_transaction
-    killed: list[bool] = []
 
-    def kill_and_fail(producer: KafkaProducer) -> None:
-        if killed:
-            return commit(producer)
+    def kill_and_fail() -> None:
         _kill_broker(settings)
-        killed.append(True)
         raise KafkaError("Could not execute transactional request: connection lost")
 
     try:
-        second, second_offsets = _first_delivered_then_second_handed_over(
-            settings,
-            delivery,
-            consumer,
-            read,
-            lambda: monkeypatch.setattr(KafkaProducer, "commit_transaction", kill_and_fail),
+        second, second_offsets, replaced = _first_delivered_then_second_handed_over(
+            settings, delivery, consumer, read, monkeypatch, kill_and_fail
         )
         with pytest.raises(DeliveryError):
             delivery.settle(asynchronous=False)
-        assert killed
+        assert replaced
 
         outcome: list[DeliveryError | None] = []
         aborting = threading.Thread(target=lambda: outcome.append(_abort(delivery)), daemon=True)
@@ -194,27 +185,14 @@ def test_a_commit_that_gets_no_answer_is_given_up_and_delivered_again(
     monkeypatch.setattr(delivery_module, "COMMIT_TIMEOUT_S", 2.0)
     settings = own_kafka
     delivery, consumer, read = _delivery(settings)
-    commit = KafkaProducer.commit_transaction
     release = threading.Event()
-    held: list[bool] = []
-
-    def never_answered(producer: KafkaProducer) -> None:
-        if held:
-            return commit(producer)
-        held.append(True)
-        release.wait()
-
     try:
-        second, second_offsets = _first_delivered_then_second_handed_over(
-            settings,
-            delivery,
-            consumer,
-            read,
-            lambda: monkeypatch.setattr(KafkaProducer, "commit_transaction", never_answered),
+        second, second_offsets, replaced = _first_delivered_then_second_handed_over(
+            settings, delivery, consumer, read, monkeypatch, release.wait
         )
         with pytest.raises(DeliveryError, match="no answer from Kafka"):
             delivery.settle(asynchronous=False)
-        assert held
+        assert replaced
         assert _abort(delivery) is None
         delivery.deliver(second, second_offsets, consumer.group_metadata())
     finally:
@@ -229,17 +207,29 @@ def _first_delivered_then_second_handed_over(
     delivery: Delivery,
     consumer: KafkaConsumer,
     read: TopicPartition,
-    between: Callable[[], None],
-) -> tuple[list[Outgoing], Offsets]:
-    """Deliver the batch `first` (offset 10), run `between`, hand the batch `second`
-    (offset 20) over; its records and offsets, to deliver again."""
+    monkeypatch: pytest.MonkeyPatch,
+    first_commit: Callable[[], object],
+) -> tuple[list[Outgoing], Offsets, list[bool]]:
+    """Deliver the batch `first` (offset 10), then hand the batch `second` (offset 20) over,
+    whose `commit_transaction` runs `first_commit` instead (which may raise, or never
+    return); later commits are kafka-python's own. Returns `second`'s records and offsets, to
+    deliver again, and a list that holds True once `first_commit` ran."""
     first: list[Outgoing] = [(settings.topic_scores, b"k", b"first")]
     delivery.deliver(first, {read: OffsetAndMetadata(10, "", -1)}, consumer.group_metadata())
-    between()
+    commit = KafkaProducer.commit_transaction
+    replaced: list[bool] = []
+
+    def first_then_kafkas_own(producer: KafkaProducer) -> None:
+        if replaced:
+            return commit(producer)
+        replaced.append(True)
+        first_commit()
+
+    monkeypatch.setattr(KafkaProducer, "commit_transaction", first_then_kafkas_own)
     second: list[Outgoing] = [(settings.topic_scores, b"k", b"second")]
     second_offsets = {read: OffsetAndMetadata(20, "", -1)}
     delivery.hand_over(second, second_offsets, consumer.group_metadata())
-    return second, second_offsets
+    return second, second_offsets, replaced
 
 
 def _abort(delivery: Delivery) -> DeliveryError | None:
