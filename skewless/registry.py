@@ -56,6 +56,9 @@ METRICS = tuple(
     prefix + name for prefix in (PROTOCOL_PREFIX, WHOLE_WINDOW_PREFIX) for name in METRIC_NAMES
 )
 """The test metrics logged with every model version (`skewless.fraud_metrics.quality_metrics`)."""
+PREDICTIONS_ARTIFACT = "test_predictions.parquet"
+"""Each test fold's scores (`transaction_id`, `score`, `known_compromised`), in its run; the
+registered fold's also in the version's own run."""
 GATE_METRIC = f"{PROTOCOL_PREFIX}average_precision"
 """The gate compares average precision on the handbook's protocol."""
 

@@ -36,7 +36,7 @@ from skewless.history import offline_history
 from skewless.known_frauds import first_fraud_days, known_compromised
 from skewless.model_runtime import ONNX_FILE, REFERENCE_ARTIFACT, OnnxScorer
 from skewless.quality import validate_transactions
-from skewless.registry import GATE_METRIC
+from skewless.registry import GATE_METRIC, PREDICTIONS_ARTIFACT
 from skewless.settings import Settings
 from skewless.spark import spark_session
 from skewless.statistics import reference_statistics, save_statistics
@@ -382,6 +382,7 @@ def _train_fold(
         metrics = evaluate(scored, known)
         if nested:
             mlflow.log_metrics(metrics)
+            _log_predictions(scored, folder)
             mlflow.set_tags(
                 {"rows_test": str(len(scored)), "rows_test_protocol": str((~known).sum())}
             )
@@ -556,10 +557,15 @@ def _train_with_progress(
         )
 
 
-def _log_test_artifacts(scored: pd.DataFrame, workdir: Path) -> None:
-    predictions = workdir / "test_predictions.parquet"
+def _log_predictions(scored: pd.DataFrame, folder: Path) -> None:
+    """The test window's scores, and which cards the protocol leaves out, in the active run."""
+    predictions = folder / PREDICTIONS_ARTIFACT
     scored[["transaction_id", "score", "known_compromised"]].to_parquet(predictions, index=False)
     mlflow.log_artifact(str(predictions))
+
+
+def _log_test_artifacts(scored: pd.DataFrame, workdir: Path) -> None:
+    _log_predictions(scored, workdir)
     unknown = scored[~scored["known_compromised"]]  # the plots show the protocol's figures
     labels = unknown["tx_fraud"].to_numpy()
     scores = unknown["score"].to_numpy()

@@ -318,6 +318,21 @@ def test_prequential_folds_are_nested_runs_and_the_gate_reads_them_all(
         assert run.data.metrics[f"{key}_std"] == pytest.approx(np.std(values))
     assert run.data.params["folds"] == "2"
     assert client.get_metric_history(by_fold["1"].info.run_id, "val_average_precision")
+    # Each fold's run holds its own test window's scores; the registered fold's are also the
+    # parent run's.
+    raw = pd.read_parquet(data)
+    fold_scores = {}
+    for k, start in zip(("0", "1"), starts, strict=True):
+        folder = mlflow.artifacts.download_artifacts(run_id=by_fold[k].info.run_id)
+        fold_scores[k] = pd.read_parquet(Path(folder) / registry.PREDICTIONS_ARTIFACT)
+        in_test = raw["tx_datetime"].between(start, start + pd.Timedelta(days=7), "left")
+        assert sorted(fold_scores[k]["transaction_id"]) == sorted(
+            raw.loc[in_test, "transaction_id"]
+        )
+    parent = mlflow.artifacts.download_artifacts(run_id=first.run_id)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(Path(parent) / registry.PREDICTIONS_ARTIFACT), fold_scores["0"]
+    )
 
     second = run_training(settings, replace(options, params=replace(options.params, seed=3)))
     gate = json.loads(client.get_model_version(settings.model_name, second.version).tags["gate"])

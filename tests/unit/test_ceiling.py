@@ -7,10 +7,22 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from skewless.simulator import SimulationParams, SimulationResult, simulate
 from training import protocol
-from training.ceiling import hidden_frauds, latest_labelled, protocol_ceiling, unseen_start_days
+from training.ceiling import (
+    FRAUD_KINDS,
+    GENUINE,
+    HIDDEN_TERMINAL,
+    VISIBLE_TERMINAL,
+    fraud_kinds,
+    hidden_frauds,
+    latest_labelled,
+    protocol_ceiling,
+    rank_losses,
+    unseen_start_days,
+)
 
 DELAY = timedelta(days=7)
 DAY0 = pd.Timestamp("2026-04-01", tz="UTC")
@@ -73,6 +85,58 @@ def test_unseen_start_days_count_back_to_the_latest_labelled_transaction() -> No
     assert by_time[_at(20, 9)] == 28
 
 
+def test_each_fraud_is_read_under_its_scenario_and_a_terminal_s_as_hidden_or_visible() -> None:
+    result = _hand_made()
+    hidden = hidden_frauds(result, latest_labelled(result.transactions, DELAY))
+    kinds = fraud_kinds(result.scenario, hidden)
+    assert kinds.tolist() == [
+        GENUINE,
+        HIDDEN_TERMINAL,
+        HIDDEN_TERMINAL,
+        HIDDEN_TERMINAL,
+        VISIBLE_TERMINAL,
+        VISIBLE_TERMINAL,
+        GENUINE,
+    ]
+    codes = np.array([0, 1, 3], dtype=np.int8)
+    assert fraud_kinds(codes, np.zeros(3, dtype=bool)).tolist() == [
+        GENUINE,
+        "amount_over_220",
+        "compromised_customer",
+    ]
+
+
+def test_the_losses_by_kind_add_up_to_what_the_auc_misses() -> None:
+    """By hand: 4 genuine scores, one fraud of each kind; then the sum on random scores."""
+    frame = pd.DataFrame(
+        {
+            "tx_fraud": [0, 0, 0, 0, 1, 1, 1, 1],
+            "score": [0.1, 0.2, 0.3, 0.4, 0.9, 0.3, 0.05, 0.25],
+            "kind": [GENUINE] * 4 + list(FRAUD_KINDS),
+        }
+    )
+    losses = rank_losses(frame)
+    assert {kind: loss.mean_rank for kind, loss in losses.items()} == {
+        FRAUD_KINDS[0]: 1.0,  # above all four
+        FRAUD_KINDS[1]: 0.625,  # above two, tied with one
+        FRAUD_KINDS[2]: 0.0,
+        FRAUD_KINDS[3]: 0.5,
+    }
+    assert losses[FRAUD_KINDS[2]].auc_loss == 0.25  # (1 - 0) over 4 frauds
+    total = sum(loss.auc_loss for loss in losses.values())
+    assert 1 - total == pytest.approx(roc_auc_score(frame["tx_fraud"], frame["score"]))
+
+    rng = np.random.default_rng(5)
+    labels = rng.random(2000) < 0.1
+    scores = np.round(rng.random(2000) + labels * 0.3, 2)  # ties on purpose
+    kinds = np.where(labels, rng.choice(FRAUD_KINDS, 2000), GENUINE)
+    random = pd.DataFrame({"tx_fraud": labels.astype(int), "score": scores, "kind": kinds})
+    total = sum(loss.auc_loss for loss in rank_losses(random).values())
+    assert 1 - total == pytest.approx(roc_auc_score(labels, scores))
+    with pytest.raises(ValueError, match="both"):
+        rank_losses(random[random["tx_fraud"] > 0])
+
+
 def test_a_fraud_outside_every_compromise_is_refused() -> None:
     result = _hand_made()
     empty = result.terminal_compromises.iloc[:0]
@@ -119,3 +183,12 @@ def test_the_ceiling_ranks_every_visible_fraud_first(simulated: SimulationResult
         at_random = 1 - ceiling.hidden / (2 * ceiling.frauds)
         assert at_random - 0.01 <= ceiling.figures["auc_roc"] < 1
         assert ceiling.figures["average_precision"] >= 1 - ceiling.hidden / ceiling.frauds - 0.01
+        # At chance, the hidden frauds sit in the middle of the genuine transactions.
+        assert ceiling.at_chance["auc_roc"] == pytest.approx(at_random, abs=0.02)
+        assert ceiling.at_chance["auc_roc"] <= ceiling.figures["auc_roc"] + 0.005
+        hidden = ceiling.losses[HIDDEN_TERMINAL]
+        assert hidden.frauds == ceiling.hidden
+        assert hidden.mean_rank >= 0.45
+        assert ceiling.losses[VISIBLE_TERMINAL].mean_rank == 1.0
+        total = sum(loss.auc_loss for loss in ceiling.losses.values())
+        assert 1 - total == pytest.approx(ceiling.figures["auc_roc"])
