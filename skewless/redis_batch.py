@@ -96,13 +96,31 @@ def remove_keys_under(client: Client, head: bytes) -> int:
     return len(keys)
 
 
+def remove_keys_shaped(
+    client: Client, pattern: bytes, shape: re.Pattern[bytes], unless_under: bytes
+) -> int:
+    """Unlink every key matching the `SCAN MATCH` `pattern` whose whole name has `shape` and
+    does not start with `unless_under` (on every primary of a cluster); returns how many."""
+    keys = [
+        key
+        for key in client.scan_iter(match=pattern, count=1_000)
+        if shape.fullmatch(key) and not key.startswith(unless_under)
+    ]
+    execute(client, [(b"UNLINK", key) for key in keys])
+    return len(keys)
+
+
 def first_key(
-    client: Client, pattern: bytes, budget_s: float, unless_under: bytes | None = None
+    client: Client,
+    pattern: bytes,
+    budget_s: float,
+    unless_under: bytes | None = None,
+    shape: re.Pattern[bytes] | None = None,
 ) -> tuple[bytes | None, bool]:
     """A key matching the `SCAN MATCH` `pattern` (on any primary of a cluster) that does not
-    start with `unless_under`, or None; and whether that answer is sure. To tell there is
-    none, `SCAN` walks every key: it stops after `budget_s`, and then the answer is None and
-    not sure."""
+    start with `unless_under` and, with `shape`, whose whole name has it; or None; and whether
+    that answer is sure. To tell there is none, `SCAN` walks every key: it stops after
+    `budget_s`, and then the answer is None and not sure."""
     deadline = time.monotonic() + budget_s
     nodes: list[redis.Redis] = (
         [client.get_redis_connection(node) for node in client.get_primaries()]
@@ -115,7 +133,9 @@ def first_key(
             reply = node.scan(cursor, match=pattern, count=1_000)
             cursor, keys = cast(tuple[int, list[bytes]], reply)
             for key in keys:
-                if unless_under is None or not key.startswith(unless_under):
+                if unless_under is not None and key.startswith(unless_under):
+                    continue
+                if shape is None or shape.fullmatch(key):
                     return key, True
             if cursor == 0:
                 break

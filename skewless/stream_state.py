@@ -84,6 +84,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -305,23 +306,52 @@ class EmptyState:
             said += (
                 f"; keys of another layout are there ({self.other_layout_key!r}), "
                 "which this version does not read: the state's layout changed with the version "
-                "of skewless or with the declaration"
+                "of skewless or with the declaration (`skewless materialize "
+                "--remove-other-layouts` removes them once no worker of the old layout runs)"
             )
         return said
 
 
+def any_layout(prefix: str, layout: str, name: str) -> tuple[bytes, re.Pattern[bytes]]:
+    """A `SCAN MATCH` pattern and the whole shape of the keys of declaration `name` under
+    `prefix` in any layout of the kind of `layout` (`LAYOUT`, or a history's): this one or
+    another, `<prefix>:<kind><version>.<digest>:{<name>:<entity>}:` then the key's own part
+    (`t2.1a2b3c`: the window state's second layout, with the digest of its tiles and
+    decimals)."""
+    kind = layout.rstrip("0123456789")
+    head = f"{prefix}:{kind}".encode()
+    tag = f"{{{name}:".encode()
+    pattern = redis_batch.glob_escaped(head) + b"*" + redis_batch.glob_escaped(tag) + b"*"
+    shape = re.compile(re.escape(head) + rb"\d+\.[^:{}]+:" + re.escape(tag) + rb"-?\d+\}:.+")
+    return pattern, shape
+
+
 def empty_state(
-    client: Client, prefix: str, name: str, head: bytes, budget_s: float = START_CHECK_BUDGET_S
+    client: Client,
+    prefix: str,
+    layout: str,
+    name: str,
+    head: bytes,
+    budget_s: float = START_CHECK_BUDGET_S,
 ) -> EmptyState | None:
     """`EmptyState` when no key starts with `head` (the keys of declaration `name` under
-    `prefix`, in this layout); None when one does, or when the look ran out of time."""
-    escaped = redis_batch.glob_escaped
-    key, sure = redis_batch.first_key(client, escaped(head) + b"*", budget_s)
+    `prefix`, in `layout`); None when one does, or when the look ran out of time."""
+    key, sure = redis_batch.first_key(client, redis_batch.glob_escaped(head) + b"*", budget_s)
     if key is not None or not sure:
         return None
-    other_layouts = escaped(f"{prefix}:".encode()) + b"*[:{]" + escaped(f"{name}:".encode()) + b"*"
-    other, _ = redis_batch.first_key(client, other_layouts, budget_s, unless_under=head)
+    pattern, shape = any_layout(prefix, layout, name)
+    other, _ = redis_batch.first_key(client, pattern, budget_s, unless_under=head, shape=shape)
     return EmptyState(name, head, other)
+
+
+def remove_other_layouts(client: Client, prefix: str, layout: str, name: str, head: bytes) -> int:
+    """Unlink the keys of declaration `name` under `prefix` in every layout of `layout`'s kind
+    but the one whose keys start with `head`; returns how many."""
+    pattern, shape = any_layout(prefix, layout, name)
+    removed = redis_batch.remove_keys_shaped(client, pattern, shape, unless_under=head)
+    if removed:
+        logger.info("removed %d keys of %s in other layouts than %r", removed, name, head)
+    return removed
 
 
 class StreamState:
@@ -349,10 +379,21 @@ class StreamState:
     def empty(self) -> list[EmptyState]:
         """The declarations whose state has no key in this layout (a look at start-up)."""
         found = (
-            empty_state(self.client, agg.prefix, agg.declaration.name, agg.key_head)
+            empty_state(self.client, agg.prefix, LAYOUT, agg.declaration.name, agg.key_head)
             for agg in self.aggregations
         )
         return [state for state in found if state is not None]
+
+    def remove_other_layouts(self) -> int:
+        """Unlink the declarations' keys of other layouts (an older version's, other tiles or
+        decimals), which this version never reads; returns how many. A worker still running an
+        older version reads them: remove them once none does."""
+        return sum(
+            remove_other_layouts(
+                self.client, agg.prefix, LAYOUT, agg.declaration.name, agg.key_head
+            )
+            for agg in self.aggregations
+        )
 
     def load_function(self) -> None:
         """Load (or replace) the state's Redis Function library."""

@@ -514,6 +514,14 @@ def materialize_command(
         datetime | None,
         typer.Option(formats=MOMENT_FORMATS, help="state as of (UTC)"),
     ] = None,
+    remove_other_layouts: Annotated[
+        bool,
+        typer.Option(
+            "--remove-other-layouts",
+            help="also remove the state's keys of other layouts (an older version's, other "
+            "tiles or decimals): only once no worker reading them runs",
+        ),
+    ] = False,
 ) -> None:
     """Write the latest feature values and the streaming state as of --until to Redis."""
     from datetime import UTC
@@ -525,7 +533,9 @@ def materialize_command(
     settings = _settings(ctx)
     moment = until.replace(tzinfo=UTC) if until else None
     path = resolve_data(settings, data)
-    written = materialize_with_progress(spark_session(settings), settings, path, until=moment)
+    written = materialize_with_progress(
+        spark_session(settings), settings, path, moment, remove_other_layouts
+    )
     typer.echo(f"materialize: {written}")
 
 

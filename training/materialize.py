@@ -89,11 +89,14 @@ def materialize(
     return written
 
 
-def load_stream_state(settings: Settings, raw: pd.DataFrame, until: datetime) -> dict[str, int]:
+def load_stream_state(
+    settings: Settings, raw: pd.DataFrame, until: datetime, remove_other_layouts: bool = False
+) -> dict[str, int]:
     """The streaming state a stream starting at `until` needs, from the raw transactions: the
     window state (`StreamState.initialize`) and the declared transaction history (from the
     offline tables' vectors, `HistoryState.initialize`), under `settings.stream_state_prefix`.
-    Returns the events and history transactions loaded."""
+    With `remove_other_layouts`, the keys of both in other layouts go too. Returns the events
+    and history transactions loaded, and the keys of other layouts removed."""
     declarations = load_declarations(settings)
     state = StreamState(
         redis_server.client(settings),
@@ -104,11 +107,14 @@ def load_stream_state(settings: Settings, raw: pd.DataFrame, until: datetime) ->
     )
     delay = label_delay_days(declarations)
     loaded = {"stream_state_events": state.initialize(raw, until, label_delay_days=delay)}
+    if remove_other_layouts:
+        loaded["other_layout_keys_removed"] = state.remove_other_layouts()
     history = load_history(settings)
     if history is not None:
         vectors = transaction_vectors(settings, raw, declarations)
         prefix = prefix_beside(settings.stream_state_prefix)
-        loaded["history_transactions"] = HistoryState(state.client, history, prefix).initialize(
-            vectors, until
-        )
+        histories = HistoryState(state.client, history, prefix)
+        loaded["history_transactions"] = histories.initialize(vectors, until)
+        if remove_other_layouts:
+            loaded["other_layout_keys_removed"] += histories.remove_other_layouts()
     return loaded

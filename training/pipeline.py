@@ -574,10 +574,15 @@ def _log_test_artifacts(scored: pd.DataFrame, workdir: Path) -> None:
 
 
 def materialize_with_progress(
-    spark: SparkSession, settings: Settings, data: Path, until: datetime | None = None
+    spark: SparkSession,
+    settings: Settings,
+    data: Path,
+    until: datetime | None = None,
+    remove_other_layouts: bool = False,
 ) -> dict[str, int]:
     """`materialize` with a progress bar per view, then the streaming state (windows and the
-    declared transaction history) up to `until`.
+    declared transaction history) up to `until`, and with `remove_other_layouts` the state's
+    keys in other layouts removed (`load_stream_state`).
 
     Without `until`, the state is that of the end of the data, so a live stream carries on
     from there.
@@ -594,6 +599,6 @@ def materialize_with_progress(
     raw = read_transactions(data)
     moment = until or (raw["tx_datetime"].max() + pd.Timedelta(microseconds=1)).to_pydatetime()
     declarations = feature_store.load_declarations(settings)
-    written |= load_stream_state(settings, raw, moment)
+    written |= load_stream_state(settings, raw, moment, remove_other_layouts)
     feature_store.record_materialization(settings, declarations, moment)
     return written

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -121,3 +122,27 @@ def test_initialize_loads_the_state_a_stream_from_until_needs(state_redis: Setti
     pd.testing.assert_frame_equal(
         got, offline_history(frame, HISTORY).loc[got.index], check_exact=True
     )
+
+
+def test_a_history_of_another_declaration_is_another_layout(state_redis: Settings) -> None:
+    """A longer history is laid out under another digest: told at start-up, then removed
+    without touching the window state's keys beside it or this layout's."""
+    frame = _transactions(500, 20)
+    until = pd.Timestamp("2026-06-02 13:00", tz="UTC").to_pydatetime()
+    prefix = f"test:{uuid.uuid4().hex}"
+    old = HistoryState(redis_server.client(state_redis), HISTORY, prefix)
+    old.initialize(frame, until)
+    longer = HistoryState(old.client, replace(HISTORY, length=4, kept_factor=6), prefix)
+    empty = longer.empty()
+    assert empty is not None and empty.other_layout_key is not None
+    assert empty.other_layout_key.startswith(old.key_head)
+    window_key = f"{prefix}:t2.abcdef:{{{HISTORY.name}:3}}:e".encode()  # not a history's
+    old.client.set(window_key, b"kept")
+    assert longer.initialize(frame, until) > 0
+    old_keys = len(list(old.client.scan_iter(old.key_head + b"*")))
+    assert old_keys > 0
+    assert longer.remove_other_layouts() == old_keys
+    assert not list(old.client.scan_iter(old.key_head + b"*"))
+    assert longer.empty() is None and old.empty() is not None
+    assert old.client.get(window_key) == b"kept"
+    old.client.delete(window_key)

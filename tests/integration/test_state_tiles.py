@@ -507,10 +507,37 @@ def test_a_state_never_loaded_or_loaded_in_another_layout_is_told_apart(
     relaid.initialize(raw, datetime(2026, 5, 15, tzinfo=UTC), label_delay_days=7)
     assert relaid.empty() == []
 
+    # Removing the other layout's keys (`skewless materialize --remove-other-layouts`) leaves
+    # this layout's, another prefix's, and a key under the prefix of no layout's shape.
+    old_keys = sum(len(list(client.scan_iter(old.key_head + b"*"))) for old in state.aggregations)
+    new_keys = sum(len(list(client.scan_iter(new.key_head + b"*"))) for new in relaid.aggregations)
+    assert old_keys > 0 and new_keys > 0
+    other_prefix = StreamState(client, DECLARATIONS, f"{prefix}x")
+    other_prefix.initialize(raw, datetime(2026, 5, 15, tzinfo=UTC), label_delay_days=7)
+    unshaped = f"{prefix}:notes:{{{DECLARATIONS[0].name}:7}}".encode()
+    client.set(unshaped, b"kept")
+    assert relaid.remove_other_layouts() == old_keys
+    assert all(not list(client.scan_iter(old.key_head + b"*")) for old in state.aggregations)
+    assert relaid.empty() == [] and other_prefix.empty() == []
+    assert sum(len(list(client.scan_iter(new.key_head + b"*"))) for new in relaid.aggregations) == (
+        new_keys
+    )
+    assert client.get(unshaped) == b"kept"
+    gone = state.empty()  # the old layout's view: empty, the new layout's keys beside it
+    assert [empty.name for empty in gone] == [decl.name for decl in DECLARATIONS]
+    for empty, new in zip(gone, relaid.aggregations, strict=True):
+        assert empty.other_layout_key is not None
+        assert empty.other_layout_key.startswith(new.key_head)
+    assert relaid.remove_other_layouts() == 0
+    client.delete(unshaped)
+
     foreign = f"test:{uuid.uuid4().hex}"  # a key of some older layout, not even UTF-8
-    old_key = f"{foreign}:m1:{DECLARATIONS[0].name}:7:".encode() + b"\xff"
+    old_key = f"{foreign}:t1.00ff00:{{{DECLARATIONS[0].name}:7}}:".encode() + b"\xff"
     client.set(old_key, b"1")
-    [first, *_] = StreamState(client, DECLARATIONS, foreign).empty()
+    foreign_state = StreamState(client, DECLARATIONS, foreign)
+    [first, *_] = foreign_state.empty()
     assert first.other_layout_key == old_key
     assert repr(old_key) in first.message()
-    client.delete(old_key)
+    assert "--remove-other-layouts" in first.message()
+    assert foreign_state.remove_other_layouts() == 1
+    assert not client.exists(old_key)

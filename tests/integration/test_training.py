@@ -222,14 +222,20 @@ def test_materialize_writes_latest_features_into_redis(
 ) -> None:
     settings, summary, data = trained
     assert "materialize" in summary.stage_seconds
-    # Other tests move the online rows back in time (--until); state as of the data's end:
-    materialize_with_progress(spark_session(settings), settings, data)
-    raw = pd.read_parquet(data)
+    # Other tests move the online rows back in time (--until); state as of the data's end,
+    # and a key an older layout left (`skewless materialize --remove-other-layouts`) removed:
     customers = feature_store.load_declarations(settings)[0]
+    client = redis_server.client(settings)
+    older = f"{settings.stream_state_prefix}:t1.000000:{{{customers.name}:7}}:e"
+    client.set(older, b"an older version's")
+    written = materialize_with_progress(spark_session(settings), settings, data, None, True)
+    assert written["other_layout_keys_removed"] == 1
+    assert not client.exists(older)
+    raw = pd.read_parquet(data)
     view = OnlineView.of("skewless", customers)
     last = raw.sort_values(["tx_datetime", "transaction_id"]).groupby("customer_id").tail(1)
     sample = last.head(20)
-    values, stamps = view.read(redis_server.client(settings), sample["customer_id"].tolist())
+    values, stamps = view.read(client, sample["customer_id"].tolist())
     assert not np.isnan(values).any()
     assert [s.replace(microsecond=0) if s else None for s in stamps] == [
         t.to_pydatetime() for t in sample["tx_datetime"]
