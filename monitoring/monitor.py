@@ -20,7 +20,7 @@ import pandas as pd
 
 from monitoring import inputs
 from monitoring.drift import DriftThresholds, FeatureDrift, drift_report
-from monitoring.feature_log import read_log
+from monitoring.feature_log import log_days, read_log
 from monitoring.report import render_report, summary_json
 from monitoring.skew import FeatureSkew, SkewThresholds, SkewTolerance, breaches, skew_report
 from skewless import feature_store, model_runtime, registry
@@ -206,6 +206,19 @@ class ChampionDrift:
         return f"drift alert over {events} ({'; '.join(self.alerts)})"
 
 
+def _latest_served_by(settings: Settings, version: str) -> pd.Timestamp | None:
+    """The latest event time `version` served in the online log, read a day at a time from
+    the latest day back (not the whole log), or None."""
+    for day in reversed(log_days(settings)):
+        start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+        served = read_log(settings, start, start + timedelta(days=1))
+        if not served.empty:
+            served = served[served["model_version"].astype(str) == version]
+        if not served.empty:
+            return pd.Timestamp(served["tx_datetime"].max())
+    return None
+
+
 def champion_drift(settings: Settings, recent: timedelta) -> ChampionDrift:
     """Drift of the events served by the current champion, over the last `recent` of their
     event time, against that version's training reference (thresholds from the settings).
@@ -216,12 +229,12 @@ def champion_drift(settings: Settings, recent: timedelta) -> ChampionDrift:
     champion = registry.champion_version(registry.client(settings), settings.model_name)
     if champion is None:
         return ChampionDrift(None, 0)
-    served = read_log(settings)
-    if not served.empty:
-        served = served[served["model_version"].astype(str) == champion]
-    if served.empty:
+    latest = _latest_served_by(settings, champion)
+    if latest is None:
         return ChampionDrift(champion, 0)
-    served = served[served["tx_datetime"] > served["tx_datetime"].max() - recent]
+    served = read_log(settings, since=(latest - recent).to_pydatetime())
+    served = served[served["model_version"].astype(str) == champion]
+    served = served[served["tx_datetime"] > latest - recent]
     reference = model_runtime.reference_statistics(settings, champion)
     drift = drift_report(reference, served, drift_thresholds(settings))
     return ChampionDrift(champion, len(served), tuple(alert_lines(drift)))

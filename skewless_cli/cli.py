@@ -680,6 +680,25 @@ def monitor_sink(
     typer.echo(f"monitor sink: {rows} rows")
 
 
+@monitor_app.command("compact")
+def monitor_compact(
+    ctx: typer.Context,
+    before: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="only the days of event time before this date"),
+    ] = None,
+) -> None:
+    """Rewrite each day of the online log as one file, one row per transaction (its last
+    score): what replays and restarts logged twice goes."""
+    from monitoring.feature_log import compact
+
+    done = compact(_settings(ctx), before.date() if before else None)
+    typer.echo(
+        f"monitor compact: {done.partitions} days, {done.files} files, "
+        f"{done.rows_before:,} rows -> {done.rows_after:,}"
+    )
+
+
 def _run_checks(ctx: typer.Context, since: datetime | None, until: datetime | None,
                 skew: bool, report: bool) -> None:  # fmt: skip
     from monitoring.monitor import NothingServedError, run_monitor
