@@ -75,6 +75,7 @@ serve-http: ## the HTTP enricher: POST transactions to http://127.0.0.1:8088/sco
 
 monitor: ## skew, drift, data quality, live quality: HTML report + JSON summary
 	$(SKEWLESS) monitor sink
+	$(SKEWLESS) monitor compact
 	$(SKEWLESS) monitor report
 
 bench: services-up ## end-to-end streaming benchmark against the naive per-event baseline, and the hot-entity state load
