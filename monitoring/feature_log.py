@@ -154,7 +154,7 @@ def _files(root: Path, since: datetime | None, until: datetime | None) -> list[s
     partition of another name is read whatever the window."""
     first = since.astimezone(UTC).date() if since is not None else None
     last = (until - timedelta(microseconds=1)).astimezone(UTC).date() if until else None
-    paths = []
+    paths = [str(path) for path in root.glob("*.parquet")]  # (outside any partition)
     for folder in root.iterdir() if root.is_dir() else ():
         day = _day_of(folder)
         if day is not None and (
@@ -254,7 +254,7 @@ def compact(settings: Settings, before: date | None = None) -> Compaction:
         pq.write_table(table, partial, coerce_timestamps="us")
         partial.rename(target)
         for path in paths:
-            path.unlink()
+            path.unlink(missing_ok=True)  # (a compaction beside this one may have gone first)
         partitions, files = partitions + 1, files + len(paths)
         rows_before, rows_after = rows_before + len(frame), rows_after + len(kept)
         logger.info(
