@@ -217,6 +217,11 @@ def read_log(
     return frame.drop(columns=[PARTITION], errors="ignore").reset_index(drop=True)
 
 
+STALE_PARTIAL_S = 3600.0
+"""A `.partial` file untouched this long was left by a writer that died: compaction removes it
+(a sink writes a chunk in seconds)."""
+
+
 @dataclass(frozen=True)
 class Compaction:
     """What `compact` did."""
@@ -227,6 +232,8 @@ class Compaction:
     """Files they had."""
     rows_before: int
     rows_after: int
+    stale_partials: int = 0
+    """`.partial` files removed (`STALE_PARTIAL_S`)."""
 
 
 def compact(settings: Settings, before: date | None = None) -> Compaction:
@@ -235,13 +242,18 @@ def compact(settings: Settings, before: date | None = None) -> Compaction:
 
     The new file is complete before it appears (written aside, then renamed), and the files it
     replaces are removed after: a reader meanwhile sees every row at least once, and drops the
-    repeats. Files the sink adds meanwhile are left for the next compaction."""
-    partitions = files = rows_before = rows_after = 0
+    repeats. Files the sink adds meanwhile are left for the next compaction, and so are its
+    `.partial` files but those of a writer that died (`STALE_PARTIAL_S`)."""
+    partitions = files = rows_before = rows_after = stale = 0
     root = log_path(settings)
     for folder in sorted(root.iterdir()) if root.is_dir() else ():
         day = _day_of(folder)
         if day is None or (before is not None and day >= before):
             continue
+        for partial in folder.glob("*.partial"):
+            if time.time() - partial.stat().st_mtime > STALE_PARTIAL_S:
+                partial.unlink(missing_ok=True)
+                stale += 1
         paths = sorted(folder.glob("*.parquet"))
         if len(paths) < 2:
             continue
@@ -261,4 +273,4 @@ def compact(settings: Settings, before: date | None = None) -> Compaction:
             "online log %s: %d files, %d rows -> 1 file, %d rows",
             *(folder.name, len(paths), len(frame), len(kept)),
         )
-    return Compaction(partitions, files, rows_before, rows_after)
+    return Compaction(partitions, files, rows_before, rows_after, stale)

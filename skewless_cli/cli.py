@@ -695,7 +695,8 @@ def monitor_compact(
     done = compact(_settings(ctx), before.date() if before else None)
     typer.echo(
         f"monitor compact: {done.partitions} days, {done.files} files, "
-        f"{done.rows_before:,} rows -> {done.rows_after:,}"
+        f"{done.rows_before:,} rows -> {done.rows_after:,}; "
+        f"{done.stale_partials} partial files of a writer that died removed"
     )
 
 
