@@ -149,8 +149,8 @@ def main() -> int:
     start = times.min().to_pydatetime()
     latest = protocol.split(start, times.max().to_pydatetime(), delay, history_days=history)
     folds = protocol.prequential_folds(latest, args.folds, start, history)
-    ceilings = protocol_ceiling(result, folds, delay, orders=args.orders)
     tests = protocol_test_sets(result, folds, delay)
+    ceilings = protocol_ceiling(folds, tests, orders=args.orders)
     version, model, scores = _model_folds(settings, args.version)
     losses = [
         _model_losses(test, scores[k]) if k < len(scores) else None for k, test in enumerate(tests)

@@ -39,7 +39,7 @@ from redis.crc import key_slot
 from skewless import redis_batch
 from skewless.aggregation import TransactionHistory
 from skewless.redis_batch import Client, Command
-from skewless.stream_state import EmptyState, empty_state, remove_other_layouts, to_micros
+from skewless.stream_state import EmptyState, KeyLayout, to_micros
 
 logger = logging.getLogger(__name__)
 
@@ -117,14 +117,14 @@ class HistoryState:
         self._reply = np.dtype([("count", "u1"), ("earlier", self.dtype, (history.length,))])
         """A transaction's reply: how many earlier members, then `length` members (padded)."""
         digest = hashlib.blake2s(repr(history).encode(), digest_size=3).hexdigest()
-        self._head = f"{prefix}:{LAYOUT}.{digest}:{{{history.name}:".encode()
-        self._prefix = prefix
+        self._layout = KeyLayout(prefix, LAYOUT, digest, history.name)
+        self._head = self._layout.head
         self._library = redis_batch.FunctionLibrary(LIBRARY)
         self._by_slot = isinstance(client, redis.RedisCluster)
 
     def empty(self) -> EmptyState | None:
         """`EmptyState` when no history has a key in this layout (a look at start-up)."""
-        return empty_state(self.client, self._prefix, LAYOUT, self.history.name, self._head)
+        return self._layout.empty(self.client)
 
     @property
     def key_head(self) -> bytes:
@@ -133,9 +133,7 @@ class HistoryState:
 
     def remove_other_layouts(self) -> int:
         """Unlink the history's keys of other layouts (`StreamState.remove_other_layouts`)."""
-        return remove_other_layouts(
-            self.client, self._prefix, LAYOUT, self.history.name, self._head
-        )
+        return self._layout.remove_other_layouts(self.client)
 
     def keys(self, entity_id: int) -> tuple[bytes, bytes]:
         """The entity's members and index keys: every key of the entity."""

@@ -88,26 +88,30 @@ def glob_escaped(text: bytes) -> bytes:
     return re.sub(rb"([*?\[\]\\])", rb"\\\1", text)
 
 
-def remove_keys_under(client: Client, head: bytes) -> int:
-    """Unlink every key that starts with `head` (on every primary of a cluster); returns how
-    many. `SCAN` finds them, so Redis keeps serving meanwhile."""
-    keys = list(client.scan_iter(match=glob_escaped(head) + b"*", count=1_000))
-    execute(client, [(b"UNLINK", key) for key in keys])
-    return len(keys)
+def _wanted(key: bytes, unless_under: bytes | None, shape: re.Pattern[bytes] | None) -> bool:
+    return (unless_under is None or not key.startswith(unless_under)) and (
+        shape is None or shape.fullmatch(key) is not None
+    )
 
 
-def remove_keys_shaped(
-    client: Client, pattern: bytes, shape: re.Pattern[bytes], unless_under: bytes
+def remove_keys(
+    client: Client,
+    pattern: bytes,
+    unless_under: bytes | None = None,
+    shape: re.Pattern[bytes] | None = None,
 ) -> int:
-    """Unlink every key matching the `SCAN MATCH` `pattern` whose whole name has `shape` and
-    does not start with `unless_under` (on every primary of a cluster); returns how many."""
-    keys = [
-        key
-        for key in client.scan_iter(match=pattern, count=1_000)
-        if shape.fullmatch(key) and not key.startswith(unless_under)
-    ]
+    """Unlink every key matching the `SCAN MATCH` `pattern` (on every primary of a cluster)
+    that does not start with `unless_under` and, with `shape`, whose whole name has it;
+    returns how many. `SCAN` finds them, so Redis keeps serving meanwhile."""
+    found = client.scan_iter(match=pattern, count=1_000)
+    keys = [key for key in found if _wanted(key, unless_under, shape)]
     execute(client, [(b"UNLINK", key) for key in keys])
     return len(keys)
+
+
+def remove_keys_under(client: Client, head: bytes) -> int:
+    """Unlink every key that starts with `head`; returns how many (`remove_keys`)."""
+    return remove_keys(client, glob_escaped(head) + b"*")
 
 
 def first_key(
@@ -133,9 +137,7 @@ def first_key(
             reply = node.scan(cursor, match=pattern, count=1_000)
             cursor, keys = cast(tuple[int, list[bytes]], reply)
             for key in keys:
-                if unless_under is not None and key.startswith(unless_under):
-                    continue
-                if shape is None or shape.fullmatch(key):
+                if _wanted(key, unless_under, shape):
                     return key, True
             if cursor == 0:
                 break

@@ -158,6 +158,7 @@ class StreamAggregation:
     config: bytes = field(init=False, repr=False, compare=False)
     """The function's configuration argument: the numbers below as packed doubles."""
     _config_head: bytes = field(init=False, repr=False, compare=False)
+    key_layout: KeyLayout = field(init=False, repr=False, compare=False)
     _key_head: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -176,8 +177,8 @@ class StreamAggregation:
         object.__setattr__(self, "config", self._config_head + struct.pack("<d", -math.inf))
         layout = repr((self.tiles, decl.decimals)).encode()
         digest = hashlib.blake2s(layout, digest_size=3).hexdigest()
-        head = f"{self.prefix}:{LAYOUT}.{digest}:{{{decl.name}:"
-        object.__setattr__(self, "_key_head", head.encode())
+        object.__setattr__(self, "key_layout", KeyLayout(self.prefix, LAYOUT, digest, decl.name))
+        object.__setattr__(self, "_key_head", self.key_layout.head)
 
     @property
     def fed_by_labels(self) -> bool:
@@ -312,46 +313,50 @@ class EmptyState:
         return said
 
 
-def any_layout(prefix: str, layout: str, name: str) -> tuple[bytes, re.Pattern[bytes]]:
-    """A `SCAN MATCH` pattern and the whole shape of the keys of declaration `name` under
-    `prefix` in any layout of the kind of `layout` (`LAYOUT`, or a history's): this one or
-    another, `<prefix>:<kind><version>.<digest>:{<name>:<entity>}:` then the key's own part
-    (`t2.1a2b3c`: the window state's second layout, with the digest of its tiles and
-    decimals)."""
-    kind = layout.rstrip("0123456789")
-    head = f"{prefix}:{kind}".encode()
-    tag = f"{{{name}:".encode()
-    pattern = redis_batch.glob_escaped(head) + b"*" + redis_batch.glob_escaped(tag) + b"*"
-    shape = re.compile(re.escape(head) + rb"\d+\.[^:{}]+:" + re.escape(tag) + rb"-?\d+\}:.+")
-    return pattern, shape
+@dataclass(frozen=True)
+class KeyLayout:
+    """Where one declaration's keys live: `<prefix>:<layout>.<digest>:{<name>:<entity>}:` then
+    the key's own part. `layout` is the kind of state and its version (`t2`: the window state's
+    second layout, `h1` a history's first) and `digest` what its keys depend on (tiles and
+    decimals, or the history's declaration): a change of either gets new keys."""
 
+    prefix: str
+    layout: str
+    digest: str
+    name: str
 
-def empty_state(
-    client: Client,
-    prefix: str,
-    layout: str,
-    name: str,
-    head: bytes,
-    budget_s: float = START_CHECK_BUDGET_S,
-) -> EmptyState | None:
-    """`EmptyState` when no key starts with `head` (the keys of declaration `name` under
-    `prefix`, in `layout`); None when one does, or when the look ran out of time."""
-    key, sure = redis_batch.first_key(client, redis_batch.glob_escaped(head) + b"*", budget_s)
-    if key is not None or not sure:
-        return None
-    pattern, shape = any_layout(prefix, layout, name)
-    other, _ = redis_batch.first_key(client, pattern, budget_s, unless_under=head, shape=shape)
-    return EmptyState(name, head, other)
+    @property
+    def head(self) -> bytes:
+        """What every key of the declaration in this layout starts with."""
+        return f"{self.prefix}:{self.layout}.{self.digest}:{{{self.name}:".encode()
 
+    def _any_version(self) -> tuple[bytes, re.Pattern[bytes]]:
+        """A `SCAN MATCH` pattern and the whole shape of the declaration's keys in any layout of
+        this kind (any version, any digest) under the prefix."""
+        kind = f"{self.prefix}:{self.layout.rstrip('0123456789')}".encode()
+        tag = f"{{{self.name}:".encode()
+        pattern = redis_batch.glob_escaped(kind) + b"*" + redis_batch.glob_escaped(tag) + b"*"
+        shape = re.compile(re.escape(kind) + rb"\d+\.[^:{}]+:" + re.escape(tag) + rb"-?\d+\}:.+")
+        return pattern, shape
 
-def remove_other_layouts(client: Client, prefix: str, layout: str, name: str, head: bytes) -> int:
-    """Unlink the keys of declaration `name` under `prefix` in every layout of `layout`'s kind
-    but the one whose keys start with `head`; returns how many."""
-    pattern, shape = any_layout(prefix, layout, name)
-    removed = redis_batch.remove_keys_shaped(client, pattern, shape, unless_under=head)
-    if removed:
-        logger.info("removed %d keys of %s in other layouts than %r", removed, name, head)
-    return removed
+    def empty(self, client: Client, budget_s: float = START_CHECK_BUDGET_S) -> EmptyState | None:
+        """`EmptyState` when no key of this layout is there, naming a key of another layout when
+        one is; None when a key is there, or when the look ran out of time."""
+        head = self.head
+        key, sure = redis_batch.first_key(client, redis_batch.glob_escaped(head) + b"*", budget_s)
+        if key is not None or not sure:
+            return None
+        pattern, shape = self._any_version()
+        other, _ = redis_batch.first_key(client, pattern, budget_s, unless_under=head, shape=shape)
+        return EmptyState(self.name, head, other)
+
+    def remove_other_layouts(self, client: Client) -> int:
+        """Unlink the declaration's keys in every other layout of this kind; returns how many."""
+        pattern, shape = self._any_version()
+        removed = redis_batch.remove_keys(client, pattern, unless_under=self.head, shape=shape)
+        if removed:
+            logger.info("removed %d keys of %s in other layouts", removed, self.name)
+        return removed
 
 
 class StreamState:
@@ -378,22 +383,14 @@ class StreamState:
 
     def empty(self) -> list[EmptyState]:
         """The declarations whose state has no key in this layout (a look at start-up)."""
-        found = (
-            empty_state(self.client, agg.prefix, LAYOUT, agg.declaration.name, agg.key_head)
-            for agg in self.aggregations
-        )
+        found = (agg.key_layout.empty(self.client) for agg in self.aggregations)
         return [state for state in found if state is not None]
 
     def remove_other_layouts(self) -> int:
         """Unlink the declarations' keys of other layouts (an older version's, other tiles or
         decimals), which this version never reads; returns how many. A worker still running an
         older version reads them: remove them once none does."""
-        return sum(
-            remove_other_layouts(
-                self.client, agg.prefix, LAYOUT, agg.declaration.name, agg.key_head
-            )
-            for agg in self.aggregations
-        )
+        return sum(agg.key_layout.remove_other_layouts(self.client) for agg in self.aggregations)
 
     def load_function(self) -> None:
         """Load (or replace) the state's Redis Function library."""

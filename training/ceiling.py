@@ -202,17 +202,14 @@ def _mean_figures(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def protocol_ceiling(
-    result: SimulationResult,
-    folds: list[TimeSplit],
-    delay_days: int,
-    orders: int = 10,
-    seed: int = 0,
+    folds: list[TimeSplit], tests: list[pd.DataFrame], orders: int = 10, seed: int = 0
 ) -> list[FoldCeiling]:
-    """The ceiling on each fold's protocol test set (`protocol_test_sets`), and the figures at
-    chance, each averaged over `orders` random breaks of ties."""
+    """The ceiling on each fold's protocol test set (`protocol_test_sets`' frames, in the
+    folds' order), and the figures at chance, each averaged over `orders` random breaks of
+    ties."""
     rng = np.random.default_rng(seed)
     ceilings = []
-    for fold, test in zip(folds, protocol_test_sets(result, folds, delay_days), strict=True):
+    for fold, test in zip(folds, tests, strict=True):
         visible = ((test["tx_fraud"] > 0) & ~test["hidden"]).to_numpy()
         rank = test["unseen"].to_numpy(dtype=np.float64)
         top = rank.max() + 1

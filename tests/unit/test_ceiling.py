@@ -20,6 +20,7 @@ from training.ceiling import (
     hidden_frauds,
     latest_labelled,
     protocol_ceiling,
+    protocol_test_sets,
     rank_losses,
     unseen_start_days,
 )
@@ -175,7 +176,7 @@ def test_the_ceiling_ranks_every_visible_fraud_first(simulated: SimulationResult
     times = simulated.transactions["tx_datetime"]
     latest = protocol.split(times.min().to_pydatetime(), times.max().to_pydatetime(), 7)
     folds = protocol.prequential_folds(latest, 2, times.min().to_pydatetime())
-    ceilings = protocol_ceiling(simulated, folds, delay_days=7, orders=5)
+    ceilings = protocol_ceiling(folds, protocol_test_sets(simulated, folds, 7), orders=5)
     assert [c.test_start for c in ceilings] == [f.test_start for f in folds]
     for ceiling in ceilings:
         assert 0 < ceiling.hidden < ceiling.frauds_by_scenario["compromised_terminal"]
